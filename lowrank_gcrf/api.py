@@ -1,0 +1,215 @@
+"""The public functions: ``solve``, ``solve_potts`` and their vector-Jacobian products.
+
+Thin wrappers that build a :class:`~lowrank_gcrf.operators.GeneralOperator` or
+:class:`~lowrank_gcrf.operators.PottsOperator` and call it; use the operators directly to
+keep a factorization between a forward solve and its backward pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import GCRFError
+from .operators import GCRFOperator, GeneralOperator, PottsOperator
+from .validation import array_namespace, floating_dtypes
+
+_COMMON_DOC = """
+    method : {"auto", "cg", "direct"}, default "auto"
+        ``"cg"``: the paper's Algorithm 1, matrix-free and batched; ``"direct"``: exact
+        low-rank (Woodbury) solve with iterative refinement; ``"auto"``: chosen from shapes
+        and dtype alone (:func:`lowrank_gcrf.method.choose_method`).
+    rtol, atol : float, default 1e-5 and 0
+        Each system stops when ``‖b − Mx‖ ≤ max(rtol·‖b‖, atol)``.
+    maxiter : int, optional
+        CG iterations (default 4 × the exact-arithmetic bound) or refinement steps (10).
+"""
+
+
+def _solver_parameters(f: Any) -> Any:
+    """Insert the shared keyword documentation before the Returns section of ``f``."""
+    head, sep, tail = (f.__doc__ or "").partition("\n    Returns\n")
+    f.__doc__ = head.rstrip() + "\n" + _COMMON_DOC + sep + tail
+    return f
+
+
+def _promoted(embeddings: Any, v: Any, name: str, v_name: str) -> Any:
+    """The embeddings cast to the dtype promoted with ``v`` (so float64 b is not truncated)."""
+    xp = array_namespace(embeddings, v)
+    compute, _ = floating_dtypes(xp, **{name: embeddings, v_name: v})
+    if compute == xp.float64 and embeddings.dtype != xp.float64:
+        return xp.astype(embeddings, compute)
+    return embeddings
+
+
+def _potts_labels(Ahat: Any, v: Any, name: str) -> int:
+    if getattr(v, "ndim", 0) < 2:
+        raise GCRFError(
+            f"{name} must have shape (..., L, P) for the Potts model, got shape "
+            f"{tuple(getattr(v, 'shape', ()))}"
+        )
+    return int(v.shape[-2])
+
+
+def _finish(op: GCRFOperator, b: Any, return_info: bool, x0: Any, kw: dict) -> Any:
+    x, info = op.solve(b, x0=x0, **kw)
+    return (x, info) if return_info else x
+
+
+@_solver_parameters
+def solve(
+    A: Any,
+    b: Any,
+    lam: Any,
+    *,
+    method: str = "auto",
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    x0: Any = None,
+    return_info: bool = False,
+) -> Any:
+    """Solve the dense G-CRF system ``(AᵀA + λI) x = b`` (Eq. 4–5).
+
+    Parameters
+    ----------
+    A : array (..., D, N)
+        Pairwise embeddings of the N = L·P variables, label-major (n = l·P + p).
+    b : array (..., N)
+        Unary scores; leading batch dimensions equal A's.
+    lam : float, 0-d array or array (...,)
+        λ > 0, scalar or one per system.
+    x0 : array (..., N), optional
+        Starting point.
+    return_info : bool
+        Also return a :class:`SolveInfo`.
+
+    Returns
+    -------
+    x : array (..., N), in the promoted dtype of A and b
+    info : SolveInfo, only with ``return_info=True``
+
+    Raises
+    ------
+    GCRFError
+        Bad shapes, λ ≤ 0, non-finite inputs; ``ConvergenceError`` above tolerance.
+    GCRFTypeError
+        Non-floating arrays, or arrays from different libraries.
+    """
+    op = GeneralOperator(_promoted(A, b, "A", "b"), lam)
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter)
+    return _finish(op, b, return_info, x0, kw)
+
+
+@_solver_parameters
+def solve_potts(
+    Ahat: Any,
+    b: Any,
+    lam: Any,
+    *,
+    method: str = "auto",
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    x0: Any = None,
+    return_info: bool = False,
+) -> Any:
+    """Solve the Potts G-CRF system ``(λI + (J_L − I_L) ⊗ ÂᵀÂ) x = b`` (Eq. 11–12).
+
+    Parameters
+    ----------
+    Ahat : array (..., D, P)
+        One embedding per pixel, shared across labels.
+    b : array (..., L, P)
+        Unary scores, one row per label.
+    lam : float, 0-d array or array (...,)
+        λ > ‖Â‖₂² (the system is positive definite only then; otherwise
+        :class:`IndefiniteSystemError`).
+    x0 : array (..., L, P), optional
+    return_info : bool
+
+    Returns
+    -------
+    x : array (..., L, P)
+    info : SolveInfo, only with ``return_info=True``
+
+    Raises
+    ------
+    IndefiniteSystemError
+        λ ≤ ‖Â‖₂², for every method.
+    GCRFError, GCRFTypeError
+        As for :func:`solve`.
+    """
+    op = PottsOperator(_promoted(Ahat, b, "Ahat", "b"), lam, _potts_labels(Ahat, b, "b"))
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter)
+    return _finish(op, b, return_info, x0, kw)
+
+
+@_solver_parameters
+def solve_vjp(
+    A: Any,
+    x: Any,
+    gx: Any,
+    lam: Any,
+    *,
+    method: str = "auto",
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """Gradients of a loss through ``x = (AᵀA + λI)⁻¹ b`` (Eq. 2–3, 6, 10).
+
+    With ``g = (AᵀA + λI)⁻¹ gx`` (Eq. 6): ``∂L/∂A = −[(Ag)xᵀ + (Ax)gᵀ]`` (Eq. 10,
+    matrix-free), ``∂L/∂b = g`` and ``∂L/∂λ = −gᵀx``.
+
+    Parameters
+    ----------
+    A : array (..., D, N)
+    x : array (..., N)
+        The solution of the forward solve.
+    gx : array (..., N)
+        ``∂L/∂x``.
+    lam : float or array (...,)
+
+    Returns
+    -------
+    gA : array (..., D, N)
+    gb : array (..., N)
+    glam : array (...,)
+    """
+    op = GeneralOperator(_promoted(A, x, "A", "x"), lam)
+    return op.vjp(x, gx, method=method, rtol=rtol, atol=atol, maxiter=maxiter)[:3]
+
+
+@_solver_parameters
+def solve_potts_vjp(
+    Ahat: Any,
+    x: Any,
+    gx: Any,
+    lam: Any,
+    *,
+    method: str = "auto",
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+) -> tuple[Any, Any, Any]:
+    """Gradients of a loss through the Potts solve ``x = M⁻¹ b`` (Eq. 12, DESIGN §1).
+
+    With ``g = M⁻¹ gx``, ``S_x = Σₖ xₖ``, ``S_g = Σₖ gₖ``:
+    ``∂L/∂Â = −[(ÂS_g)S_xᵀ + (ÂS_x)S_gᵀ − Σₖ((Âgₖ)xₖᵀ + (Âxₖ)gₖᵀ)]``,
+    ``∂L/∂b = g`` and ``∂L/∂λ = −Σₖ gₖᵀxₖ``.
+
+    Parameters
+    ----------
+    Ahat : array (..., D, P)
+    x, gx : arrays (..., L, P)
+    lam : float or array (...,)
+
+    Returns
+    -------
+    gAhat : array (..., D, P)
+    gb : array (..., L, P)
+    glam : array (...,)
+    """
+    op = PottsOperator(_promoted(Ahat, x, "Ahat", "x"), lam, _potts_labels(Ahat, x, "x"))
+    return op.vjp(x, gx, method=method, rtol=rtol, atol=atol, maxiter=maxiter)[:3]
+

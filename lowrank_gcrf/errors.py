@@ -1,0 +1,55 @@
+"""Exceptions raised by lowrank-gcrf.
+
+Every error is a :class:`GCRFError`, itself a :class:`ValueError`, so that callers can catch
+the whole family with one clause. Each message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GCRFError(ValueError):
+    """Base class of every error raised by lowrank-gcrf (a ``ValueError``)."""
+
+
+class GCRFTypeError(GCRFError, TypeError):
+    """An input has the wrong type: not an array, not floating point, or from another library.
+
+    It is both a :class:`GCRFError` and a ``TypeError``.
+    """
+
+
+class IndefiniteSystemError(GCRFError):
+    """The system matrix is not positive definite, so the Gaussian CRF has no MAP solution.
+
+    For the Potts model ``M = λI + (J − I) ⊗ ÂᵀÂ`` this happens exactly when
+    ``λ ≤ μ_max = ‖Â‖₂²``; conjugate gradient also raises it on a breakdown ``pᵀMp ≤ 0``.
+
+    Attributes
+    ----------
+    lam, mu_max : float or None
+        The offending λ and the largest eigenvalue of ``ÂÂᵀ`` when known.
+    """
+
+    def __init__(self, message: str, *, lam: float | None = None, mu_max: float | None = None):
+        super().__init__(message)
+        self.lam = lam
+        self.mu_max = mu_max
+
+
+class ConvergenceError(GCRFError):
+    """The solve stopped above the requested tolerance.
+
+    Attributes
+    ----------
+    x : array
+        The best iterate reached (same namespace and dtype as the requested output).
+    info : SolveInfo
+        Method, iterations and true relative residual of every system.
+    """
+
+    def __init__(self, message: str, *, x: Any = None, info: Any = None):
+        super().__init__(message)
+        self.x = x
+        self.info = info

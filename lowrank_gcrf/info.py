@@ -1,0 +1,39 @@
+"""The report returned with a solution: :class:`SolveInfo`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """How a batch of G-CRF systems was solved.
+
+    Every array field has the batch shape ``(...,)`` and lives in the inputs' array library.
+
+    Attributes
+    ----------
+    method : str
+        ``"cg"`` (conjugate gradient, the paper's Algorithm 1) or ``"direct"`` (exact
+        low-rank solve with iterative refinement).
+    iterations : array of int
+        CG iterations, or refinement steps after the direct solve, per system.
+    residual : array of float
+        True relative residual ``‖b − Mx‖ / ‖b‖`` per system, recomputed from the returned x
+        by a matvec (0 where b = 0).
+    converged : array of bool
+        Whether ``‖b − Mx‖ ≤ max(rtol·‖b‖, atol)`` for that system.
+    """
+
+    method: str
+    iterations: Any
+    residual: Any
+    converged: Any
+
+    @property
+    def all_converged(self) -> bool:
+        """True when every system of the batch converged."""
+        return bool(self.converged.all()) if hasattr(self.converged, "all") else bool(
+            self.converged
+        )

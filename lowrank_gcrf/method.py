@@ -1,0 +1,59 @@
+"""Choice of solver method and iteration budgets, from shapes and dtype alone.
+
+``method="auto"`` never looks at the data (so that a model's cost does not change from
+batch to batch). The rule, justified by ``benchmarks/speed.py`` (see benchmarks/RESULTS.md):
+
+* Potts: always ``"direct"``. Every Potts solve must establish λ > ‖Â‖₂² first, and the
+  exact check is the Cholesky factorization of the deviation capacitance λI − ÂÂᵀ: once it
+  is paid, the exact solve costs a few more matvecs, fewer than CG's iterations.
+* General: ``"direct"`` while the embedding dimension D ≤ ``DIRECT_MAX_RANK``; above it the
+  Gram ``AAᵀ`` (2D²N flops) costs more than the CG iterations of any reasonably
+  conditioned system (4DN flops each), so ``"cg"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import GCRFError
+
+METHODS = ("auto", "cg", "direct")
+
+#: Largest embedding dimension for which ``auto`` picks the direct solve in the general model.
+DIRECT_MAX_RANK = 1024
+
+#: Iterative refinement steps allowed after a direct solve (each one multiplies the error by
+#: about eps·κ, so a handful suffice whenever the dtype can reach the tolerance at all).
+DEFAULT_REFINEMENT_STEPS = 10
+
+#: Margin on the exact-arithmetic CG bound for the loss of orthogonality in floating point.
+CG_MARGIN = 4
+
+
+def choose_method(method: str, operator: Any) -> str:
+    """Resolve ``method`` ("auto", "cg" or "direct") for ``operator``."""
+    if method not in METHODS:
+        raise GCRFError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    if method != "auto":
+        return method
+    if operator.factors_to_check_definiteness:
+        return "direct"
+    return "direct" if operator.rank <= DIRECT_MAX_RANK else "cg"
+
+
+def cg_iteration_bound(operator: Any) -> int:
+    """Exact-arithmetic bound on CG iterations: the number of distinct eigenvalues of M.
+
+    General: at most D + 1 ({λ} ∪ {λ + σᵢ²}); Potts: at most 2D + 1 (λ, λ + (L−1)μᵢ and
+    λ − μᵢ); never more than the number of unknowns.
+    """
+    k, n = operator.row_shape
+    distinct = operator.rank + 1 if k == 1 else 2 * operator.rank + 1
+    return min(distinct, k * n)
+
+
+def default_maxiter(method: str, operator: Any) -> int:
+    """Default ``maxiter``: ``CG_MARGIN`` × the CG bound, or the refinement step budget."""
+    if method == "cg":
+        return CG_MARGIN * cg_iteration_bound(operator)
+    return DEFAULT_REFINEMENT_STEPS

@@ -1,0 +1,79 @@
+"""Exact solves with a scaled identity plus a low-rank Gram: ``(λI + α UᵀU)⁻¹``.
+
+Both models reduce to this (DESIGN §1, "Exact low-rank solves"): the general G-CRF is
+``λI + AᵀA`` (α = 1); the Potts G-CRF splits into its class sum, ``λI + (L−1)ÂᵀÂ``
+(α = L − 1), and its deviations, ``λI − ÂᵀÂ`` (α = −1). With U of shape (D, n):
+
+* D < n: Woodbury through the D×D capacitance ``C = λI + α UUᵀ``,
+  ``(λI + αUᵀU)⁻¹ v = (v − α Uᵀ C⁻¹ U v) / λ``;
+* D ≥ n: the n×n matrix ``λI + α UᵀU`` itself.
+
+The small matrix is factored by Cholesky in float64 whatever the working dtype, which also
+decides positive definiteness exactly enough for the Potts check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import device as _device
+
+from .cholesky import CholeskyFactor, cholesky_factor
+
+
+def small_gram(xp: Any, U: Any) -> Any:
+    """The smaller Gram of ``U`` (..., D, n) in float64: ``UUᵀ`` if D < n, else ``UᵀU``.
+
+    Computed in U's dtype (one BLAS product), then promoted: the Gram is shared by every
+    capacitance of an operator.
+    """
+    Ut = xp.matrix_transpose(U)
+    gram = U @ Ut if U.shape[-2] < U.shape[-1] else Ut @ U
+    return xp.astype(gram, xp.float64)
+
+
+class ShiftedLowRankInverse:
+    """``(λI + α UᵀU)⁻¹`` for a batch, applied to rows ``v`` of shape (..., k, n).
+
+    Build it with :meth:`factor`; it holds the Cholesky factor of the small matrix.
+    """
+
+    def __init__(self, xp: Any, U: Any, lam: Any, alpha: float, factor: CholeskyFactor):
+        self.xp = xp
+        self.U = U
+        self.lam = lam
+        self.alpha = alpha
+        self.factor = factor
+
+    @classmethod
+    def factor_from_gram(
+        cls, xp: Any, U: Any, lam: Any, alpha: float, gram: Any
+    ) -> ShiftedLowRankInverse | None:
+        """Factor ``λI + α·gram``; ``None`` when it is not positive definite.
+
+        Parameters
+        ----------
+        U : array (..., D, n)
+        lam : array of the batch shape
+        gram : the float64 :func:`small_gram` of U
+        """
+        m = gram.shape[-1]
+        eye = xp.eye(m, dtype=xp.float64, device=_device(gram))
+        lam64 = xp.astype(lam, xp.float64)[..., None, None]
+        factor = cholesky_factor(xp, lam64 * eye + alpha * gram)
+        if factor is None:
+            return None
+        return cls(xp, U, lam, alpha, factor)
+
+    def apply(self, v: Any) -> Any:
+        """``(λI + α UᵀU)⁻¹ v`` for v of shape (..., k, n), in v's dtype."""
+        xp = self.xp
+        U = self.U
+        if U.shape[-2] >= U.shape[-1]:
+            w = self.factor.solve(xp.astype(xp.matrix_transpose(v), xp.float64))
+            return xp.astype(xp.matrix_transpose(w), v.dtype)
+        t = xp.astype(U @ xp.matrix_transpose(v), xp.float64)
+        s = xp.astype(self.factor.solve(t), v.dtype)
+        correction = xp.matrix_transpose(xp.matrix_transpose(U) @ s)
+        return (v - self.alpha * correction) / self.lam[..., None, None]
+
