@@ -212,4 +212,3 @@ def solve_potts_vjp(
     """
     op = PottsOperator(_promoted(Ahat, x, "Ahat", "x"), lam, _potts_labels(Ahat, x, "x"))
     return op.vjp(x, gx, method=method, rtol=rtol, atol=atol, maxiter=maxiter)[:3]
-

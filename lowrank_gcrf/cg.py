@@ -133,4 +133,3 @@ def _raise_breakdown(xp: Any, broken: Any, steps: Any) -> None:
         "the working precision. Increase lam, or use float64 inputs if lam is tiny compared "
         "with the squared norm of the embeddings."
     )
-

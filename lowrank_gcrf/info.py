@@ -34,6 +34,6 @@ class SolveInfo:
     @property
     def all_converged(self) -> bool:
         """True when every system of the batch converged."""
-        return bool(self.converged.all()) if hasattr(self.converged, "all") else bool(
-            self.converged
+        return (
+            bool(self.converged.all()) if hasattr(self.converged, "all") else bool(self.converged)
         )

@@ -473,4 +473,3 @@ def _check_tolerances(rtol: float, atol: float, maxiter: int | None) -> None:
 
 def _name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
-

@@ -55,9 +55,7 @@ def floating_dtypes(xp: Any, **arrays: Any) -> tuple[Any, Any]:
     """
     out_dtype = None
     for name, a in arrays.items():
-        if _dtype_name(a.dtype) not in _HALF_PRECISION and not xp.isdtype(
-            a.dtype, "real floating"
-        ):
+        if _dtype_name(a.dtype) not in _HALF_PRECISION and not xp.isdtype(a.dtype, "real floating"):
             raise GCRFTypeError(
                 f"{name} has dtype {_dtype_name(a.dtype)}; lowrank-gcrf needs real floating "
                 "arrays (float16, bfloat16, float32 or float64): cast it, e.g. "

@@ -76,4 +76,3 @@ class ShiftedLowRankInverse:
         s = xp.astype(self.factor.solve(t), v.dtype)
         correction = xp.matrix_transpose(xp.matrix_transpose(U) @ s)
         return (v - self.alpha * correction) / self.lam[..., None, None]
-
