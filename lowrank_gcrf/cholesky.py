@@ -23,8 +23,9 @@ class CholeskyFactor:
 
     def __init__(self, xp: Any, matrix: Any, lower: Any):
         self.xp = xp
-        self.matrix = matrix
         self.lower = lower
+        # Only the portable fallback solves with the matrix itself; don't keep it otherwise.
+        self.matrix = None if is_numpy(xp) else matrix
 
     def solve(self, rhs: Any) -> Any:
         """``C⁻¹ rhs`` for ``rhs`` of shape (..., n, k)."""

@@ -182,7 +182,7 @@ class GCRFOperator:
         maxiter: int | None,
     ) -> tuple[Any, SolveInfo]:
         xp = self.xp
-        _check_tolerances(rtol, atol, maxiter)
+        rtol, atol = _check_tolerances(rtol, atol, maxiter)
         method = choose_method(method, self)
         if maxiter is None:
             maxiter = default_maxiter(method, self)
@@ -299,8 +299,11 @@ class GCRFOperator:
         g, info = self._solve_rows(unit, None, method, rtol, atol, maxiter)
         self._raise_unconverged(g * scale[..., None, None], info, rtol, atol, out_dtype)
         left, right = self._gradient_rows(x_rows, g)
-        lt, rt = xp.matrix_transpose(left), xp.matrix_transpose(right)
-        g_U = -((self.U @ lt) @ right + (self.U @ rt) @ left) * scale[..., None, None]
+        # −[(U lᵀ) r + (U rᵀ) l] as one (D, 2m) @ (2m, n) product, with −scale folded into
+        # the small factor, so that the only (D, n) array allocated is the result.
+        small = self.U @ xp.matrix_transpose(xp.concat([left, right], axis=-2))
+        small = small * (-scale)[..., None, None]
+        g_U = small @ xp.concat([right, left], axis=-2)
         g_lam = -inner(xp, g, x_rows) * scale
         g_b = g * scale[..., None, None]
         return (
@@ -462,13 +465,17 @@ class PottsOperator(GCRFOperator):
         return left, right
 
 
-def _check_tolerances(rtol: float, atol: float, maxiter: int | None) -> None:
+def _check_tolerances(rtol: float, atol: float, maxiter: int | None) -> tuple[float, float]:
+    """Validated tolerances as Python floats (NumPy scalars would not mix with other
+    array libraries)."""
+    rtol, atol = float(rtol), float(atol)
     if not (rtol >= 0 and atol >= 0) or (rtol == 0 and atol == 0):
         raise GCRFError(
             f"need rtol ≥ 0 and atol ≥ 0, not both zero; got rtol={rtol!r}, atol={atol!r}"
         )
     if maxiter is not None and (int(maxiter) != maxiter or maxiter < 0):
         raise GCRFError(f"maxiter must be a non-negative integer or None, got {maxiter!r}")
+    return rtol, atol
 
 
 def _name(dtype: Any) -> str:

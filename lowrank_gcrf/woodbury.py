@@ -57,10 +57,10 @@ class ShiftedLowRankInverse:
         lam : array of the batch shape
         gram : the float64 :func:`small_gram` of U
         """
-        m = gram.shape[-1]
-        eye = xp.eye(m, dtype=xp.float64, device=_device(gram))
-        lam64 = xp.astype(lam, xp.float64)[..., None, None]
-        factor = cholesky_factor(xp, lam64 * eye + alpha * gram)
+        eye = xp.eye(gram.shape[-1], dtype=xp.float64, device=_device(gram))
+        matrix = alpha * gram
+        matrix += xp.astype(lam, xp.float64)[..., None, None] * eye
+        factor = cholesky_factor(xp, matrix)
         if factor is None:
             return None
         return cls(xp, U, lam, alpha, factor)
