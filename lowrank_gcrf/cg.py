@@ -29,6 +29,18 @@ def inner(xp: Any, u: Any, v: Any) -> Any:
     return xp.sum(u * v, axis=(-2, -1))
 
 
+def scaled_norm(xp: Any, v: Any) -> Any:
+    """Per-system 2-norm over the trailing (k, n) axes, safe from under/overflow.
+
+    Dividing by the largest magnitude first keeps the squares representable: a float32
+    vector of norm 1e-30 would otherwise square to 0 (1e-60 is below float32's range).
+    """
+    peak = xp.max(xp.abs(v), axis=(-2, -1))
+    safe = xp.where(peak > 0, peak, xp.ones_like(peak))
+    unit = v / safe[..., None, None]
+    return xp.sqrt(inner(xp, unit, unit)) * peak
+
+
 def conjugate_gradient(
     xp: Any,
     matvec: Callable[[Any], Any],

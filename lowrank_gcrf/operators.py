@@ -18,7 +18,7 @@ from typing import Any
 
 from array_api_compat import device as _device
 
-from .cg import conjugate_gradient, inner
+from .cg import conjugate_gradient, inner, scaled_norm
 from .errors import ConvergenceError, GCRFError, IndefiniteSystemError
 from .info import SolveInfo
 from .method import choose_method, default_maxiter
@@ -170,7 +170,7 @@ class GCRFOperator:
         out_dtype = result_dtype(self.xp, self.input_dtype, b.dtype)
         x, info = self._solve_rows(b_rows, x0_rows, method, rtol, atol, maxiter)
         self._raise_unconverged(x, info, rtol, atol, out_dtype)
-        return self._from_rows(self.xp.astype(x, out_dtype)), info
+        return self._from_rows(self.xp.astype(x, out_dtype, copy=False)), info
 
     def _solve_rows(
         self,
@@ -245,7 +245,7 @@ class GCRFOperator:
             f"{info.converged.size} system(s): relative residual {worst:.3g} after {iters} "
             f"{what}. The system is too ill-conditioned for the dtype {_name(self.dtype)} "
             "(κ = 1 + ‖A‖₂²/λ): raise rtol, increase lam, use float64, or raise maxiter.",
-            x=self._from_rows(xp.astype(x, out_dtype)),
+            x=self._from_rows(xp.astype(x, out_dtype, copy=False)),
             info=info,
         )
 
@@ -294,10 +294,11 @@ class GCRFOperator:
         x_rows = self._prepare(x, "x")
         gx_rows = self._prepare(gx, "gx")
         out_dtype = result_dtype(xp, self.input_dtype, x.dtype)
-        scale = xp.sqrt(inner(xp, gx_rows, gx_rows))
+        scale = scaled_norm(xp, gx_rows)
         unit = gx_rows / xp.where(scale > 0, scale, 1.0)[..., None, None]
         g, info = self._solve_rows(unit, None, method, rtol, atol, maxiter)
-        self._raise_unconverged(g * scale[..., None, None], info, rtol, atol, out_dtype)
+        g_b = g * scale[..., None, None]
+        self._raise_unconverged(g_b, info, rtol, atol, out_dtype)
         left, right = self._gradient_rows(x_rows, g)
         # −[(U lᵀ) r + (U rᵀ) l] as one (D, 2m) @ (2m, n) product, with −scale folded into
         # the small factor, so that the only (D, n) array allocated is the result.
@@ -305,11 +306,10 @@ class GCRFOperator:
         small = small * (-scale)[..., None, None]
         g_U = small @ xp.concat([right, left], axis=-2)
         g_lam = -inner(xp, g, x_rows) * scale
-        g_b = g * scale[..., None, None]
         return (
-            xp.astype(g_U, self.input_dtype),
-            self._from_rows(xp.astype(g_b, out_dtype)),
-            xp.astype(g_lam, out_dtype),
+            xp.astype(g_U, self.input_dtype, copy=False),
+            self._from_rows(xp.astype(g_b, out_dtype, copy=False)),
+            xp.astype(g_lam, out_dtype, copy=False),
             info,
         )
 
