@@ -21,7 +21,8 @@ _COMMON_DOC = """
     rtol, atol : float, default 1e-5 and 0
         Each system stops when ``‖b − Mx‖ ≤ max(rtol·‖b‖, atol)``.
     maxiter : int, optional
-        CG iterations (default 4 × the exact-arithmetic bound) or refinement steps (10).
+        CG iterations (default 4 × the exact-arithmetic bound), or exact solves for
+        ``"direct"`` (the solve plus refinement steps; default 10).
 """
 
 

@@ -2,26 +2,18 @@
 
 Vectors have shape ``batch + (k, n)``: one SPD system per batch index, its unknowns laid out
 as k rows of n (k = 1 for the general G-CRF, k = L labels for Potts). Every system has its
-own α, β and stopping test; converged systems stop changing while the others go on.
+own α, β and stopping test; converged systems stop changing while the others go on. The
+restarts on the true residual live in :mod:`lowrank_gcrf.refinement`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from array_api_compat import device as _device
 
 from .errors import IndefiniteSystemError
-
-
-@dataclass
-class CGResult:
-    """Solution of :func:`conjugate_gradient` and its per-system iteration counts."""
-
-    x: Any
-    iterations: Any
 
 
 def inner(xp: Any, u: Any, v: Any) -> Any:
@@ -41,65 +33,7 @@ def scaled_norm(xp: Any, v: Any) -> Any:
     return xp.sqrt(inner(xp, unit, unit)) * peak
 
 
-def conjugate_gradient(
-    xp: Any,
-    matvec: Callable[[Any], Any],
-    b: Any,
-    x: Any,
-    tol: Any,
-    maxiter: int,
-    *,
-    check_every: int = 1,
-) -> CGResult:
-    """Run CG on ``M x = b`` for a batch of systems, with true-residual restarts.
-
-    Parameters
-    ----------
-    matvec : callable
-        ``v ↦ M v`` for arrays of shape ``batch + (k, n)`` (Eq. 13 or Eq. 15–16).
-    b, x : arrays of shape ``batch + (k, n)``
-        Right-hand sides and the starting point (not modified).
-    tol : array of the batch shape
-        Absolute residual target per system, ``max(rtol·‖b‖, atol)``.
-    maxiter : int
-        Total iteration budget per system, restarts included.
-    check_every : int
-        How often the host looks at the convergence and breakdown flags; per-system
-        freezing happens on the device every iteration, so a value above 1 only delays the
-        exit (used to avoid a GPU→host synchronisation per iteration).
-
-    Notes
-    -----
-    When every recurrence residual is below ``tol``, the true residual ``b − Mx`` is
-    recomputed; systems whose true residual is still above ``tol`` (the residual gap of
-    finite precision) restart from their current x with the remaining budget. Restarts stop
-    when the true residuals no longer halve.
-
-    Raises
-    ------
-    IndefiniteSystemError
-        When ``pᵀMp ≤ 0`` for a system still iterating.
-    """
-    tol2 = tol * tol
-    iterations = xp.zeros(tol.shape, dtype=xp.int64, device=_device(b))
-    used = 0
-    previous = None
-    while True:
-        r = b - matvec(x)
-        rr = inner(xp, r, r)
-        if previous is not None and not bool(xp.any(rr < 0.25 * previous)):
-            break
-        previous = xp.where(rr > tol2, rr, xp.zeros_like(rr))
-        active = rr > tol2
-        if used >= maxiter or not bool(xp.any(active)):
-            break
-        x, steps = _cg_sweep(xp, matvec, x, r, rr, active, tol2, maxiter - used, check_every)
-        iterations = iterations + steps
-        used += int(xp.max(steps)) if steps.size else 0
-    return CGResult(x=x, iterations=iterations)
-
-
-def _cg_sweep(
+def cg_sweep(
     xp: Any,
     matvec: Callable[[Any], Any],
     x: Any,
@@ -108,9 +42,38 @@ def _cg_sweep(
     active: Any,
     tol2: Any,
     budget: int,
-    check_every: int,
+    check_every: int = 1,
 ) -> tuple[Any, Any]:
-    """One CG run from ``x`` with residual ``r``; returns the new x and per-system steps."""
+    """One batched CG run (Algorithm 1) from ``x`` with true residual ``r = b − Mx``.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``v ↦ M v`` for arrays of shape ``batch + (k, n)`` (Eq. 13 or Eq. 15–16).
+    x, r : arrays of shape ``batch + (k, n)``
+    rr : array of the batch shape
+        ``‖r‖²`` per system.
+    active : bool array of the batch shape
+        Systems to iterate; the others are left unchanged.
+    tol2 : array of the batch shape
+        Squared residual target per system.
+    budget : int
+        Most iterations to run.
+    check_every : int
+        How often the host looks at the convergence and breakdown flags. Per-system
+        freezing happens on the device every iteration, so a value above 1 only delays the
+        exit (it avoids a GPU→host synchronisation per iteration).
+
+    Returns
+    -------
+    x : the new iterate
+    steps : int array of the batch shape, iterations each system took
+
+    Raises
+    ------
+    IndefiniteSystemError
+        When ``pᵀMp ≤ 0`` for a system still iterating.
+    """
     p = r
     steps = xp.zeros(rr.shape, dtype=xp.int64, device=_device(x))
     broken = xp.zeros(rr.shape, dtype=xp.bool, device=_device(x))

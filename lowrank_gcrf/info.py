@@ -18,7 +18,8 @@ class SolveInfo:
         ``"cg"`` (conjugate gradient, the paper's Algorithm 1) or ``"direct"`` (exact
         low-rank solve with iterative refinement).
     iterations : array of int
-        CG iterations, or refinement steps after the direct solve, per system.
+        Per system: CG iterations, or exact low-rank solves for ``"direct"`` (1 for the
+        solve itself, plus one per iterative-refinement step).
     residual : array of float
         True relative residual ``‖b − Mx‖ / ‖b‖`` per system, recomputed from the returned x
         by a matvec (0 where b = 0).

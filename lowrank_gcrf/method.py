@@ -22,8 +22,9 @@ METHODS = ("auto", "cg", "direct")
 #: Largest embedding dimension for which ``auto`` picks the direct solve in the general model.
 DIRECT_MAX_RANK = 1024
 
-#: Iterative refinement steps allowed after a direct solve (each one multiplies the error by
-#: about eps·κ, so a handful suffice whenever the dtype can reach the tolerance at all).
+#: Exact solves allowed for ``"direct"``: the solve plus iterative refinement (each step
+#: multiplies the error by about ε·κ, so a handful suffice whenever the dtype can reach the
+#: tolerance at all).
 DEFAULT_REFINEMENT_STEPS = 10
 
 #: Margin on the exact-arithmetic CG bound for the loss of orthogonality in floating point.
@@ -53,7 +54,7 @@ def cg_iteration_bound(operator: Any) -> int:
 
 
 def default_maxiter(method: str, operator: Any) -> int:
-    """Default ``maxiter``: ``CG_MARGIN`` × the CG bound, or the refinement step budget."""
+    """Default ``maxiter``: ``CG_MARGIN`` × the CG bound, or the direct-solve step budget."""
     if method == "cg":
         return CG_MARGIN * cg_iteration_bound(operator)
     return DEFAULT_REFINEMENT_STEPS

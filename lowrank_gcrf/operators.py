@@ -18,10 +18,11 @@ from typing import Any
 
 from array_api_compat import device as _device
 
-from .cg import conjugate_gradient, inner, scaled_norm
+from .cg import cg_sweep, inner, scaled_norm
 from .errors import ConvergenceError, GCRFError, IndefiniteSystemError
 from .info import SolveInfo
 from .method import choose_method, default_maxiter
+from .refinement import residual_correction
 from .validation import (
     array_namespace,
     as_lam,
@@ -151,8 +152,8 @@ class GCRFOperator:
         rtol, atol : float
             Stop when ``‖b − Mx‖ ≤ max(rtol·‖b‖, atol)`` for each system.
         maxiter : int, optional
-            CG iterations or refinement steps; defaults from
-            :func:`lowrank_gcrf.method.default_maxiter`.
+            CG iterations, or exact solves (the solve plus refinement steps) for
+            ``"direct"``; defaults from :func:`lowrank_gcrf.method.default_maxiter`.
         x0 : array, optional
             Starting point, shaped like ``b``.
 
@@ -190,44 +191,37 @@ class GCRFOperator:
         bnorm = xp.sqrt(inner(xp, b, b))
         tol = xp.maximum(rtol * bnorm, xp.asarray(atol, dtype=self.dtype))
         x = xp.zeros_like(b) if x0 is None else x0
-        if method == "cg":
-            check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
-            result = conjugate_gradient(
-                xp, self.matvec, b, x, tol, maxiter, check_every=check_every
-            )
-            x, iterations = result.x, result.iterations
-        else:
-            x, iterations = self._refined_direct(b, x, tol, maxiter)
-        rnorm = xp.sqrt(inner(xp, b - self.matvec(x), b - self.matvec(x)))
+        x, iterations, rr = residual_correction(
+            xp, self.matvec, b, x, tol, maxiter, self._correction(method, tol)
+        )
+        rnorm = xp.sqrt(rr)
         residual = xp.where(bnorm > 0, rnorm / xp.where(bnorm > 0, bnorm, 1.0), rnorm)
         return x, SolveInfo(
             method=method, iterations=iterations, residual=residual, converged=rnorm <= tol
         )
 
-    def _refined_direct(self, b: Any, x: Any, tol: Any, maxsteps: int) -> tuple[Any, Any]:
-        """Exact low-rank solve followed by iterative refinement (DESIGN §1).
+    def _correction(self, method: str, tol: Any) -> Any:
+        """The step of :func:`residual_correction` for ``method``.
 
-        Woodbury is subtractive and loses about log10(κ) digits; each refinement step
-        ``x ← x + M⁻¹(b − Mx)`` reuses the factorization, with the residual by matvec. Steps
-        stop when every system meets its tolerance or the residuals stop halving.
+        ``"cg"``: a CG sweep on the residual system. ``"direct"``: the exact low-rank solve
+        ``M⁻¹ r`` — the first step from x = 0 is the Woodbury solve itself, later ones are
+        iterative refinement (Woodbury is subtractive and loses about log10(κ) digits).
         """
         xp = self.xp
+        if method == "cg":
+            check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
+
+            def cg_step(x: Any, r: Any, rr: Any, active: Any, budget: int) -> Any:
+                return cg_sweep(xp, self.matvec, x, r, rr, active, tol * tol, budget, check_every)
+
+            return cg_step
         solver = self.factorization
-        x = x + solver.apply(b - self.matvec(x))
-        steps = xp.zeros(self.batch_shape, dtype=xp.int64, device=_device(b))
-        previous = None
-        for _ in range(maxsteps):
-            r = b - self.matvec(x)
-            rr = inner(xp, r, r)
-            active = rr > tol * tol
-            if not bool(xp.any(active)):
-                break
-            if previous is not None and not bool(xp.any(active & (rr < 0.25 * previous))):
-                break
-            x = x + xp.where(active[..., None, None], solver.apply(r), xp.zeros_like(r))
-            steps = steps + xp.astype(active, xp.int64)
-            previous = rr
-        return x, steps
+
+        def direct_step(x: Any, r: Any, rr: Any, active: Any, budget: int) -> Any:
+            step = xp.where(active[..., None, None], solver.apply(r), xp.zeros_like(r))
+            return x + step, xp.astype(active, xp.int64)
+
+        return direct_step
 
     def _raise_unconverged(
         self, x: Any, info: SolveInfo, rtol: float, atol: float, out_dtype: Any
@@ -239,7 +233,7 @@ class GCRFOperator:
         count = int(xp.sum(xp.astype(failed, xp.int64)))
         worst = float(xp.max(xp.where(failed, info.residual, xp.zeros_like(info.residual))))
         iters = int(xp.max(info.iterations))
-        what = "CG iterations" if info.method == "cg" else "refinement steps"
+        what = "CG iterations" if info.method == "cg" else "exact solves (with refinement)"
         raise ConvergenceError(
             f"{info.method} solve did not reach rtol={rtol:g}, atol={atol:g} in {count} of "
             f"{info.converged.size} system(s): relative residual {worst:.3g} after {iters} "
