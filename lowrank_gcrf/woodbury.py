@@ -57,10 +57,13 @@ class ShiftedLowRankInverse:
         lam : array of the batch shape
         gram : the float64 :func:`small_gram` of U
         """
-        eye = xp.eye(gram.shape[-1], dtype=xp.float64, device=_device(gram))
-        matrix = alpha * gram
-        matrix += xp.astype(lam, xp.float64)[..., None, None] * eye
-        factor = cholesky_factor(xp, matrix)
+        # In-place updates of arrays made here: D×D float64 temporaries dominate the
+        # memory of large-D Potts solves.
+        shift = xp.eye(gram.shape[-1], dtype=xp.float64, device=_device(gram))
+        shift = shift * xp.astype(lam, xp.float64)[..., None, None]
+        shift += alpha * gram
+        factor = cholesky_factor(xp, shift)
+        del shift
         if factor is None:
             return None
         return cls(xp, U, lam, alpha, factor)
