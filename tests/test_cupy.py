@@ -30,25 +30,34 @@ def _cupy():
 def test_cupy_matches_numpy(method, potts, dtype):
     cp = _cupy()
     if potts:
-        system = make_potts_system(0, rank=16, pixels=100, labels=5, kappa=100.0,
-                                   batch_shape=(2,), dtype=dtype, per_batch_lam=True)
+        system = make_potts_system(
+            0,
+            rank=16,
+            pixels=100,
+            labels=5,
+            kappa=100.0,
+            batch_shape=(2,),
+            dtype=dtype,
+            per_batch_lam=True,
+        )
         solve, vjp = lg.solve_potts, lg.solve_potts_vjp
     else:
-        system = make_general_system(0, rank=16, n=300, kappa=100.0, batch_shape=(2,),
-                                     dtype=dtype, per_batch_lam=True)
+        system = make_general_system(
+            0, rank=16, n=300, kappa=100.0, batch_shape=(2,), dtype=dtype, per_batch_lam=True
+        )
         solve, vjp = lg.solve, lg.solve_vjp
     rtol = 1e-4 if dtype is np.float32 else 1e-10
     U, b, lam = system.embeddings, system.b, system.lam
     x_np = solve(U, b, lam, method=method, rtol=rtol)
-    x_cp, info = solve(cp.asarray(U), cp.asarray(b), cp.asarray(lam), method=method, rtol=rtol,
-                       return_info=True)
+    x_cp, info = solve(
+        cp.asarray(U), cp.asarray(b), cp.asarray(lam), method=method, rtol=rtol, return_info=True
+    )
     assert isinstance(x_cp, cp.ndarray) and x_cp.dtype == dtype
     assert isinstance(info.residual, cp.ndarray)
     np.testing.assert_allclose(cp.asnumpy(x_cp), x_np, rtol=50 * rtol, atol=0)
     gx = np.ones_like(b)
     grads_np = vjp(U, x_np, gx, lam, method=method, rtol=rtol)
-    grads_cp = vjp(cp.asarray(U), x_cp, cp.asarray(gx), cp.asarray(lam), method=method,
-                   rtol=rtol)
+    grads_cp = vjp(cp.asarray(U), x_cp, cp.asarray(gx), cp.asarray(lam), method=method, rtol=rtol)
     for g_cp, g_np in zip(grads_cp, grads_np, strict=True):
         assert isinstance(g_cp, cp.ndarray)
         scale = np.abs(g_np).max()
@@ -64,5 +73,6 @@ def test_cupy_potts_indefinite_is_detected(method):
     Ahat = rng.standard_normal((4, 10))
     mu = float(np.linalg.eigvalsh(Ahat @ Ahat.T).max())
     with pytest.raises(lg.IndefiniteSystemError, match="lam > ‖Ahat‖₂²"):
-        lg.solve_potts(cp.asarray(Ahat), cp.asarray(rng.standard_normal((3, 10))), 0.5 * mu,
-                       method=method)
+        lg.solve_potts(
+            cp.asarray(Ahat), cp.asarray(rng.standard_normal((3, 10))), 0.5 * mu, method=method
+        )
