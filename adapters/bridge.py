@@ -55,6 +55,15 @@ def check_solver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return dict(kwargs)
 
 
+def make_operator(potts: bool, embeddings: Any, lam: Any, b: Any) -> GCRFOperator:
+    """The core operator of a solve whose right-hand side (or solution) is ``b``."""
+    if not potts:
+        return GeneralOperator(embeddings, lam)
+    if b.ndim < 2:
+        raise GCRFError(f"b must have shape (..., L, P) for Potts, got {tuple(b.shape)}")
+    return PottsOperator(embeddings, lam, int(b.shape[-2]))
+
+
 class CoreSolve:
     """One forward solve on core arrays, kept for its backward pass.
 
@@ -73,13 +82,7 @@ class CoreSolve:
         self, potts: bool, embeddings: Any, b: Any, lam: Any, solver_kwargs: dict[str, Any]
     ):
         self.solver_kwargs = check_solver_kwargs(solver_kwargs)
-        self.operator: GCRFOperator
-        if potts:
-            if b.ndim < 2:
-                raise GCRFError(f"b must have shape (..., L, P) for Potts, got {b.shape}")
-            self.operator = PottsOperator(embeddings, lam, int(b.shape[-2]))
-        else:
-            self.operator = GeneralOperator(embeddings, lam)
+        self.operator = make_operator(potts, embeddings, lam, b)
         self.x, self.info = self.operator.solve(b, **self.solver_kwargs)
         self.backward_info: SolveInfo | None = None
 

@@ -12,6 +12,11 @@ from typing import Any
 class GCRFError(ValueError):
     """Base class of every error raised by lowrank-gcrf (a ``ValueError``)."""
 
+    # Exception's own constructor (ValueError's behaves the same): TensorFlow's autograph
+    # re-raises errors from traced code with their own type only for such classes, and as
+    # an opaque StagingError otherwise.
+    __init__ = Exception.__init__
+
 
 class GCRFTypeError(GCRFError, TypeError):
     """An input has the wrong type: not an array, not floating point, or from another library.

@@ -1,0 +1,362 @@
+"""The TensorFlow adapter: custom-gradient op and Keras 3 layer over DLPack."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import lowrank_gcrf as lg  # noqa: E402
+from lowrank_gcrf.adapters import bridge  # noqa: E402
+from lowrank_gcrf.adapters.tensorflow import (  # noqa: E402
+    DenseGCRF,
+    XLAUnsupportedError,
+    gcrf_solve,
+    potts_solve,
+)
+from lowrank_gcrf.testing import make_general_system, make_potts_system  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["cg", "direct"]
+TIGHT = dict(rtol=1e-12)
+
+
+def system(potts: bool, seed: int = 0, batch_shape=(2,)):
+    if potts:
+        return make_potts_system(
+            seed,
+            rank=3,
+            pixels=6,
+            labels=3,
+            kappa=20.0,
+            batch_shape=batch_shape,
+            per_batch_lam=True,
+        )
+    return make_general_system(
+        seed, rank=3, n=12, kappa=20.0, batch_shape=batch_shape, per_batch_lam=True
+    )
+
+
+def solve_fn(potts: bool):
+    return potts_solve if potts else gcrf_solve
+
+
+def core_vjp(potts: bool):
+    return lg.solve_potts_vjp if potts else lg.solve_vjp
+
+
+def tape_gradients(potts, method, U, b, lam, gx, function=False):
+    def run(U, b, lam):
+        with tf.GradientTape() as tape:
+            tape.watch([U, b, lam])
+            x = solve_fn(potts)(U, b, lam, method=method, **TIGHT)
+            loss = tf.reduce_sum(x * gx)
+        return x, tape.gradient(loss, [U, b, lam])
+
+    if function:
+        run = tf.function(run)
+    return run(tf.constant(U), tf.constant(b), tf.constant(lam))
+
+
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("potts", [False, True], ids=["general", "potts"])
+def test_tape_gradients_equal_core_vjps(potts, method, function):
+    s = system(potts)
+    lam = np.asarray(s.lam)
+    gx = np.random.default_rng(1).standard_normal(s.b.shape)
+    x, (gU, gb, glam) = tape_gradients(potts, method, s.embeddings, s.b, lam, gx, function)
+    x_core = (lg.solve_potts if potts else lg.solve)(s.embeddings, s.b, lam, method=method, **TIGHT)
+    expected = core_vjp(potts)(s.embeddings, x_core, gx, lam, method=method, **TIGHT)
+    assert x.shape == s.b.shape
+    np.testing.assert_allclose(x.numpy(), x_core, rtol=1e-10, atol=1e-12)
+    for got, want in zip((gU, gb, glam), expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("potts", [False, True], ids=["general", "potts"])
+def test_compute_gradient_float64(potts, method):
+    """Theoretical (our VJPs) and numerical Jacobians of tf.test.compute_gradient agree."""
+    s = system(potts, seed=3)
+    lam = np.asarray(s.lam)
+
+    def f(U, b, lam_):
+        return solve_fn(potts)(U, b, lam_, method=method, **TIGHT)
+
+    theoretical, numerical = tf.test.compute_gradient(
+        f, [tf.constant(s.embeddings), tf.constant(s.b), tf.constant(lam)], delta=1e-6
+    )
+    for t, n in zip(theoretical, numerical, strict=True):
+        np.testing.assert_allclose(t, n, rtol=1e-5, atol=1e-7)
+
+
+def test_scalar_lam_gradient_sums_over_batch():
+    s = system(False)
+    lam = tf.Variable(0.3, dtype=tf.float64)
+    with tf.GradientTape() as tape:
+        x = gcrf_solve(tf.constant(s.embeddings), tf.constant(s.b), lam, **TIGHT)
+        loss = tf.reduce_sum(x)
+    glam = tape.gradient(loss, lam)
+    x_core = lg.solve(s.embeddings, s.b, 0.3, **TIGHT)
+    _, _, per_system = lg.solve_vjp(s.embeddings, x_core, np.ones_like(x_core), 0.3, **TIGHT)
+    assert glam.shape == () and float(glam) == pytest.approx(per_system.sum(), rel=1e-10)
+
+
+def test_inputs_cross_by_dlpack_without_copy(monkeypatch):
+    """The arrays handed to the core are views of TensorFlow's buffers."""
+    s = system(True)
+    U, b = tf.constant(s.embeddings), tf.constant(s.b)
+    seen = []
+    original = bridge.CoreSolve.__init__
+
+    def spy(self, potts, embeddings, b_, lam, kwargs):
+        seen.append((embeddings, b_))
+        original(self, potts, embeddings, b_, lam, kwargs)
+
+    monkeypatch.setattr(bridge.CoreSolve, "__init__", spy)
+    potts_solve(U, b, np.asarray(s.lam))
+    ((embeddings, b_core),) = seen
+    assert embeddings.ctypes.data == np.from_dlpack(U).ctypes.data
+    assert b_core.ctypes.data == np.from_dlpack(b).ctypes.data
+
+
+def test_half_precision_solved_in_float32():
+    s = system(False)
+    U16, b16 = tf.constant(s.embeddings, tf.float16), tf.constant(s.b, tf.float16)
+    x = gcrf_solve(U16, b16, 0.5)
+    assert x.dtype == tf.float16
+    x32 = gcrf_solve(tf.cast(U16, tf.float32), tf.cast(b16, tf.float32), 0.5)
+    np.testing.assert_array_equal(x.numpy(), tf.cast(x32, tf.float16).numpy())
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def core_message(fn):
+    with pytest.raises(lg.GCRFError) as exc:
+        fn()
+    return type(exc.value), str(exc.value)
+
+
+def test_core_errors_surface_unchanged_eagerly():
+    rng = np.random.default_rng(0)
+    Ahat = rng.standard_normal((3, 8))
+    b = rng.standard_normal((2, 8))
+    for lam in (-1.0, 0.1):  # λ ≤ 0, then an indefinite Potts system
+        expected = core_message(lambda lam=lam: lg.solve_potts(Ahat, b, lam))
+        got = core_message(lambda lam=lam: potts_solve(tf.constant(Ahat), tf.constant(b), lam))
+        assert got == expected
+    expected = core_message(lambda: lg.solve(Ahat, b[0, :5], 1.0))  # bad shape
+    assert core_message(lambda: gcrf_solve(tf.constant(Ahat), tf.constant(b[0, :5]), 1.0)) == (
+        expected
+    )
+
+
+def test_graph_mode_error_keeps_the_core_message():
+    rng = np.random.default_rng(0)
+    Ahat, b = rng.standard_normal((3, 8)), rng.standard_normal((2, 8))
+    _, message = core_message(lambda: lg.solve_potts(Ahat, b, 0.1))
+    with pytest.raises(tf.errors.OpError) as exc:
+        tf.function(lambda U, v: potts_solve(U, v, 0.1))(tf.constant(Ahat), tf.constant(b))
+    assert "IndefiniteSystemError" in str(exc.value) and message in str(exc.value)
+
+
+def test_xla_gives_the_documented_error():
+    s = system(False)
+
+    @tf.function(jit_compile=True)
+    def compiled(U, b):
+        return gcrf_solve(U, b, 1.0)
+
+    with pytest.raises(XLAUnsupportedError, match="jit_compile=False"):
+        compiled(tf.constant(s.embeddings), tf.constant(s.b))
+
+
+def test_layer_shape_errors_name_the_layout():
+    layer = DenseGCRF(potts=True)
+    with pytest.raises(lg.GCRFError, match=r"\(B, D, H, W\) for potts=True"):
+        layer(tf.zeros((1, 3, 4, 4)), tf.zeros((1, 2, 3, 4, 4)))
+    with pytest.raises(lg.GCRFError, match="lam must be finite and > 0"):
+        DenseGCRF(lam=0.0)
+    with pytest.raises(lg.GCRFError, match="unknown solver keyword"):
+        gcrf_solve(tf.zeros((2, 3)), tf.zeros(3), 1.0, tol=1e-3)
+
+
+# -- Keras ---------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="lowrank_gcrf_tests")
+class UnitEmbeddings(keras.layers.Layer):
+    """Per-pixel unit vectors scaled so that ‖Â‖_F² = 0.5·λ (the Potts PD condition)."""
+
+    def __init__(self, lam: float, **kwargs):
+        super().__init__(**kwargs)
+        self.lam = lam
+
+    def call(self, e):
+        pixels = e.shape[-1] * e.shape[-2]
+        return tf.math.l2_normalize(e, axis=1) * (0.5 * self.lam / pixels) ** 0.5
+
+    def get_config(self):
+        return {**super().get_config(), "lam": self.lam}
+
+
+def segmenter(potts: bool, labels=3, dim=4, size=6, learn_lam=True) -> keras.Model:
+    images = keras.Input((2, size, size))
+    features = keras.layers.Conv2D(
+        8, 3, padding="same", activation="relu", data_format="channels_first"
+    )(images)
+    unary = keras.layers.Conv2D(labels, 1, data_format="channels_first")(features)
+    channels = dim if potts else dim * labels
+    embeddings = keras.layers.Conv2D(channels, 1, data_format="channels_first")(features)
+    if potts:
+        embeddings = UnitEmbeddings(1.0)(embeddings)
+    else:
+        embeddings = keras.layers.Reshape((dim, labels, size, size))(embeddings)
+    scores = DenseGCRF(lam=1.0, potts=potts, learn_lam=learn_lam)(unary, embeddings)
+    return keras.Model(images, scores)
+
+
+def consensus_task(n=32, size=6, labels=3, seed=0):
+    """Each image's class is written at two pixels only; every pixel must predict it."""
+    rng = np.random.default_rng(seed)
+    classes = rng.integers(labels, size=n)
+    x = rng.standard_normal((n, 2, size, size)).astype("float32") * 0.1
+    for i, c in enumerate(classes):
+        for p in rng.choice(size * size, 2, replace=False):
+            x[i, 0, p // size, p % size] = 3.0 * (c - 1)
+            x[i, 1, p // size, p % size] = 3.0
+    y = np.broadcast_to(classes[:, None, None], (n, size, size))
+    return x, np.ascontiguousarray(y)
+
+
+def channels_first_ce(y_true, scores):
+    return keras.losses.sparse_categorical_crossentropy(
+        y_true, keras.ops.transpose(scores, (0, 2, 3, 1)), from_logits=True
+    )
+
+
+@pytest.mark.parametrize("potts", [False, True], ids=["general", "potts"])
+def test_model_fit_reduces_loss(potts):
+    keras.utils.set_random_seed(0)
+    model = segmenter(potts)
+    model.compile(keras.optimizers.Adam(0.02), channels_first_ce)
+    x, y = consensus_task()
+    history = model.fit(x, y, batch_size=8, epochs=6, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
+    crf = model.layers[-1]
+    assert float(crf.lam) != pytest.approx(1.0)  # λ was learnt
+
+
+def test_keras_embedding_branch_receives_gradients():
+    keras.utils.set_random_seed(1)
+    model = segmenter(True)
+    x, y = consensus_task(n=4)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(channels_first_ce(y, model(x)))
+    embed = [w for w in model.trainable_weights if "conv2d" in w.path][-2:]
+    grads = tape.gradient(loss, embed)
+    assert all(g is not None and np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    keras.utils.set_random_seed(2)
+    model = segmenter(True)
+    model.compile(keras.optimizers.Adam(0.05), channels_first_ce)
+    x, y = consensus_task(n=8)
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "gcrf.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    crf = loaded.layers[-1]
+    assert isinstance(crf, DenseGCRF) and crf.potts and crf.learn_lam
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def channels_last_segmenter(labels=3, dim=2, size=6) -> keras.Model:
+    """Convolutions in NHWC (TensorFlow's CPU Conv2D has no float16 NCHW kernel), then the
+    layer's channels-first layout."""
+    images = keras.Input((size, size, 2))
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(images)
+    unary = keras.layers.Permute((3, 1, 2))(keras.layers.Conv2D(labels, 1)(features))
+    embeddings = keras.layers.Permute((3, 1, 2))(keras.layers.Conv2D(dim * labels, 1)(features))
+    embeddings = keras.layers.Reshape((dim, labels, size, size))(embeddings)
+    return keras.Model(images, DenseGCRF(lam=1.0)(unary, embeddings))
+
+
+def test_mixed_float16_policy():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(3)
+        model = channels_last_segmenter()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.layers[-1].compute_dtype == "float16"
+    x = np.transpose(consensus_task(n=2)[0], (0, 2, 3, 1))
+    scores = model(x)
+    assert scores.dtype == tf.float16
+    # The same weights in float32: the float16 result is the float32 one to half precision.
+    reference = channels_last_segmenter()
+    reference.set_weights(model.get_weights())
+    np.testing.assert_allclose(scores.numpy(), reference(x).numpy(), rtol=2e-2, atol=2e-2)
+
+
+def test_keras_jit_compile_falls_back_to_graph_mode():
+    model = segmenter(False)
+    with pytest.warns(UserWarning, match="jit_compile"):
+        model.compile("sgd", "mse", jit_compile=True)
+    assert model.jit_compile is False
+    x, _ = consensus_task(n=4)
+    model.fit(x, np.zeros((4, 3, 6, 6), "float32"), verbose=0)
+
+
+def test_mirrored_strategy_step_equals_single_device():
+    """model.fit over 2 logical CPUs updates the weights as one device does (subprocess:
+    logical devices must be set before TensorFlow initialises)."""
+    worker = Path(__file__).with_name("tf_mirrored_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(worker)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert max(result["moved"]) > 1e-3  # the step did change the weights
+    assert max(result["diff"]) < 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU")
+def test_gpu_matches_cpu():
+    pytest.importorskip("cupy", reason="GPU tensors need CuPy (extra cuda12/cuda13)")
+    s = system(False)
+    with tf.device("/GPU:0"):
+        x = gcrf_solve(tf.constant(s.embeddings), tf.constant(s.b), np.asarray(s.lam), **TIGHT)
+    assert "GPU" in x.device
+    np.testing.assert_allclose(x.numpy(), lg.solve(s.embeddings, s.b, s.lam, **TIGHT), rtol=1e-9)
+
+
+def test_readme_keras_example_runs(capsys):
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = [
+        b
+        for b in re.findall(r"```python\n(.*?)```", text, re.S)
+        if "lowrank_gcrf.adapters.tensorflow" in b
+    ]
+    assert blocks, "no Keras example in README.md"
+    exec(compile(blocks[0], "README (Keras)", "exec"), {})
+    losses = [float(v) for v in re.findall(r"loss ([0-9.]+)", capsys.readouterr().out)]
+    assert len(losses) >= 2 and losses[-1] < losses[0]
