@@ -387,3 +387,9 @@ def test_potts_rhs_needs_label_axis():
 def test_zero_embeddings_give_b_over_lam(n):
     x = lg.solve(np.zeros((2, n)), np.arange(1.0, n + 1), 4.0, method="cg")
     np.testing.assert_allclose(x, np.arange(1.0, n + 1) / 4.0)
+
+
+def test_info_all_converged(ns):
+    system = make_general_system(0, rank=2, n=6, kappa=10.0, batch_shape=(2,))
+    _, info = lg.solve(ns(system.embeddings), ns(system.b), system.lam, return_info=True)
+    assert info.all_converged is True
