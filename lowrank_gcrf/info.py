@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat
+
 
 @dataclass(frozen=True)
 class SolveInfo:
@@ -35,6 +37,5 @@ class SolveInfo:
     @property
     def all_converged(self) -> bool:
         """True when every system of the batch converged."""
-        return (
-            bool(self.converged.all()) if hasattr(self.converged, "all") else bool(self.converged)
-        )
+        xp = array_api_compat.array_namespace(self.converged)
+        return bool(xp.all(self.converged))
