@@ -21,8 +21,8 @@ from array_api_compat import device
 
 from .cg import inner
 
-#: ``correct(x, r, rr, active, budget) -> (x, steps)``: improve the active systems.
-Correction = Callable[[Any, Any, Any, Any, int], tuple[Any, Any]]
+#: ``correct(x, r, rr, active, budget, first) -> (x, steps)``: improve the active systems.
+Correction = Callable[[Any, Any, Any, Any, int, bool], tuple[Any, Any]]
 
 
 def residual_correction(
@@ -38,13 +38,15 @@ def residual_correction(
 
     Parameters
     ----------
-    b, x : arrays of shape ``batch + (k, n)``
+    b : array of shape ``batch + (k, n)``
+    x : array shaped like b, or None for zero
     tol : array of the batch shape
         Absolute residual target per system.
     budget : int
         Total steps (CG iterations or refinement steps) per system.
     correct : callable
-        ``(x, r, rr, active, remaining_budget) -> (x, steps)``.
+        ``(x, r, rr, active, remaining_budget, first) -> (x, steps)``; ``first`` tells
+        the first correction from later ones (restarts, refinement steps).
 
     Returns
     -------
@@ -56,15 +58,19 @@ def residual_correction(
     iterations = xp.zeros(tol.shape, dtype=xp.int64, device=device(b))
     used = 0
     previous = None
+    # From x = 0 the residual is b itself: no matvec.
+    r = b if x is None else b - matvec(x)
+    x = xp.zeros_like(b) if x is None else x
     while True:
-        r = b - matvec(x)
+        if previous is not None:
+            r = b - matvec(x)
         rr = inner(xp, r, r)
         active = rr > tol2
         if used >= budget or not bool(xp.any(active)):
             break
         if previous is not None and not bool(xp.any(active & (rr < 0.25 * previous))):
             break
-        x, steps = correct(x, r, rr, active, budget - used)
+        x, steps = correct(x, r, rr, active, budget - used, previous is None)
         iterations = iterations + steps
         used += int(xp.max(steps))
         previous = rr
