@@ -1,0 +1,124 @@
+"""Smoke test of the speed benchmark (benchmarks/speed.py): a tiny configuration, in-process.
+
+Checks the structure of the results and that every contender's answer is right (true
+residual within tolerance, gradients close to the float64 reference); it times nothing.
+Contenders whose libraries are missing (linear_operator, pydensecrf2) must be skipped with a
+reason, not fail.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from benchmarks import speed, speed_report
+from benchmarks.contenders import all_contenders
+from benchmarks.measure import Device, DeviceUnavailableError
+from benchmarks.problems import make_problem
+
+CONTENDERS = tuple(c.name for c in all_contenders())
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    cases = [
+        speed.Case(
+            ("paper", "rank"),
+            model,
+            pixels=16,
+            labels=3,
+            rank=4,
+            kappa=100.0,
+            dtype=dtype,
+            batch=2,
+            contenders=CONTENDERS,
+        )
+        for model in ("general", "potts")
+        for dtype in ("float32", "float64")
+    ]
+    plan = speed.Plan(cases=cases, repeats=1, budget_s=0.05)
+    return speed.run(plan, Device("cpu"))
+
+
+def test_problem_has_the_requested_condition_number():
+    for model in ("general", "potts"):
+        p = make_problem(model, pixels=12, labels=3, rank=5, kappa=1e3, dtype=np.float64)
+        eigenvalues = np.linalg.eigvalsh(_dense(p))
+        assert eigenvalues[0] > 0
+        assert eigenvalues[-1] / eigenvalues[0] == pytest.approx(1e3, rel=1e-8)
+
+
+def _dense(p) -> np.ndarray:
+    n = p.b[0].size
+    return np.stack([p.matvec(e.reshape(1, *p.b.shape[1:]))[0].ravel() for e in np.eye(n)])
+
+
+def test_every_contender_is_measured_or_skipped_with_a_reason(results):
+    records = results["records"]
+    assert len(records) == 4 * len(CONTENDERS) * len(speed.PHASES)
+    for r in records:
+        assert r["status"] in ("ok", "skipped"), r
+        if r["status"] == "skipped":
+            assert r["note"]
+            continue
+        assert r["time_s"] > 0 and len(r["times_s"]) >= 1
+        assert r["peak_bytes"] >= 0 and r["memory_meter"]
+        # Ours reports the true residual; SciPy and unrolled CG stop on the recurrence.
+        slack = 1.0 if r["contender"].startswith("ours") else 10.0
+        assert r["residual"] <= slack * r["rtol"] * 1.0001, r
+        if r["phase"] == "forward_backward":
+            assert r["grad_error"] < (1e-2 if r["dtype"] == "float32" else 1e-3), r
+    measured = {r["contender"] for r in records if r["status"] == "ok"}
+    assert {"ours-auto", "ours-direct", "ours-cg", "scipy-cg", "dense-cholesky"} <= measured
+
+
+def test_potts_has_no_linear_operator_form(results):
+    potts = [
+        r
+        for r in results["records"]
+        if r["model"] == "potts" and r["contender"] == "linear-operator"
+    ]
+    assert all(r["status"] == "skipped" for r in potts)
+
+
+def test_report_and_section_replacement(results, tmp_path):
+    results = {
+        **results,
+        "quick": True,
+        "machine": {
+            "cpu": "test",
+            "cores": 2,
+            "platform": "test",
+            "python": "3",
+            "versions": {},
+            "device": "cpu",
+            "load_average_start": (0, 0, 0),
+            "load_average_end": (0, 0, 0),
+            "date": "today",
+            "commit": None,
+            "threads": {"threads": 2, "pools": [], "environment": {}},
+        },
+    }
+    results["targets"] = speed_report.targets(results["records"])
+    results["crossover"] = speed_report.crossover(results["records"])
+    assert all(t["pass"] is None for t in results["targets"])  # no paper-size case here
+    assert {c["model"] for c in results["crossover"]} == {"general", "potts"}
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
+    body = speed_report.markdown(results, [], md)
+    speed_report.write_section(md, body)
+    speed_report.write_section(md, body)
+    text = md.read_text()
+    assert text.count(speed_report.BEGIN) == 1 and text.count(speed_report.END) == 1
+    assert "kept" in text and "<!-- other:end -->" in text
+    assert "Not measured: no GPU was available." in text
+    assert "Targets" in speed_report.summary(results)
+
+
+def test_cuda_without_cupy_fails_with_a_clear_message():
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed: --device cuda may work here")
+    with pytest.raises(DeviceUnavailableError, match="needs CuPy"):
+        Device("cuda")
