@@ -1,0 +1,118 @@
+"""The reproduction benchmark (issue 7): scene generator properties and an in-process smoke
+run of ``python -m benchmarks.reproduce --quick`` into a temporary directory."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from benchmarks import scenes
+from benchmarks.scenes import NUM_CLASSES, make_scenes, sprite_split
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("skimage")
+pytest.importorskip("sklearn")
+pytest.importorskip("tqdm")
+pytest.importorskip("matplotlib")
+
+from benchmarks import reproduce  # noqa: E402  (needs torch and the bench extras)
+
+
+@pytest.mark.parametrize("kind", scenes.KINDS)
+def test_scenes_are_deterministic_given_the_seed(kind):
+    first = make_scenes(kind, 6, "train", seed=3)
+    again = make_scenes(kind, 6, "train", seed=3)
+    other = make_scenes(kind, 6, "train", seed=4)
+    np.testing.assert_array_equal(first.images, again.images)
+    np.testing.assert_array_equal(first.labels, again.labels)
+    assert not np.array_equal(first.images, other.images)
+
+
+def test_train_and_test_sprites_are_disjoint():
+    split = sprite_split()
+    assert not set(split["train"]) & set(split["test"])
+    _, targets = scenes._digits()
+    for ids in split.values():
+        assert set(targets[ids]) == set(range(10))
+    for kind in scenes.KINDS:
+        for name, ids in split.items():
+            used = make_scenes(kind, 20, name, seed=0).sprite_ids
+            assert set(used[used >= 0]) <= set(ids)
+
+
+@pytest.mark.parametrize("kind", scenes.KINDS)
+def test_scene_shapes_and_label_ranges(kind):
+    batch = make_scenes(kind, 20, "test", seed=1)
+    assert batch.images.shape == (20, 3, 64, 64) and batch.images.dtype == np.float32
+    assert batch.labels.shape == (20, 64, 64) and batch.labels.dtype == np.int64
+    assert 0.0 <= batch.images.min() and batch.images.max() <= 1.0
+    assert 0 <= batch.labels.min() and batch.labels.max() < NUM_CLASSES
+    for labels in batch.labels:
+        digits = set(np.unique(labels)) - {0}
+        if kind == "digits":
+            assert 1 <= len(digits) <= 4  # distinct classes, one per digit
+        else:
+            assert len(digits) == 1  # every digit of a consensus scene shares its class
+    assert 0.0 < (batch.labels > 0).mean() < 0.2  # thin strokes on a large background
+
+
+def test_bad_scene_arguments():
+    with pytest.raises(ValueError, match="kind"):
+        make_scenes("letters", 1, "train", 0)
+    with pytest.raises(ValueError, match="split"):
+        make_scenes("digits", 1, "validation", 0)
+
+
+def test_training_is_deterministic_given_the_seed():
+    config = replace(reproduce.QUICK, datasets=("digits",), train_scenes=16, test_scenes=4,
+                     steps=(2, 1, 1))
+    data = reproduce.load_data("digits", config)
+
+    def scores():
+        with reproduce.torch_settings():
+            models = reproduce.train_seed("digits", 0, data, config, reproduce.tqdm(disable=True))
+            return {name: reproduce.predict(m, data.test_images) for name, m in models.items()}
+
+    first, again = scores(), scores()
+    for name in first:
+        np.testing.assert_array_equal(first[name], again[name])
+
+
+def test_quick_run_end_to_end(tmp_path):
+    results_md = tmp_path / "RESULTS.md"
+    # Another benchmark's section of the shared RESULTS.md must survive.
+    results_md.write_text("# Results\n\n<!-- speed:begin -->\nspeed table\n<!-- speed:end -->\n")
+    threads = torch.get_num_threads()
+    report = reproduce.main(
+        ["--quick", "--results-dir", str(tmp_path / "results"), "--results-md", str(results_md)]
+    )
+    assert torch.get_num_threads() == threads  # the run restores the caller's settings
+    names = [v.name for v in reproduce.variants(reproduce.QUICK)]
+    assert {"unary", "control"} < set(names)
+    assert any(n.startswith("general-") for n in names)
+    assert any(n.startswith("potts-") for n in names)
+    for kind in reproduce.QUICK.datasets:
+        rows = report["summary"][kind]
+        assert list(rows) == names
+        for row in rows.values():
+            assert len(row["miou"]) == len(reproduce.QUICK.seeds)
+            assert all(0.0 <= v <= 100.0 and math.isfinite(v) for v in row["miou"])
+            assert row["params"] > 0
+    assert rows["control"]["params"] >= max(
+        rows[n]["params"] for n in names if n.startswith(("general", "potts"))
+    )
+    for timing in report["timings"].values():
+        assert math.isfinite(timing["total_ms"]) and timing["total_ms"] > 0
+    for name in ("reproduce.json", "reproduce_pairwise.png", "reproduce_qualitative.png"):
+        assert (tmp_path / "results" / name).stat().st_size > 0
+    text = results_md.read_text()
+    assert "speed table" in text and text.count(reproduce.BEGIN) == 1
+    assert "### DigitScenes" in text and "### ConsensusScenes" in text
+    assert "| unary |" in text and "smoke run" in text
+    # A second run replaces the section instead of appending another.
+    reproduce.write_section(results_md, "replaced")
+    text = results_md.read_text()
+    assert text.count(reproduce.BEGIN) == 1 and "replaced" in text and "speed table" in text
