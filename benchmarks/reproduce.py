@@ -122,10 +122,10 @@ class Config:
 
     seeds: tuple[int, ...] = (0, 1, 2)
     datasets: tuple[str, ...] = KINDS
-    train_scenes: int = 2000
-    test_scenes: int = 400
+    train_scenes: int = 1600
+    test_scenes: int = 300
     scene_seed: int = 0
-    steps: tuple[int, int, int] = (1600, 400, 250)
+    steps: tuple[int, int, int] = (2400, 400, 150)
     batch: int = 8
     lr: float = 1e-2
     joint_lr_factor: float = 0.25
@@ -867,8 +867,7 @@ def run(
         return _run(config, results_dir, results_md, quick, progress)
 
 
-def _run(config: Config, results_dir: Path, results_md: Path, quick: bool,
-         progress: bool) -> dict:
+def _run(config: Config, results_dir: Path, results_md: Path, quick: bool, progress: bool) -> dict:
     start = time.perf_counter()
     names = [v.name for v in variants(config)]
     steps = config.steps[0] + len(names) * (config.steps[1] + config.steps[2])

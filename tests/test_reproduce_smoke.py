@@ -67,8 +67,9 @@ def test_bad_scene_arguments():
 
 
 def test_training_is_deterministic_given_the_seed():
-    config = replace(reproduce.QUICK, datasets=("digits",), train_scenes=16, test_scenes=4,
-                     steps=(2, 1, 1))
+    config = replace(
+        reproduce.QUICK, datasets=("digits",), train_scenes=16, test_scenes=4, steps=(2, 1, 1)
+    )
     data = reproduce.load_data("digits", config)
 
     def scores():
