@@ -7,13 +7,16 @@ forward call so that the backward pass reuses the forward's operator and factori
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+from array_api_compat import numpy as numpy_namespace
 
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
 from lowrank_gcrf.info import SolveInfo
 from lowrank_gcrf.operators import GCRFOperator, GeneralOperator, PottsOperator
+from lowrank_gcrf.validation import as_lam
 
 # DLPack device types (dlpack.h: kDLCPU, kDLCUDA).
 _DLPACK_CPU = 1
@@ -42,6 +45,16 @@ def to_core(tensor: Any) -> Any:
     raise GCRFTypeError(
         f"tensors on DLPack device type {device_type} are not supported; use CPU or CUDA"
     )
+
+
+def check_scalar_lam(lam: float) -> None:
+    """The core's check of a Python-float λ (finite, > 0), with its error and message."""
+    as_lam(numpy_namespace, lam, (), numpy_namespace.float64, "cpu")
+
+
+def softplus_inverse(value: float) -> float:
+    """r with softplus(r) = value > 0 (a learnable λ's initial parameter), without overflow."""
+    return value + math.log(-math.expm1(-value))
 
 
 def check_solver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,6 @@ Precision: float32 and float64 are solved natively; float16/bfloat16 (for exampl
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -52,14 +51,19 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from array_api_compat import numpy as _numpy_api
 from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 
-from lowrank_gcrf.adapters.bridge import CoreSolve, check_solver_kwargs, make_operator, to_core
+from lowrank_gcrf.adapters.bridge import (
+    CoreSolve,
+    check_scalar_lam,
+    check_solver_kwargs,
+    make_operator,
+    softplus_inverse,
+    to_core,
+)
 from lowrank_gcrf.adapters.layout import layer_shapes
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
-from lowrank_gcrf.validation import as_lam
 
 __all__ = ["DenseGCRF", "XLAUnsupportedError", "gcrf_solve", "potts_solve"]
 
@@ -144,11 +148,6 @@ def _dtypes(embeddings: tf.Tensor, b: tf.Tensor) -> tuple[tf.DType, tf.DType]:
         widest = max((embeddings.dtype, b.dtype), key=lambda d: d.size)
         output = tf.float32 if widest in _HALF_PRECISION else widest
     return (tf.float32 if output in _HALF_PRECISION else output), output
-
-
-def _check_lam(lam: float) -> None:
-    """The core's check of a float λ, with its error and message."""
-    as_lam(_numpy_api, lam, (), _numpy_api.float64, "cpu")
 
 
 def _lam_grad(g_lam: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
@@ -251,7 +250,7 @@ def _solve(potts: bool, embeddings: Any, b: Any, lam: Any, solver_kwargs: dict) 
     kwargs = check_solver_kwargs(solver_kwargs)
     _reject_xla()
     if isinstance(lam, (int, float)):
-        _check_lam(lam)  # so that graph mode reports a bad float λ while tracing, typed
+        check_scalar_lam(lam)  # so that graph mode reports a bad float λ while tracing, typed
     embeddings, b = tf.convert_to_tensor(embeddings), tf.convert_to_tensor(b)
     compute, output = _dtypes(embeddings, b)
     # dtype_hint: a Python float λ becomes a float64 tensor exactly when solving in float64.
@@ -394,11 +393,6 @@ def _core_layout(
         return b, tf.reshape(embeddings, [e[0], e[1], -1])
 
 
-def _softplus_inverse(value: float) -> float:
-    """r with softplus(r) = value > 0, computed without overflow for large values."""
-    return value + math.log(-math.expm1(-value))
-
-
 @keras.saving.register_keras_serializable(package="lowrank_gcrf")
 class DenseGCRF(keras.layers.Layer):
     """The dense low-rank G-CRF as a Keras 3 layer: unary scores and embeddings in, MAP
@@ -441,7 +435,7 @@ class DenseGCRF(keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        _check_lam(lam)
+        check_scalar_lam(lam)
         self.lam_init = float(lam)
         self.potts = bool(potts)
         self.learn_lam = bool(learn_lam)
@@ -455,7 +449,7 @@ class DenseGCRF(keras.layers.Layer):
             self.raw_lam = self.add_weight(
                 name="raw_lam",
                 shape=(),
-                initializer=keras.initializers.Constant(_softplus_inverse(self.lam_init)),
+                initializer=keras.initializers.Constant(softplus_inverse(self.lam_init)),
                 dtype="float32",
                 # the solve runs in float32 anyway: a float16 λ would only lose digits
                 autocast=False,

@@ -13,19 +13,22 @@ back to their dtype. Double backward is not supported (the backward is ``once_di
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from array_api_compat import numpy as _numpy_api
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from lowrank_gcrf.adapters.bridge import CoreSolve, check_solver_kwargs, to_core
+from lowrank_gcrf.adapters.bridge import (
+    CoreSolve,
+    check_scalar_lam,
+    check_solver_kwargs,
+    softplus_inverse,
+    to_core,
+)
 from lowrank_gcrf.adapters.layout import layer_shapes
 from lowrank_gcrf.errors import GCRFTypeError
-from lowrank_gcrf.validation import as_lam
 
 __all__ = ["DenseGCRF", "gcrf_solve", "potts_solve"]
 
@@ -203,11 +206,6 @@ def potts_solve(Ahat: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: A
     return _solve(True, Ahat, b, lam, solver_kwargs)
 
 
-def _softplus_inverse(value: float) -> float:
-    """r with softplus(r) = value > 0, computed without overflow for large values."""
-    return value + math.log(-math.expm1(-value))
-
-
 class DenseGCRF(nn.Module):
     """The dense low-rank G-CRF as a layer: unary scores and embeddings in, MAP scores out.
 
@@ -247,12 +245,12 @@ class DenseGCRF(nn.Module):
         **solver_kwargs: Any,
     ):
         super().__init__()
-        as_lam(_numpy_api, lam, (), _numpy_api.float64, "cpu")  # the core's λ check and message
+        check_scalar_lam(lam)
         self.potts = bool(potts)
         self.solver_kwargs = check_solver_kwargs({"method": method, **solver_kwargs})
         self.learn_lam = bool(learn_lam)
         if self.learn_lam:
-            self.raw_lam = nn.Parameter(torch.tensor(_softplus_inverse(float(lam))))
+            self.raw_lam = nn.Parameter(torch.tensor(softplus_inverse(float(lam))))
         else:
             self.fixed_lam = float(lam)
 
