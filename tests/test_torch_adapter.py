@@ -436,17 +436,25 @@ def test_ddp_gradients_equal_single_process_gradients(tmp_path):
         "OMP_NUM_THREADS": "1",
     }
     worker = [sys.executable, str(Path(__file__).with_name("torch_ddp_worker.py")), str(tmp_path)]
+    # Output to files, not pipes: a rank blocked on a full pipe would stall the other one
+    # inside a collective until the timeout.
+    logs = [tmp_path / f"rank{rank}.log" for rank in range(2)]
     ranks = [
         subprocess.Popen(
-            worker, env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            worker,
+            env={**env, "RANK": str(rank)},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
         )
-        for rank in range(2)
+        for rank, log in enumerate(logs)
     ]
     try:
-        outputs = [rank.communicate(timeout=120)[0].decode() for rank in ranks]
+        for rank in ranks:
+            rank.wait(timeout=300)
     finally:
         for rank in ranks:
             rank.kill()
+    outputs = [log.read_text() for log in logs]
     assert [rank.returncode for rank in ranks] == [0, 0], "\n".join(outputs)
     runs = torch.load(tmp_path / "grads.pt")
     assert len(runs["ddp"]) == len(runs["single"]) == 3  # two steps' gradients, final weights
