@@ -83,6 +83,9 @@ def main(out_dir: Path) -> None:
     if rank == 0:
         single = train(make_model(), images, targets)
         torch.save({"ddp": distributed, "single": single}, out_dir / "grads.pt")
+    # Both ranks leave together: rank 0 hosts the store, and a rank still tearing down after
+    # it has exited can hang.
+    dist.barrier()
     dist.destroy_process_group()
 
 
