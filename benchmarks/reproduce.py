@@ -710,8 +710,8 @@ def timing_table(timings: dict[str, dict[str, float]]) -> list[str]:
 MECHANISM_NOTES = [
     "How the two models can share evidence. Potts: M = λI + (J − I) ⊗ ÂᵀÂ has eigenvalues "
     "λ − μᵢ < λ on label deviations, so the deviations (which decide the argmax) shared by a "
-    "group of pixels with aligned embeddings are amplified by up to 1/(λ − μ) — here up to "
-    "1/(1 − ρ) = 10 with the embeddings kept below ρλ — i.e. the class evidence of a whole "
+    "group of pixels with aligned embeddings are amplified by λ/(λ − μ) — up to "
+    "1/(1 − ρ) = 10 here, with ‖Â‖₂² kept below ρλ — i.e. the class evidence of a whole "
     "digit (DigitScenes) or of all digits (ConsensusScenes) is pooled. General: "
     "M = AᵀA + λI ≽ λI only shrinks; the components of b in the span of the embeddings are "
     "damped most, so a group's shared evidence is attenuated relative to each pixel's own "
