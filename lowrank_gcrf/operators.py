@@ -29,6 +29,7 @@ from .validation import (
     check_embeddings,
     check_finite,
     check_system_shape,
+    dtype_name,
     floating_dtypes,
     is_numpy,
     result_dtype,
@@ -241,7 +242,7 @@ class GCRFOperator:
         raise ConvergenceError(
             f"{info.method} solve did not reach rtol={rtol:g}, atol={atol:g} in {count} of "
             f"{info.converged.size} system(s): relative residual {worst:.3g} after {iters} "
-            f"{what}. The system is too ill-conditioned for the dtype {_name(self.dtype)} "
+            f"{what}. The system is too ill-conditioned for the dtype {dtype_name(self.dtype)} "
             "(κ = 1 + ‖A‖₂²/λ): raise rtol, increase lam, use float64, or raise maxiter.",
             x=self._from_rows(xp.astype(x, out_dtype, copy=False)),
             info=info,
@@ -474,7 +475,3 @@ def _check_tolerances(rtol: float, atol: float, maxiter: int | None) -> tuple[fl
     if maxiter is not None and (int(maxiter) != maxiter or maxiter < 0):
         raise GCRFError(f"maxiter must be a non-negative integer or None, got {maxiter!r}")
     return rtol, atol
-
-
-def _name(dtype: Any) -> str:
-    return str(dtype).rsplit(".", 1)[-1]

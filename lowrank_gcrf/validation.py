@@ -39,7 +39,8 @@ def is_numpy(xp: Any) -> bool:
     return array_api_compat.is_numpy_namespace(xp)
 
 
-def _dtype_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
+    """The short name of a dtype (``float32``), whatever the array library."""
     return str(dtype).rsplit(".", 1)[-1]
 
 
@@ -55,9 +56,9 @@ def floating_dtypes(xp: Any, **arrays: Any) -> tuple[Any, Any]:
     """
     out_dtype = None
     for name, a in arrays.items():
-        if _dtype_name(a.dtype) not in _HALF_PRECISION and not xp.isdtype(a.dtype, "real floating"):
+        if dtype_name(a.dtype) not in _HALF_PRECISION and not xp.isdtype(a.dtype, "real floating"):
             raise GCRFTypeError(
-                f"{name} has dtype {_dtype_name(a.dtype)}; lowrank-gcrf needs real floating "
+                f"{name} has dtype {dtype_name(a.dtype)}; lowrank-gcrf needs real floating "
                 "arrays (float16, bfloat16, float32 or float64): cast it, e.g. "
                 f"{name}.astype('float32')"
             )
@@ -72,9 +73,9 @@ def result_dtype(xp: Any, a: Any, b: Any) -> Any:
         return a
     ranks = {"bfloat16": 0, "float16": 0, "float32": 1, "float64": 2}
     # float16 with bfloat16 has no exact common half type: both go to float32.
-    if ranks[_dtype_name(a)] == ranks[_dtype_name(b)]:
+    if ranks[dtype_name(a)] == ranks[dtype_name(b)]:
         return xp.float32
-    return a if ranks[_dtype_name(a)] > ranks[_dtype_name(b)] else b
+    return a if ranks[dtype_name(a)] > ranks[dtype_name(b)] else b
 
 
 def check_finite(xp: Any, a: Any, name: str) -> None:
