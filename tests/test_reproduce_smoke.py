@@ -74,7 +74,9 @@ def test_training_is_deterministic_given_the_seed():
 
     def scores():
         with reproduce.torch_settings():
-            models = reproduce.train_seed("digits", 0, data, config, reproduce.tqdm(disable=True))
+            _, models = reproduce.train_seed(
+                "digits", 0, data, config, reproduce.tqdm(disable=True)
+            )
             return {name: reproduce.predict(m, data.test_images) for name, m in models.items()}
 
     first, again = scores(), scores()
@@ -105,6 +107,10 @@ def test_quick_run_end_to_end(tmp_path):
     assert rows["control"]["params"] >= max(
         rows[n]["params"] for n in names if n.startswith(("general", "potts"))
     )
+    for kind in reproduce.QUICK.datasets:
+        oracles = report["oracles"][kind]
+        assert list(oracles) == list(reproduce.ORACLE_NAMES)
+        assert all(len(v) == len(reproduce.QUICK.seeds) for v in oracles.values())
     for timing in report["timings"].values():
         assert math.isfinite(timing["total_ms"]) and timing["total_ms"] > 0
     for name in ("reproduce.json", "reproduce_pairwise.png", "reproduce_qualitative.png"):
@@ -113,6 +119,10 @@ def test_quick_run_end_to_end(tmp_path):
     assert "speed table" in text and text.count(reproduce.BEGIN) == 1
     assert "### DigitScenes" in text and "### ConsensusScenes" in text
     assert "| unary |" in text and "smoke run" in text
+    assert (
+        "ground-truth embeddings" in text
+        and "target, dense general" in reproduce.console_summary(report)
+    )
     # A second run replaces the section instead of appending another.
     reproduce.write_section(results_md, "replaced")
     text = results_md.read_text()
