@@ -1,6 +1,6 @@
 """Reproduce the paper's claims end to end on generated scenes (GitHub issue 7).
 
-    python -m benchmarks.reproduce            # full job, about 17 minutes on 2 CPU cores
+    python -m benchmarks.reproduce            # full job, about 12 minutes on 2 CPU cores
     python -m benchmarks.reproduce --quick    # smoke run of every variant, under 2 minutes
 
 The paper (Chandra, Usunier, Kokkinos, ICCV 2017; Tables 2–3, Figs. 3–5, Sec. 3.4) adds a
@@ -127,7 +127,7 @@ class Config:
     train_scenes: int = 2000
     test_scenes: int = 400
     scene_seed: int = 0
-    steps: tuple[int, int, int] = (1600, 400, 250)
+    steps: tuple[int, int, int] = (1600, 300, 200)
     batch: int = 8
     lr: float = 1e-2
     joint_lr_factor: float = 0.25
