@@ -1,0 +1,304 @@
+"""``refine``: a network's class probabilities refined with the image by an exact Potts G-CRF.
+
+DeepLab's recipe refines a segmentation network's softmax with a fully connected CRF whose
+pairwise kernels come from the image (positions and colours). Here the same two Gaussian
+kernels are approximated at rank D (:mod:`lowrank_gcrf.image_kernels`), so that the CRF is a
+low-rank Potts G-CRF (Eq. 11–12) whose MAP is found exactly by :func:`~lowrank_gcrf.solve_potts`
+instead of by a few mean-field iterations.
+
+What the solve does: with unary scores ``b_k = log p_k`` and ``K = ÂᵀÂ`` the MAP ``x`` of
+``(λI + (J − I) ⊗ K) x = b`` splits into a per-pixel class sum, which softmax ignores, and
+the deviations ``x_k − x̄ = (λI − K)⁻¹ (b_k − b̄) = λ⁻¹ Σₙ (K/λ)ⁿ (b_k − b̄)``: each pixel's
+scores are propagated to the pixels the kernel calls similar, with weight ``strengthⁿ`` after
+n steps (``‖K‖₂ = strength·λ``). With the symmetric normalisation this is Zhou et al.'s
+label spreading ``(I − αS)⁻¹Y`` with ``α = strength`` and a low-rank S. Logits give the same
+result as the log of their softmax (a per-pixel constant only shifts the class sum).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+from .api import solve_potts
+from .errors import GCRFError, GCRFTypeError
+from .image_kernels import (
+    check_kernel_options,
+    dense_crf_features,
+    normalized,
+    scaled_to_strength,
+)
+from .validation import array_namespace, check_finite
+
+#: Probabilities are clipped below at this value before their logarithm (as pydensecrf's
+#: ``unary_from_softmax``), so that a zero probability is a large finite penalty.
+PROB_FLOOR = 1e-5
+#: Relative residual of the solve: the refined probabilities change by about this fraction
+#: of the scores, far below what moves an argmax; float32 reaches it up to κ ≈ 10⁴.
+SOLVE_RTOL = 1e-4
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise GCRFError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _check_parameters(
+    sxy: float,
+    srgb: float,
+    sxy_smooth: float,
+    w_appearance: float,
+    w_smooth: float,
+    strength: float,
+    rank: int,
+    lam: float,
+    spatial_dims: int,
+) -> None:
+    for name, value in (("sxy", sxy), ("srgb", srgb), ("sxy_smooth", sxy_smooth), ("lam", lam)):
+        _positive(name, value)
+    _positive("w_appearance", w_appearance, allow_zero=True)
+    _positive("w_smooth", w_smooth, allow_zero=True)
+    if w_appearance == 0 and w_smooth == 0:
+        raise GCRFError("w_appearance and w_smooth are both 0: set at least one kernel weight > 0")
+    if not (isinstance(strength, (int, float)) and 0 <= strength < 1):
+        raise GCRFError(
+            f"strength must be in [0, 1) (it is ‖Â‖₂²/λ; the Potts system is positive definite "
+            f"only below 1), got {strength!r}"
+        )
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise GCRFError(f"rank must be a positive integer, got {rank!r}")
+    if spatial_dims not in (1, 2, 3):
+        raise GCRFError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+
+
+def _check_shapes(probs: Any, image: Any, spatial_dims: int) -> tuple[tuple[int, ...], ...]:
+    """Batch shape, labels and spatial shape; raise when probs and image disagree."""
+    for name, a in (("probs", probs), ("image", image)):
+        if a.ndim < spatial_dims + 1:
+            axis = "L" if name == "probs" else "C"
+            raise GCRFError(
+                f"{name} has shape {tuple(a.shape)}; with spatial_dims={spatial_dims} it must "
+                f"have shape (..., {axis}, {', '.join('S' * spatial_dims)}) — set spatial_dims "
+                "to the number of trailing spatial axes"
+            )
+    batch, spatial = tuple(probs.shape[: -spatial_dims - 1]), tuple(probs.shape[-spatial_dims:])
+    if (
+        tuple(image.shape[: -spatial_dims - 1]) != batch
+        or tuple(image.shape[-spatial_dims:]) != spatial
+    ):
+        raise GCRFError(
+            f"probs has shape {tuple(probs.shape)} (batch {batch}, spatial {spatial}) but image "
+            f"has shape {tuple(image.shape)}: image must be (..., C, *spatial) with the batch "
+            "and spatial shape of probs (resize the probabilities to the image first)"
+        )
+    if probs.shape[-spatial_dims - 1] == 0 or image.shape[-spatial_dims - 1] == 0:
+        raise GCRFError("probs needs at least one label and image at least one channel")
+    return batch, (int(probs.shape[-spatial_dims - 1]),), spatial
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+def _compute_dtype(xp: Any, probs: Any) -> Any:
+    """float64 for float64 scores, float32 for float32 and half precision; else raise."""
+    name = _dtype_name(probs.dtype)
+    if name not in ("float16", "bfloat16") and not xp.isdtype(probs.dtype, "real floating"):
+        raise GCRFTypeError(
+            f"probs has dtype {name}; pass real floating probabilities or scores (float16, "
+            "bfloat16, float32 or float64), e.g. probs.astype('float32')"
+        )
+    return xp.float64 if probs.dtype == xp.float64 else xp.float32
+
+
+def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> None:
+    if not bool(xp.all(probs >= 0)):
+        raise GCRFError(
+            "probs has negative values; pass probabilities (a softmax), or pass the scores "
+            "with logits=True"
+        )
+    # Rounding of a softmax computed in this dtype and of its L-term sum stays far below this.
+    eps = float(xp.finfo(probs.dtype).eps)
+    tol = math.sqrt(eps) + num_labels * eps
+    total = xp.sum(xp.astype(probs, _compute_dtype(xp, probs)), axis=axis)
+    worst = float(xp.max(xp.abs(total - 1.0)))
+    if worst > tol:
+        raise GCRFError(
+            f"probs does not sum to 1 over the label axis (largest deviation {worst:.3g}, "
+            f"tolerance {tol:.2g} for {_dtype_name(probs.dtype)}): pass a softmax over the "
+            "labels, or the scores with logits=True"
+        )
+
+
+def _check_image(xp: Any, image: Any) -> None:
+    if xp.isdtype(image.dtype, "bool") or not (
+        xp.isdtype(image.dtype, "integral")
+        or xp.isdtype(image.dtype, "real floating")
+        or _dtype_name(image.dtype) in ("float16", "bfloat16")
+    ):
+        raise GCRFTypeError(
+            f"image has dtype {_dtype_name(image.dtype)}; pass uint8 (0–255) or a real floating "
+            "image on the 0–255 scale"
+        )
+    if not xp.isdtype(image.dtype, "integral"):
+        check_finite(xp, image, "image")
+        if image.size and float(xp.max(xp.abs(image))) <= 1.0:
+            warnings.warn(
+                "image is floating point with values in [-1, 1]; refine reads colours on the "
+                "0–255 scale (srgb is in those units): multiply a [0, 1] image by 255",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def refine(
+    probs: Any,
+    image: Any,
+    *,
+    sxy: float = 80.0,
+    srgb: float = 13.0,
+    sxy_smooth: float = 3.0,
+    w_appearance: float = 4.0,
+    w_smooth: float = 3.0,
+    strength: float = 0.9,
+    rank: int = 64,
+    spatial_dims: int = 2,
+    seed: int = 0,
+    logits: bool = False,
+    lam: float = 1.0,
+    approximation: str = "nystrom-kmeans",
+    normalization: str = "symmetric",
+    method: str = "direct",
+    return_info: bool = False,
+) -> Any:
+    """Refine class probabilities with the image by an exact low-rank dense CRF (Potts G-CRF).
+
+    Solves ``(λI + (J − I) ⊗ ÂᵀÂ) x = log p`` (Eq. 11–12) with embeddings Â computed from
+    the image — a rank-``rank`` approximation of the dense CRF's appearance and smoothness
+    Gaussian kernels, symmetrically normalised and scaled so that ``‖Â‖₂² = strength · λ`` —
+    and returns ``softmax(x)`` over the labels.
+
+    Parameters
+    ----------
+    probs : array (..., L, *spatial)
+        Class probabilities (a softmax over axis ``-spatial_dims - 1``), or unnormalised
+        scores with ``logits=True``. float16 and bfloat16 are computed in float32.
+    image : array (..., C, *spatial)
+        The image, any number of channels C, same batch and spatial shape as ``probs``:
+        uint8 (0–255) or floating **on the same 0–255 scale** (multiply a [0, 1] image by
+        255; a warning is emitted for a floating image within [−1, 1]).
+    sxy, srgb : float, default 80 and 13
+        Appearance kernel bandwidths (pydensecrf's ``addPairwiseBilateral(sxy, srgb)``,
+        DeepLab's θα and θβ): pixels within about sxy pixels and srgb colour levels of each
+        other are coupled.
+    sxy_smooth : float, default 3
+        Smoothness kernel bandwidth in pixels (``addPairwiseGaussian(sxy)``, θγ).
+    w_appearance, w_smooth : float, default 4 and 3
+        Relative weights of the two kernels (DeepLab's ``compat`` 4 and 3). Only their ratio
+        matters: the symmetric normalisation divides out their overall scale, and
+        ``strength`` sets it instead. A narrow smoothness kernel (a few pixels) needs far more
+        than a quarter of the rank — the share it gets — to be represented; the benchmark
+        measures the trade-off.
+    strength : float in [0, 1), default 0.9
+        ``‖Â‖₂²/λ``: how far scores propagate along similar pixels (the weight of n-step
+        paths is strengthⁿ; about ``1/(1 − strength)`` steps). 0 returns ``probs`` (up to
+        the clipping below); values close to 1 smooth more. The margin ``1 − strength`` is
+        how far the system stays from indefinite.
+    rank : int, default 64
+        Rank D of the kernel approximation (rows of Â); cost grows as D²·P.
+    spatial_dims : {1, 2, 3}, default 2
+        Number of trailing spatial axes (3 for volumes).
+    seed : int, default 0
+        Seeds the landmark sampling and k-means (or the random features): the result is
+        deterministic, and each image of a batch gets the same result as alone.
+    logits : bool, default False
+        ``probs`` holds scores (the result equals that of their softmax, since a per-pixel
+        constant does not change the refined probabilities).
+    lam : float, default 1
+        λ; the refined scores scale as 1/λ (a temperature): with λ = 1 a pixel with no
+        similar neighbour keeps its log-probabilities.
+    approximation : {"nystrom-kmeans", "nystrom-random", "rff"}
+        Kernel feature map (:mod:`lowrank_gcrf.image_kernels`).
+    normalization : {"symmetric", "none"}
+        ``"symmetric"``: ``Δ^{-1/2} W Δ^{-1/2}`` as in spectral clustering (default).
+    method : {"direct", "cg", "auto"}, default "direct"
+        Passed to :func:`~lowrank_gcrf.solve_potts`.
+    return_info : bool
+        Also return the solve's :class:`~lowrank_gcrf.SolveInfo` (fields of the batch shape).
+
+    Returns
+    -------
+    refined : array like ``probs`` (shape, dtype, library)
+    info : SolveInfo, only with ``return_info=True``
+
+    Raises
+    ------
+    GCRFError
+        Shapes that disagree, NaN or Inf, probabilities that are negative or do not sum to
+        1 (tolerance √eps + L·eps of their dtype), parameters out of range.
+    GCRFTypeError
+        Non-array inputs, arrays from different libraries, a non-floating ``probs``.
+
+    Examples
+    --------
+    >>> refined = refine(softmax, image)                 # (21, H, W), (3, H, W) uint8
+    >>> labels = refined.argmax(axis=0)
+    """
+    xp = array_namespace(probs, image)
+    _check_parameters(
+        sxy, srgb, sxy_smooth, w_appearance, w_smooth, strength, rank, lam, spatial_dims
+    )
+    check_kernel_options(approximation, normalization)
+    batch, (num_labels,), spatial = _check_shapes(probs, image, spatial_dims)
+    compute = _compute_dtype(xp, probs)
+    _check_image(xp, image)
+    check_finite(xp, probs, "probs")
+    label_axis = -spatial_dims - 1
+    if not logits:
+        _check_probabilities(xp, probs, num_labels, label_axis)
+
+    n_images = math.prod(batch)
+    n_pixels = math.prod(spatial)
+    scores = xp.astype(probs, compute)
+    if not logits:
+        scores = xp.log(xp.maximum(scores, PROB_FLOOR))
+    b = xp.reshape(scores, (n_images, num_labels, n_pixels))
+    images = xp.reshape(image, (n_images, image.shape[label_axis], *spatial))
+    embeddings = [
+        normalized(
+            xp,
+            dense_crf_features(
+                xp,
+                images[i, ...],
+                sxy=sxy,
+                srgb=srgb,
+                sxy_smooth=sxy_smooth,
+                w_appearance=w_appearance,
+                w_smooth=w_smooth,
+                rank=rank,
+                approximation=approximation,
+                seed=seed,
+                dtype=compute,
+            ),
+            normalization,
+        )
+        for i in range(n_images)
+    ]
+    Ahat = scaled_to_strength(xp, xp.stack(embeddings), strength=strength, lam=lam)
+    x, info = solve_potts(Ahat, b, lam, method=method, rtol=SOLVE_RTOL, return_info=True)
+    x = x - xp.max(x, axis=1, keepdims=True)
+    e = xp.exp(x)
+    refined = xp.astype(xp.reshape(e / xp.sum(e, axis=1, keepdims=True), probs.shape), probs.dtype)
+    if not return_info:
+        return refined
+    info = dataclasses.replace(
+        info,
+        iterations=xp.reshape(info.iterations, batch),
+        residual=xp.reshape(info.residual, batch),
+        converged=xp.reshape(info.converged, batch),
+    )
+    return refined, info

@@ -1,0 +1,274 @@
+"""``refine`` against dense float64 references of the Potts system it builds, its kernel
+feature maps against the exact Gaussian kernels, its errors, and the adapters' gradients.
+
+Tolerances. In float64 the direct solve's residual is ≤ 1e-4 (the solve's rtol) but in
+practice ~κ·ε ≈ 1e-13 after one exact solve on these tiny systems (κ ≤ (1 + (L−1)ρ)/(1 − ρ)
+≤ 100); refined probabilities are compared with atol 1e-7, which leaves 10⁶ room yet fails
+on any change of the system. Kernel maps that are exact in exact arithmetic (Nyström on all
+pixels) are compared at 1e-6, the eigenvalue cut-off of the Nyström pseudo-inverse.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lowrank_gcrf.errors import GCRFError, GCRFTypeError
+from lowrank_gcrf.image_kernels import (
+    APPROXIMATIONS,
+    NORMALIZATIONS,
+    dense_crf_features,
+    gaussian_kernel_features,
+    normalized,
+    pixel_features,
+    scaled_to_strength,
+)
+from lowrank_gcrf.refine import PROB_FLOOR, refine
+from lowrank_gcrf.testing import potts_dense_matrix, reference_solve
+
+
+def softmax(z: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def random_inputs(seed, batch, labels, channels, spatial, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    probs = softmax(rng.normal(0, 2, (*batch, labels, *spatial)), axis=len(batch)).astype(dtype)
+    image = rng.integers(0, 256, (*batch, channels, *spatial)).astype(np.uint8)
+    return probs, image
+
+
+def reference_refine(probs, image, *, spatial_dims, lam=1.0, **kw):
+    """The dense float64 solve of the Potts system refine builds, then softmax."""
+    batch = probs.shape[: -spatial_dims - 1]
+    labels = probs.shape[-spatial_dims - 1]
+    spatial = probs.shape[-spatial_dims:]
+    n = math.prod(batch)
+    b = np.log(np.maximum(probs, PROB_FLOOR)).reshape(n, labels * math.prod(spatial))
+    images = image.reshape(n, image.shape[-spatial_dims - 1], *spatial)
+    strength = kw.pop("strength")
+    normalization = kw.pop("normalization")
+    Ahat = np.stack(
+        [
+            normalized(np, dense_crf_features(np, im, dtype=np.float64, **kw), normalization)
+            for im in images
+        ]
+    )
+    Ahat = scaled_to_strength(np, Ahat, strength=strength, lam=lam)
+    mu = np.linalg.norm(Ahat, ord=2, axis=(-2, -1)) ** 2
+    np.testing.assert_allclose(mu, strength * lam, rtol=1e-10, atol=1e-300)
+    x = reference_solve(potts_dense_matrix(Ahat, lam, labels), b)
+    return softmax(x.reshape(n, labels, -1), axis=1).reshape(probs.shape)
+
+
+KERNEL = dict(sxy=3.0, srgb=40.0, sxy_smooth=1.5, w_appearance=4.0, w_smooth=3.0)
+
+
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    spatial=st.sampled_from([(7,), (3, 4), (5, 3), (2, 3, 2)]),
+    batch=st.sampled_from([(), (2,), (2, 1)]),
+    labels=st.integers(2, 4),
+    channels=st.integers(1, 3),
+    rank=st.integers(1, 14),
+    strength=st.floats(0.0, 0.95),
+    approximation=st.sampled_from(APPROXIMATIONS),
+    normalization=st.sampled_from(NORMALIZATIONS),
+    w_smooth=st.sampled_from([0.0, 3.0]),
+    lam=st.sampled_from([1.0, 0.3]),
+)
+def test_refine_equals_dense_float64_solve(
+    seed,
+    spatial,
+    batch,
+    labels,
+    channels,
+    rank,
+    strength,
+    approximation,
+    normalization,
+    w_smooth,
+    lam,
+):
+    probs, image = random_inputs(seed, batch, labels, channels, spatial)
+    kw = dict(
+        KERNEL,
+        w_smooth=w_smooth,
+        rank=rank,
+        strength=strength,
+        approximation=approximation,
+        normalization=normalization,
+        seed=seed % 7,
+    )
+    out = refine(probs, image, spatial_dims=len(spatial), lam=lam, **kw)
+    ref = reference_refine(probs, image, spatial_dims=len(spatial), lam=lam, **kw)
+    assert out.shape == probs.shape and out.dtype == probs.dtype
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-7)
+
+
+def test_volume_matches_dense_reference_and_differs_from_unary():
+    probs, image = random_inputs(3, (), 3, 2, (4, 5, 6))
+    kw = dict(
+        KERNEL,
+        rank=24,
+        strength=0.9,
+        approximation="nystrom-kmeans",
+        normalization="symmetric",
+        seed=0,
+    )
+    out = refine(probs, image, spatial_dims=3, **kw)
+    np.testing.assert_allclose(
+        out, reference_refine(probs, image, spatial_dims=3, **kw), rtol=0, atol=1e-7
+    )
+    assert np.abs(out - probs).max() > 0.05
+
+
+def test_refine_recovers_a_two_region_image_from_noisy_probabilities():
+    # Left half dark, right half bright; the unary is right only 65 % of the time.
+    rng = np.random.default_rng(0)
+    truth = np.zeros((24, 24), dtype=int)
+    truth[:, 12:] = 1
+    image = np.where(truth == 1, 200, 40)[None].astype(np.uint8)
+    image = np.clip(image + rng.normal(0, 5, image.shape), 0, 255).astype(np.uint8)
+    logits = 0.8 * np.stack([truth == 0, truth == 1]) + rng.normal(0, 1.0, (2, 24, 24))
+    probs = softmax(logits, axis=0)
+    unary_accuracy = (probs.argmax(0) == truth).mean()
+    refined = refine(probs, image, sxy=20.0, srgb=20.0, w_smooth=0.0, rank=16)
+    assert unary_accuracy < 0.8
+    assert (refined.argmax(0) == truth).mean() > 0.98
+
+
+def test_nystrom_on_every_pixel_is_the_exact_kernel():
+    rng = np.random.default_rng(1)
+    F = rng.normal(0, 1.0, (30, 4))
+    exact = np.exp(-0.5 * ((F[:, None] - F[None]) ** 2).sum(-1))
+    for approximation in ("nystrom-random", "nystrom-kmeans"):
+        Phi = gaussian_kernel_features(np, F, 30, approximation=approximation, seed=0)
+        np.testing.assert_allclose(Phi.T @ Phi, exact, rtol=0, atol=1e-6)
+    Phi = gaussian_kernel_features(np, F, 40, approximation="nystrom-random", seed=0)
+    assert Phi.shape == (40, 30) and not Phi[30:].any()
+
+
+def test_random_fourier_features_are_unbiased():
+    rng = np.random.default_rng(2)
+    F = rng.normal(0, 0.7, (20, 3))
+    exact = np.exp(-0.5 * ((F[:, None] - F[None]) ** 2).sum(-1))
+    Phi = gaussian_kernel_features(np, F, 40000, approximation="rff", seed=0)
+    # Each entry averages 40000 bounded terms of variance ≤ 2: standard error ≤ 0.007.
+    np.testing.assert_allclose(Phi.T @ Phi, exact, rtol=0, atol=0.04)
+
+
+def test_symmetric_normalisation_of_the_exact_kernel_has_norm_one():
+    image = np.random.default_rng(3).integers(0, 256, (3, 5, 6)).astype(np.uint8)
+    F = pixel_features(np, image, sxy=2.0, srgb=60.0, dtype=np.float64)
+    Phi = gaussian_kernel_features(np, F, 30, approximation="nystrom-random", seed=0)
+    S = normalized(np, Phi, "symmetric")
+    # Δ^{-1/2} W Δ^{-1/2} of a positive kernel has the top eigenvalue 1 (eigenvector Δ^{1/2}1).
+    assert np.linalg.norm(S, ord=2) ** 2 == pytest.approx(1.0, rel=1e-8)
+
+
+def test_strength_zero_returns_the_probabilities():
+    probs, image = random_inputs(4, (2,), 3, 3, (6, 5))
+    probs = np.maximum(probs, 1e-3)
+    probs /= probs.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(refine(probs, image, strength=0.0), probs, rtol=1e-12)
+
+
+def test_logits_give_the_result_of_their_softmax():
+    rng = np.random.default_rng(5)
+    z = rng.normal(0, 1.5, (3, 7, 6))
+    image = rng.integers(0, 256, (3, 7, 6)).astype(np.uint8)
+    np.testing.assert_allclose(
+        refine(z, image, logits=True), refine(softmax(z, 0), image), rtol=0, atol=1e-10
+    )
+
+
+def test_batch_items_equal_their_single_results_and_seed_is_deterministic():
+    probs, image = random_inputs(6, (3,), 4, 3, (9, 8), dtype=np.float32)
+    out = refine(probs, image, rank=12)
+    for i in range(3):
+        np.testing.assert_array_equal(refine(probs[i], image[i], rank=12), out[i])
+    np.testing.assert_array_equal(refine(probs, image, rank=12), out)
+    assert np.abs(refine(probs, image, rank=12, seed=1) - out).max() > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_output_dtype_and_inputs_unchanged(dtype):
+    probs, image = random_inputs(7, (), 3, 3, (8, 8), dtype=dtype)
+    probs_copy, image_copy = probs.copy(), image.copy()
+    out, info = refine(probs, image, return_info=True)
+    assert out.dtype == dtype and out.shape == probs.shape
+    np.testing.assert_array_equal(probs, probs_copy)
+    np.testing.assert_array_equal(image, image_copy)
+    assert info.all_converged and info.residual.shape == ()
+
+
+def test_float_image_on_the_255_scale_equals_uint8():
+    probs, image = random_inputs(8, (), 3, 3, (8, 8))
+    np.testing.assert_array_equal(refine(probs, image.astype(np.float32)), refine(probs, image))
+    with pytest.warns(UserWarning, match="0–255"):
+        refine(probs, image.astype(np.float32) / 255)
+
+
+def test_array_api_strict_matches_numpy():
+    xps = pytest.importorskip("array_api_strict")
+    probs, image = random_inputs(9, (2,), 3, 3, (6, 7), dtype=np.float32)
+    for approximation in APPROXIMATIONS:
+        expected = refine(probs, image, rank=10, approximation=approximation)
+        got = refine(xps.asarray(probs), xps.asarray(image), rank=10, approximation=approximation)
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda p, i: (p, i[..., :5]), "image must be"),
+        (lambda p, i: (p[None], i), "image must be"),
+        (lambda p, i: (p[0, 0], i[0, 0]), "spatial_dims"),
+        (lambda p, i: (np.where(p > 0.5, np.nan, p), i), "NaN"),
+        (lambda p, i: (p - 0.01, i), "negative"),
+        (lambda p, i: (p * 1.01, i), "sum to 1"),
+        (lambda p, i: (p, np.full(i.shape, np.nan)), "image contains NaN"),
+    ],
+)
+def test_bad_inputs_raise(change, match):
+    probs, image = random_inputs(10, (2,), 3, 3, (6, 6))
+    with pytest.raises(GCRFError, match=match):
+        refine(*change(probs, image))
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(strength=1.0), "strength"),
+        (dict(strength=-0.1), "strength"),
+        (dict(rank=0), "rank"),
+        (dict(sxy=0.0), "sxy"),
+        (dict(srgb=float("nan")), "srgb"),
+        (dict(w_appearance=0.0, w_smooth=0.0), "both 0"),
+        (dict(w_smooth=-1.0), "w_smooth"),
+        (dict(spatial_dims=4), "spatial_dims"),
+        (dict(approximation="svd"), "approximation"),
+        (dict(normalization="rw"), "normalization"),
+    ],
+)
+def test_bad_parameters_raise(kw, match):
+    probs, image = random_inputs(11, (), 3, 3, (6, 6))
+    with pytest.raises(GCRFError, match=match):
+        refine(probs, image, **kw)
+
+
+def test_type_errors():
+    probs, image = random_inputs(12, (), 3, 3, (6, 6))
+    with pytest.raises(GCRFTypeError, match="floating"):
+        refine((probs > 0.3).astype(np.int64), image)
+    with pytest.raises(GCRFTypeError, match="uint8"):
+        refine(probs, image > 100)
+    xps = pytest.importorskip("array_api_strict")
+    with pytest.raises(GCRFTypeError, match="different array libraries"):
+        refine(probs, xps.asarray(image))
