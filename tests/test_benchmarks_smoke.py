@@ -1,30 +1,32 @@
-"""Smoke test of the speed benchmark (benchmarks/speed.py): a tiny configuration, in-process.
+"""Smoke test of the speed benchmark (benchmarks/speed/): a tiny configuration, in-process.
 
 Checks the structure of the results and that every contender's answer is right (true
 residual within tolerance, gradients close to the float64 reference); it times nothing.
 Contenders whose libraries are missing (linear_operator, pydensecrf2) must be skipped with a
-reason, not fail.
+reason, not fail. A quick run of the command line must leave the published results alone.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 
 import numpy as np
 import pytest
 
-from benchmarks import speed, speed_report
-from benchmarks.contenders import all_contenders
-from benchmarks.measure import Device, DeviceUnavailableError
-from benchmarks.problems import make_problem
+from benchmarks import results_writer
+from benchmarks.speed import cli, report, runner, targets
+from benchmarks.speed.cases import PHASES, Case, Plan
+from benchmarks.speed.contenders import CONTENDER_NAMES
+from benchmarks.speed.measure import Device, DeviceUnavailableError
+from benchmarks.speed.problems import make_problem
 
-CONTENDERS = tuple(c.name for c in all_contenders())
+CONTENDERS = CONTENDER_NAMES
 
 
-@pytest.fixture(scope="module")
-def results() -> dict:
-    cases = [
-        speed.Case(
+def _tiny_cases(dtypes: tuple[str, ...], contenders: tuple[str, ...]) -> list[Case]:
+    return [
+        Case(
             ("paper", "rank"),
             model,
             pixels=16,
@@ -33,13 +35,17 @@ def results() -> dict:
             kappa=100.0,
             dtype=dtype,
             batch=2,
-            contenders=CONTENDERS,
+            contenders=contenders,
         )
         for model in ("general", "potts")
-        for dtype in ("float32", "float64")
+        for dtype in dtypes
     ]
-    plan = speed.Plan(cases=cases, repeats=1, budget_s=0.05)
-    return speed.run(plan, Device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    plan = Plan(cases=_tiny_cases(("float32", "float64"), CONTENDERS), repeats=1, budget_s=0.05)
+    return runner.run(plan, Device("cpu"))
 
 
 def test_problem_has_the_requested_condition_number():
@@ -57,7 +63,7 @@ def _dense(p) -> np.ndarray:
 
 def test_every_contender_is_measured_or_skipped_with_a_reason(results):
     records = results["records"]
-    assert len(records) == 4 * len(CONTENDERS) * len(speed.PHASES)
+    assert len(records) == 4 * len(CONTENDERS) * len(PHASES)
     for r in records:
         assert r["status"] in ("ok", "skipped"), r
         if r["status"] == "skipped":
@@ -101,20 +107,22 @@ def test_report_and_section_replacement(results, tmp_path):
             "threads": {"threads": 2, "pools": [], "environment": {}},
         },
     }
-    results["targets"] = speed_report.targets(results["records"])
-    results["crossover"] = speed_report.crossover(results["records"])
+    results["targets"] = targets.targets(results["records"])
+    results["crossover"] = targets.crossover(results["records"])
     assert all(t["pass"] is None for t in results["targets"])  # no paper-size case here
+    assert len(results["targets"]) == len(targets.TARGETS)
     assert {c["model"] for c in results["crossover"]} == {"general", "potts"}
     md = tmp_path / "RESULTS.md"
     md.write_text("# Results\n\n<!-- other:begin -->\nkept\n<!-- other:end -->\n")
-    body = speed_report.markdown(results, [], md)
-    speed_report.write_section(md, body)
-    speed_report.write_section(md, body)
+    body = report.markdown(results, [], md)
+    results_writer.write_section(md, report.JOB, body)
+    results_writer.write_section(md, report.JOB, body)
     text = md.read_text()
-    assert text.count(speed_report.BEGIN) == 1 and text.count(speed_report.END) == 1
+    begin, end = results_writer.markers(report.JOB)
+    assert text.count(begin) == 1 and text.count(end) == 1
     assert "kept" in text and "<!-- other:end -->" in text
     assert "Not measured: no GPU was available." in text
-    assert "Targets" in speed_report.summary(results)
+    assert "Targets" in report.summary(results)
 
 
 def test_cuda_without_cupy_fails_with_a_clear_message():
@@ -122,3 +130,26 @@ def test_cuda_without_cupy_fails_with_a_clear_message():
         pytest.skip("CuPy is installed: --device cuda may work here")
     with pytest.raises(DeviceUnavailableError, match="needs CuPy"):
         Device("cuda")
+
+
+def test_quick_run_leaves_the_published_results_unchanged(monkeypatch, tmp_path, capsys):
+    """``python -m benchmarks.speed --quick`` (on a tiny plan) writes to a temporary folder."""
+    tiny = Plan(
+        cases=_tiny_cases(("float32",), ("ours-auto", "scipy-cg")), repeats=1, budget_s=0.05
+    )
+    monkeypatch.setattr(cli, "plan", lambda quick: tiny if quick else pytest.fail("not quick"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = results_writer.published_fingerprint()
+    assert cli.main(["--quick", "--threads", "1"]) == 0
+    assert results_writer.published_fingerprint() == before
+    (folder,) = tmp_path.glob("speed-*")
+    assert (folder / "results" / "speed.json").stat().st_size > 0
+    text = (folder / "RESULTS.md").read_text()
+    assert text.startswith("<!-- speed:begin -->") and "Quick run" in text
+    assert "not published" in capsys.readouterr().out
+    # Rebuilding the report from that run's JSON stays in its folder.
+    (folder / "RESULTS.md").unlink()
+    assert cli.main(["--report-only", "--out", str(folder)]) == 0
+    assert (folder / "RESULTS.md").exists()
+    assert results_writer.published_fingerprint() == before

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.oracle_embeddings import (
+from benchmarks.reproduce.oracles import (
     ORACLES,
     digit_groups,
     general_embeddings,

@@ -1,16 +1,19 @@
-"""The reproduction benchmark (issue 7): scene generator properties and an in-process smoke
-run of ``python -m benchmarks.reproduce --quick`` into a temporary directory."""
+"""The reproduction benchmark: scene generator properties and an in-process smoke run of
+``python -m benchmarks.reproduce --quick``, which must write to a temporary folder and leave
+the published results alone."""
 
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from benchmarks import scenes
-from benchmarks.scenes import NUM_CLASSES, make_scenes, sprite_split
+from benchmarks import results_writer
+from benchmarks.reproduce import scenes
+from benchmarks.reproduce.scenes import NUM_CLASSES, make_scenes, sprite_split
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("skimage")
@@ -18,7 +21,10 @@ pytest.importorskip("sklearn")
 pytest.importorskip("tqdm")
 pytest.importorskip("matplotlib")
 
-from benchmarks import reproduce  # noqa: E402  (needs torch and the bench extras)
+from tqdm import tqdm  # noqa: E402
+
+# These need torch and the bench extras.
+from benchmarks.reproduce import cli, config, evaluation, report, training  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", scenes.KINDS)
@@ -67,63 +73,64 @@ def test_bad_scene_arguments():
 
 
 def test_training_is_deterministic_given_the_seed():
-    config = replace(
-        reproduce.QUICK, datasets=("digits",), train_scenes=16, test_scenes=4, steps=(2, 1, 1)
+    tiny = replace(
+        config.QUICK, datasets=("digits",), train_scenes=16, test_scenes=4, steps=(2, 1, 1)
     )
-    data = reproduce.load_data("digits", config)
+    data = training.load_data("digits", tiny)
 
     def scores():
-        with reproduce.torch_settings():
-            _, models = reproduce.train_seed(
-                "digits", 0, data, config, reproduce.tqdm(disable=True)
-            )
-            return {name: reproduce.predict(m, data.test_images) for name, m in models.items()}
+        with training.torch_settings():
+            _, models = training.train_seed("digits", 0, data, tiny, tqdm(disable=True))
+            return {name: evaluation.predict(m, data.test_images) for name, m in models.items()}
 
     first, again = scores(), scores()
     for name in first:
         np.testing.assert_array_equal(first[name], again[name])
 
 
-def test_quick_run_end_to_end(tmp_path):
-    results_md = tmp_path / "RESULTS.md"
-    # Another benchmark's section of the shared RESULTS.md must survive.
-    results_md.write_text("# Results\n\n<!-- speed:begin -->\nspeed table\n<!-- speed:end -->\n")
+def test_quick_run_end_to_end(tmp_path, monkeypatch):
+    # Without --out, a quick run goes to a new temporary folder (here under tmp_path).
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = results_writer.published_fingerprint()
     threads = torch.get_num_threads()
-    report = reproduce.main(
-        ["--quick", "--results-dir", str(tmp_path / "results"), "--results-md", str(results_md)]
-    )
+    run = cli.main(["--quick"])
     assert torch.get_num_threads() == threads  # the run restores the caller's settings
-    names = [v.name for v in reproduce.variants(reproduce.QUICK)]
+    assert results_writer.published_fingerprint() == before  # the published results are kept
+    (folder,) = tmp_path.glob("reproduce-*")
+    results_md = folder / "RESULTS.md"
+    names = [v.name for v in config.variants(config.QUICK)]
     assert {"unary", "control"} < set(names)
     assert any(n.startswith("general-") for n in names)
     assert any(n.startswith("potts-") for n in names)
-    for kind in reproduce.QUICK.datasets:
-        rows = report["summary"][kind]
+    for kind in config.QUICK.datasets:
+        rows = run["summary"][kind]
         assert list(rows) == names
         for row in rows.values():
-            assert len(row["miou"]) == len(reproduce.QUICK.seeds)
+            assert len(row["miou"]) == len(config.QUICK.seeds)
             assert all(0.0 <= v <= 100.0 and math.isfinite(v) for v in row["miou"])
             assert row["params"] > 0
     assert rows["control"]["params"] >= max(
         rows[n]["params"] for n in names if n.startswith(("general", "potts"))
     )
-    for kind in reproduce.QUICK.datasets:
-        oracles = report["oracles"][kind]
-        assert list(oracles) == list(reproduce.ORACLE_NAMES)
-        assert all(len(v) == len(reproduce.QUICK.seeds) for v in oracles.values())
-    for timing in report["timings"].values():
+    for kind in config.QUICK.datasets:
+        oracles = run["oracles"][kind]
+        assert list(oracles) == list(report.ORACLE_NAMES)
+        assert all(len(v) == len(config.QUICK.seeds) for v in oracles.values())
+    for timing in run["timings"].values():
         assert math.isfinite(timing["total_ms"]) and timing["total_ms"] > 0
     for name in ("reproduce.json", "reproduce_pairwise.png", "reproduce_qualitative.png"):
-        assert (tmp_path / "results" / name).stat().st_size > 0
+        assert (folder / "results" / name).stat().st_size > 0
     text = results_md.read_text()
-    assert "speed table" in text and text.count(reproduce.BEGIN) == 1
+    begin, _ = results_writer.markers(cli.JOB)
+    assert text.count(begin) == 1
     assert "### DigitScenes" in text and "### ConsensusScenes" in text
     assert "| unary |" in text and "smoke run" in text
-    assert (
-        "ground-truth embeddings" in text
-        and "target, dense general" in reproduce.console_summary(report)
+    assert "](results/reproduce_pairwise.png)" in text  # figures linked beside the section
+    assert "ground-truth embeddings" in text and "target, dense general" in report.console_summary(
+        run
     )
-    # A second run replaces the section instead of appending another.
-    reproduce.write_section(results_md, "replaced")
+    # The section of another benchmark in the same file survives a second run's section.
+    results_md.write_text(text + "\n<!-- speed:begin -->\nspeed table\n<!-- speed:end -->\n")
+    results_writer.write_section(results_md, cli.JOB, "replaced")
     text = results_md.read_text()
-    assert text.count(reproduce.BEGIN) == 1 and "replaced" in text and "speed table" in text
+    assert text.count(begin) == 1 and "replaced" in text and "speed table" in text

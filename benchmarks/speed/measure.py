@@ -105,9 +105,10 @@ class Device:
         """Wait for queued GPU work, so that a clock read after it is honest."""
         if self.name == "cuda":
             self.xp.cuda.get_current_stream().synchronize()
-            import torch
-
-            torch.cuda.synchronize()
+            # torch queues its own work; a run without torch contenders need not import it.
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.synchronize()
 
     def cg(self, operator: Any, b: Any, rtol: float, maxiter: int) -> tuple[Any, int, int]:
         """SciPy's (or cupyx's) CG on one system: ``(x, info, iterations)``."""

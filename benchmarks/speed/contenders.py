@@ -30,6 +30,7 @@ import numpy as np
 
 import lowrank_gcrf as lg
 from lowrank_gcrf.method import default_maxiter
+from lowrank_gcrf.models import make_operator
 
 from .measure import Device
 from .problems import Problem
@@ -134,9 +135,7 @@ def _array_inputs(problem: Problem, device: Device, context: dict[str, Any]) -> 
 def _operator(inputs: SimpleNamespace, U: Any = None) -> lg.GCRFOperator:
     """Our operator for the inputs' embeddings (or for ``U``, one system's)."""
     U = inputs.U if U is None else U
-    if inputs.model == "general":
-        return lg.GeneralOperator(U, inputs.lam)
-    return lg.PottsOperator(U, inputs.lam, inputs.labels)
+    return make_operator(inputs.model, U, inputs.lam, num_labels=inputs.labels)
 
 
 class Ours(Contender):
@@ -169,7 +168,7 @@ class Ours(Contender):
 def gradients(xp: Any, model: str, U: Any, x: Any, g: Any) -> tuple[Any, Any, Any]:
     """(∂L/∂U, ∂L/∂b, ∂L/∂λ) of one system from its solution x and ``g = M⁻¹ gx``.
 
-    DESIGN §1: general ``−[(Ag)xᵀ + (Ax)gᵀ]``; Potts
+    See docs/maths.md (gradients): general ``−[(Ag)xᵀ + (Ax)gᵀ]``; Potts
     ``−[(ÂS_g)S_xᵀ + (ÂS_x)S_gᵀ − Σₖ((Âgₖ)xₖᵀ + (Âxₖ)gₖᵀ)]``; ``∂L/∂b = g``,
     ``∂L/∂λ = −gᵀx``. x and g are (N,) general, (L, P) Potts.
     """
@@ -430,3 +429,7 @@ def all_contenders() -> list[Contender]:
         LinearOperatorWoodbury(),
         TorchUnrolledCG(),
     ]
+
+
+#: the contenders' names, in table order
+CONTENDER_NAMES = tuple(c.name for c in all_contenders())

@@ -1,0 +1,5 @@
+"""``python -m benchmarks.reproduce``: see :mod:`benchmarks.reproduce.cli`."""
+
+from .cli import main
+
+main()

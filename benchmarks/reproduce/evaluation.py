@@ -1,0 +1,154 @@
+"""Evaluation: mIoU on held-out scenes, the ground-truth oracles, per-image timings and the
+summary of the seeds against the baselines."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .networks import SegmentationNet, upsample
+from .oracles import oracle_outputs
+from .scenes import NUM_CLASSES
+from .training import Data, low_res_labels
+
+#: the target margin over the better baseline, mIoU points
+TARGET_MARGIN = 5.0
+
+
+@torch.inference_mode()
+def oracle_miou(base: SegmentationNet, data: Data) -> dict[str, float]:
+    """mIoU (%) of the phase-1 network ``base`` alone and under each ground-truth oracle
+    of :mod:`benchmarks.oracle_embeddings` (no training)."""
+    base.eval()
+    scores = torch.cat(
+        [
+            base.unary(data.test_images[i : i + 50] - 0.5)
+            for i in range(0, len(data.test_images), 50)
+        ]
+    )
+    batch, labels, height, width = scores.shape
+    low = low_res_labels(data.test_labels).reshape(batch, -1).numpy()
+    outputs = oracle_outputs(
+        scores.double().reshape(batch, labels, -1).numpy(),
+        low,
+        base.config.lam,
+        base.config.potts_margin,
+    )
+    outputs = {"phase-1 unary": scores.numpy(), **outputs}
+    truth = data.test_labels.numpy()
+    return {
+        name: mean_iou(
+            upsample(torch.from_numpy(x).reshape(batch, labels, height, width)).argmax(1).numpy(),
+            truth,
+        )
+        for name, x in outputs.items()
+    }
+
+
+@torch.inference_mode()
+def predict(model: SegmentationNet, images: Tensor, chunk: int = 50) -> np.ndarray:
+    """Predicted labels (n, H, W)."""
+    model.eval()
+    return np.concatenate(
+        [model(images[i : i + chunk]).argmax(1).numpy() for i in range(0, len(images), chunk)]
+    )
+
+
+def mean_iou(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Mean intersection over union (%) over the classes, accumulated over all pixels."""
+    index = labels.ravel() * NUM_CLASSES + predicted.ravel()
+    confusion = np.bincount(index, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+    hits = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = union > 0
+    return float(100.0 * np.mean(hits[present] / union[present]))
+
+
+def median_ms(call: Callable[[], Any], repeats: int) -> float:
+    """Median wall time (ms) of ``call()`` over ``repeats`` runs after one warm-up."""
+    call()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+@torch.inference_mode()
+def time_variant(model: SegmentationNet, image: Tensor, repeats: int) -> dict[str, float]:
+    """Per-image inference (batch 1): the whole model, and the G-CRF solve alone."""
+    model.eval()
+    total = median_ms(lambda: model(image), repeats)
+    crf = 0.0
+    if model.crf is not None:
+        parts = model.low_res(image)
+        crf = median_ms(lambda: model.crf(parts["unary"], parts["embeddings"]), repeats)
+    return {"total_ms": total, "crf_ms": crf}
+
+
+def summarise(
+    scores: dict[str, dict[str, list[float]]], params: dict[str, int], names: list[str]
+) -> dict[str, dict]:
+    """Per dataset and variant: mean, std, per-seed mIoU, parameters, margins over baselines.
+
+    ``beats_baselines``: the variant beats both ``unary`` and ``control`` in every seed;
+    ``margin``: its smallest mean gain over the two (mIoU points).
+    """
+    summary: dict[str, dict] = {}
+    for kind, per_variant in scores.items():
+        rows = {}
+        for name in names:
+            values = per_variant[name]
+            baseline = [
+                min(u, c) for u, c in zip(per_variant["unary"], per_variant["control"], strict=True)
+            ]
+            rows[name] = {
+                "miou": values,
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values)),
+                "params": params[name],
+                "beats_baselines": all(
+                    v > max(u, c)
+                    for v, u, c in zip(
+                        values, per_variant["unary"], per_variant["control"], strict=True
+                    )
+                ),
+                "margin": float(
+                    np.mean(values)
+                    - max(np.mean(per_variant["unary"]), np.mean(per_variant["control"]))
+                ),
+                "worst_seed_gain": float(min(v - b for v, b in zip(values, baseline, strict=True))),
+            }
+        summary[kind] = rows
+    return summary
+
+
+def target_met(summary: dict[str, dict], kind: str) -> bool:
+    """The reproduction's target for one G-CRF kind: some embedding dimension beats both baselines
+    in every seed, by ≥ :data:`TARGET_MARGIN` mIoU points on average, on at least one dataset."""
+    return any(
+        row["beats_baselines"] and row["margin"] >= TARGET_MARGIN
+        for rows in summary.values()
+        for name, row in rows.items()
+        if name.startswith(kind)
+    )
+
+
+def best_variant(summary: dict[str, dict], kind: str) -> tuple[str, str, dict]:
+    """(dataset, variant, row) of the ``kind`` G-CRF variant with the largest mean gain."""
+    return max(
+        (
+            (dataset, name, row)
+            for dataset, rows in summary.items()
+            for name, row in rows.items()
+            if name.startswith(kind)
+        ),
+        key=lambda item: item[2]["margin"],
+    )
