@@ -24,7 +24,7 @@ TARGET_MARGIN = 5.0
 @torch.inference_mode()
 def oracle_miou(base: SegmentationNet, data: Data) -> dict[str, float]:
     """mIoU (%) of the phase-1 network ``base`` alone and under each ground-truth oracle
-    of :mod:`benchmarks.oracle_embeddings` (no training)."""
+    of :mod:`benchmarks.reproduce.oracles` (no training)."""
     base.eval()
     scores = torch.cat(
         [

@@ -26,7 +26,8 @@ from lowrank_gcrf.models import make_operator
 
 from . import meanfield
 from .cases import PHASES, Case, Plan, case_key
-from .contenders import Contender, Outcome, all_contenders
+from .contender_interface import Contender, Outcome
+from .contenders import all_contenders
 from .measure import Device, median, time_call
 from .problems import Problem, make_problem
 

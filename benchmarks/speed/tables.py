@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..paper_sizes import PAPER_LABELS, PAPER_MODELS, PAPER_PIXELS, PAPER_SIDE
-from .contenders import CONTENDER_NAMES, MAX_DENSE_UNKNOWNS
+from .array_contenders import MAX_DENSE_UNKNOWNS
+from .contenders import CONTENDER_NAMES
 from .records import Record, one, ratio, select, value
 
 MB = 2.0**20
