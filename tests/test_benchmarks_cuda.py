@@ -140,3 +140,102 @@ def test_device_cuda_fails_clearly_without_a_gpu(tmp_path, capsys, monkeypatch):
     assert cli.main(["--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
     assert "--device cuda needs CuPy" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_suite_records_gain_time_per_image_and_bandwidth():
+    """The GPU suite's measuring loop, run on the CPU on tiny systems."""
+    from benchmarks.speed.cases import Case, Plan
+    from benchmarks.speed.measure import Device
+
+    cases = [
+        Case(
+            ("cuda",),
+            model,
+            pixels=9,
+            labels=3,
+            rank=4,
+            kappa=100.0,
+            dtype="float32",
+            batch=batch,
+            contenders=("ours-auto",),
+            memory=False,
+        )
+        for model in ("general", "potts")
+        for batch in (1, 2)
+    ]
+    results = cuda.run(Plan(cases=cases, repeats=1, budget_s=0.05), Device("cpu"))
+    assert len(results["records"]) == len(cases) * 2
+    for r in results["records"]:
+        assert r["status"] == "ok", r
+        assert r["per_image_s"] == pytest.approx(r["time_s"] / r["batch"])
+        expected = cuda.minimum_bytes(
+            r["model"],
+            rank=4,
+            pixels=9,
+            labels=3,
+            batch=r["batch"],
+            itemsize=4,
+            phase=r["phase"],
+        )
+        assert r["min_bytes"] == expected
+        assert r["bandwidth"] == pytest.approx(expected / r["time_s"])
+
+
+class _Runtime:
+    """The parts of ``cupy.cuda.runtime`` that :func:`cuda.gpu_info` reads."""
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    cudaDevAttrMemoryClockRate = 36
+    cudaDevAttrGlobalMemoryBusWidth = 37
+
+    def __init__(self, attributes: dict[int, int]):
+        self.attributes = attributes
+
+    def deviceGetAttribute(self, attribute: int, device: int) -> int:
+        if attribute not in self.attributes:
+            raise self.CUDARuntimeError("invalid attribute")
+        return self.attributes[attribute]
+
+    def getDeviceProperties(self, device: int) -> dict:
+        return {"name": b"Fake H100", "memoryClockRate": 1_000, "memoryBusWidth": 64}
+
+    def runtimeGetVersion(self) -> int:
+        return 12080
+
+
+def _fake_cupy(attributes: dict[int, int]):
+    from types import SimpleNamespace
+
+    device = SimpleNamespace(id=0, compute_capability="90")
+    return SimpleNamespace(
+        cuda=SimpleNamespace(Device=lambda: device, runtime=_Runtime(attributes))
+    )
+
+
+def test_gpu_info_reads_the_device_attributes_then_the_properties():
+    info = cuda.gpu_info(_fake_cupy({36: 2_619_000, 37: 5120}))
+    assert info["name"] == "Fake H100" and info["compute_capability"] == "90"
+    assert (info["memory_clock_khz"], info["bus_width_bits"]) == (2_619_000, 5120)
+    assert info["peak_bandwidth"] == pytest.approx(3.352e12, rel=1e-3)
+    # A runtime without the attributes: the (CUDA 12) device properties.
+    info = cuda.gpu_info(_fake_cupy({}))
+    assert info["peak_bandwidth"] == cuda.peak_bandwidth(1_000, 64)
+
+
+def test_gpu_check_script_parses_and_names_its_wheels():
+    """The prepared GPU check (run on GPU machines only) is at least valid bash, and its
+    header names the wheels it installs."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = Path(cli.__file__).resolve().parents[1] / "gpu_check.sh"
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    subprocess.run([bash, "-n", str(script)], check=True)
+    header = script.read_text().split("set -u", 1)[0]
+    for wheel in ("array-api-compat", "hypothesis", "pytest", "--no-deps"):
+        assert wheel in header
