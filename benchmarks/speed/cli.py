@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ``python -m benchmarks.speed``."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.speed",
-        description=package_doc,
+        description=package_doc.split("\n\nModules:")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="a subset in under 2 minutes")
