@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lowrank_gcrf.models import check_model
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -170,8 +172,7 @@ def make_problem(
     dtype : numpy dtype
     seed : int
     """
-    if model not in ("general", "potts"):
-        raise ValueError(f"model must be 'general' or 'potts', got {model!r}")
+    check_model(model)
     n = pixels * labels if model == "general" else pixels
     sigma = np.sqrt(np.geomspace(1.0, 1.0 / kappa, min(rank, n)))
     embeddings = np.stack(
