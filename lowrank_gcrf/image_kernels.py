@@ -7,27 +7,35 @@ The fully connected CRF of Krähenbühl and Koltun couples pixels i and j by
 
 with p the pixel position and I its colour. Both are Gaussian kernels
 ``k(f, g) = exp(−|f − g|²/2)`` of scaled features ``f = (p/θα, I/θβ)`` and ``f = p/θγ``, so a
-feature map ``Φ`` (D × P) with ``ΦᵀΦ ≈ W`` gives the Potts G-CRF embeddings ``Â`` whose
-pairwise matrix ``ÂᵀÂ`` approximates the dense CRF's kernel at rank D (Eq. 11–12).
+feature map ``Φ`` (m × P) with ``ΦᵀΦ ≈ W`` gives Potts G-CRF embeddings Â whose pairwise
+matrix ``ÂᵀÂ`` approximates the dense CRF's kernel (Eq. 11–12).
 
-Approximations (:data:`APPROXIMATIONS`):
+Approximations (:data:`APPROXIMATIONS`), each from m landmarks or random features:
 
 * ``"nystrom-kmeans"`` (default): Nyström on landmarks placed by k-means in the joint feature
   space (low-dimensional: 1–3 position and C colour dimensions), so that landmarks follow
   the image's actual colours and regions;
 * ``"nystrom-random"``: Nyström on pixels drawn uniformly;
-* ``"rff"``: random Fourier features ``√(2/D) cos(Ωf + β)``, ``Ω ~ N(0, I)`` (Rahimi & Recht).
+* ``"rff"``: random Fourier features ``√(2/m) cos(Ωf + β)``, ``Ω ~ N(0, I)`` (Rahimi & Recht).
 
 Normalisation (:data:`NORMALIZATIONS`): ``"symmetric"`` replaces W by ``Δ^{-1/2} W Δ^{-1/2}``
 with the degrees ``Δ = diag(W1)``, as in spectral clustering; its largest eigenvalue is 1
 for the exact kernel, so every image gets the same propagation strength whatever its size
-and content. ``"none"`` keeps W. Either way the embeddings are finally scaled so that
+and content. ``"none"`` keeps W.
+
+Rank: the m-dimensional map is compressed to the top D ≤ m eigen-directions of the
+(normalised) approximate kernel (:func:`potts_embeddings`), so that the solve pays for D
+while the approximation has m landmarks. Finally the embeddings are scaled so that
 ``‖Â‖₂² = strength · λ`` exactly (from the eigenvalues of the D × D Gram ``ÂÂᵀ``).
+
+The m × P kernel values are computed in chunks of :data:`CHUNK_PIXELS` pixels and never
+held whole: large temporaries cost more in page faults than in arithmetic.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
@@ -46,9 +54,14 @@ KMEANS_PIXELS_PER_LANDMARK = 16
 #: Nyström drops eigen-directions of the landmark kernel below this fraction of the largest:
 #: their inverse square roots would amplify rounding errors of float32 features.
 NYSTROM_RTOL = 1e-6
-#: Degrees below this fraction of the largest are raised to it (approximate kernels can give
-#: a pixel a degree near 0 or, for random features, below 0).
+#: Random pixels on which the top eigen-directions of the kernel are found when compressing
+#: m landmarks to a smaller rank (all pixels of smaller images).
+SAMPLE_PIXELS = 8192
+#: Degrees below this fraction of the mean degree are raised to it (approximate kernels can
+#: give a pixel a degree near 0 or, for random features, below 0).
 DEGREE_FLOOR = 1e-3
+#: Pixels per chunk of kernel values (m × CHUNK_PIXELS at a time).
+CHUNK_PIXELS = 4096
 
 
 def pixel_features(xp: Any, image: Any, *, sxy: float, srgb: float | None, dtype: Any) -> Any:
@@ -85,9 +98,9 @@ def _squared_distances(xp: Any, X: Any, Y: Any) -> Any:
     return xp.maximum(d, 0.0)
 
 
-def _subsample(xp: Any, F: Any, size: int, rng: np.random.Generator) -> Any:
+def _random_rows(xp: Any, F: Any, size: int, rng: np.random.Generator) -> Any:
     rows = rng.permutation(F.shape[0])[:size]
-    return xp.take(F, xp.asarray(rows, device=array_api_compat.device(F)), axis=0)
+    return xp.asarray(rows, device=array_api_compat.device(F))
 
 
 def kmeans_landmarks(xp: Any, F: Any, m: int, rng: np.random.Generator) -> Any:
@@ -97,7 +110,7 @@ def kmeans_landmarks(xp: Any, F: Any, m: int, rng: np.random.Generator) -> Any:
     sums are one-hot matrix products, so the same code runs on every array library.
     """
     size = min(F.shape[0], max(4096, KMEANS_PIXELS_PER_LANDMARK * m))
-    X = _subsample(xp, F, size, rng)
+    X = xp.take(F, _random_rows(xp, F, size, rng), axis=0)
     centres = X[:m, :]
     labels = xp.arange(m, device=array_api_compat.device(F))
     for _ in range(KMEANS_ITERATIONS):
@@ -113,7 +126,8 @@ def gaussian_kernel(xp: Any, X: Any, Y: Any) -> Any:
     """``exp(−|xᵢ − yⱼ|²/2)`` for rows of X (n, f) and Y (m, f), shape (n, m).
 
     One matrix product of the augmented rows ``(x, −|x|²/2, 1)·(y, 1, −|y|²/2)`` gives the
-    exponent, so that the n × m array is written once before the exponential.
+    exponent, so that the n × m array is written once before the exponential (rounding may
+    lift an exponent a few ulps above 0: harmless).
     """
     device = array_api_compat.device(X)
     ones_x = xp.ones((X.shape[0], 1), dtype=X.dtype, device=device)
@@ -122,73 +136,109 @@ def gaussian_kernel(xp: Any, X: Any, Y: Any) -> Any:
     half_y = -0.5 * xp.sum(Y * Y, axis=1, keepdims=True)
     left = xp.concat([X, half_x, ones_x], axis=1)
     right = xp.concat([Y, ones_y, half_y], axis=1)
-    return xp.exp(xp.minimum(left @ right.T, 0.0))
+    return xp.exp(left @ right.T)
 
 
-def nystrom_features(xp: Any, F: Any, landmarks: Any) -> Any:
-    """Nyström features ``Φ = Λ^{-1/2} Uᵀ K(landmarks, F)`` with ``K_mm = UΛUᵀ``.
+def nystrom_transform(xp: Any, landmarks: Any) -> Any:
+    """``T = Λ^{-1/2} Uᵀ`` (m × m) with ``K_mm = UΛUᵀ``, so that ``Φ = T K_mP`` has
+    ``ΦᵀΦ = K_Pm K_mm⁺ K_mP`` (Nyström: exact on the landmarks' span).
 
-    ``ΦᵀΦ = K_Pm K_mm⁺ K_mP``: exact on the landmarks' span. The m × m eigendecomposition is
-    done in float64 (it is small), the m × P product in F's dtype.
-
-    Returns
-    -------
-    array (m, P)
+    Computed in float64 (m × m is small); eigen-directions below :data:`NYSTROM_RTOL` of
+    the largest get a zero row.
     """
-    K_mm = gaussian_kernel(xp, landmarks, landmarks)
-    w, U = xp.linalg.eigh(xp.astype(K_mm, xp.float64))
+    K_mm = xp.astype(gaussian_kernel(xp, landmarks, landmarks), xp.float64)
+    w, U = xp.linalg.eigh(K_mm)
     keep = w > NYSTROM_RTOL * w[-1]
     scale = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, w, 1.0)), 0.0)
-    projection = xp.astype((U * scale[None, :]).T, F.dtype)
-    return projection @ gaussian_kernel(xp, landmarks, F)
+    return (U * scale[None, :]).T
 
 
-def fourier_features(xp: Any, F: Any, m: int, rng: np.random.Generator) -> Any:
-    """Random Fourier features ``√(2/m) cos(Ωfᵀ + β)``, ``Ω ~ N(0, I)``, ``β ~ U(0, 2π)``.
+@dataclass(frozen=True)
+class KernelBlock:
+    """One kernel's approximation: pixel features and their m landmarks or random features.
 
-    Returns
-    -------
-    array (m, P)
+    Attributes
+    ----------
+    features : array (P, f)
+        Scaled pixel features (:func:`pixel_features`).
+    centres : array (m, f)
+        Nyström landmarks, or the frequencies Ω of random Fourier features.
+    phases : array (m, 1) or None
+        Random Fourier phases β; ``None`` for Nyström.
     """
-    omega = rng.standard_normal((m, F.shape[1]))
-    phase = rng.uniform(0.0, 2.0 * math.pi, size=(m, 1))
-    device = array_api_compat.device(F)
-    omega = xp.asarray(omega, dtype=F.dtype, device=device)
-    phase = xp.asarray(phase, dtype=F.dtype, device=device)
-    return math.sqrt(2.0 / m) * xp.cos(omega @ F.T + phase)
+
+    features: Any
+    centres: Any
+    phases: Any = None
+
+    def values(self, xp: Any, F: Any) -> Any:
+        """Kernel values to the landmarks (or the random features) of the rows of F, (m, n)."""
+        if self.phases is None:
+            return gaussian_kernel(xp, self.centres, F)
+        m = self.centres.shape[0]
+        return math.sqrt(2.0 / m) * xp.cos(self.centres @ F.T + self.phases)
 
 
-def gaussian_kernel_features(xp: Any, F: Any, rank: int, *, approximation: str, seed: int) -> Any:
-    """A rank-``rank`` feature map of ``exp(−|fᵢ − fⱼ|²/2)`` over the rows of F (P, f).
+@dataclass(frozen=True)
+class FactoredFeatures:
+    """A feature map ``Φ = T K`` in factors: Φ (m × P) and K are never held whole.
 
-    Rows beyond the number of pixels (Nyström with rank > P) are zero.
-
-    Returns
-    -------
-    array (rank, P)
+    Attributes
+    ----------
+    T : array (m, m), float64
+        Block diagonal: each block's Nyström transform (identity for random features)
+        times the square root of its kernel weight.
+    blocks : tuple of KernelBlock
+        K stacks their kernel values, block after block.
     """
+
+    T: Any
+    blocks: tuple[KernelBlock, ...]
+
+    @property
+    def num_pixels(self) -> int:
+        return int(self.blocks[0].features.shape[0])
+
+    def values(self, xp: Any, rows: Any) -> Any:
+        """K at the pixels ``rows`` (a slice or an index array): (m, n)."""
+        parts = []
+        for block in self.blocks:
+            F = (
+                block.features[rows, :]
+                if isinstance(rows, slice)
+                else xp.take(block.features, rows, axis=0)
+            )
+            parts.append(block.values(xp, F))
+        return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
+
+
+def kernel_block(
+    xp: Any, F: Any, m: int, *, approximation: str, seed: int
+) -> tuple[KernelBlock, Any]:
+    """A block approximating ``exp(−|fᵢ − fⱼ|²/2)`` over the rows of F (P, f) and its
+    transform T: m landmarks (Nyström, at most P) or m random Fourier features."""
     rng = np.random.default_rng(seed)
+    device = array_api_compat.device(F)
     if approximation == "rff":
-        return fourier_features(xp, F, rank, rng)
-    m = min(rank, F.shape[0])
+        omega = xp.asarray(rng.standard_normal((m, F.shape[1])), dtype=F.dtype, device=device)
+        phases = rng.uniform(0.0, 2.0 * math.pi, size=(m, 1))
+        phases = xp.asarray(phases, dtype=F.dtype, device=device)
+        return KernelBlock(F, omega, phases), xp.eye(m, dtype=xp.float64, device=device)
+    m = min(m, F.shape[0])
     if approximation == "nystrom-kmeans":
         landmarks = kmeans_landmarks(xp, F, m, rng)
     else:
-        landmarks = _subsample(xp, F, m, rng)
-    Phi = nystrom_features(xp, F, landmarks)
-    if m < rank:
-        padding = xp.zeros((rank - m, F.shape[0]), dtype=F.dtype, device=array_api_compat.device(F))
-        Phi = xp.concat([Phi, padding])
-    return Phi
+        landmarks = xp.take(F, _random_rows(xp, F, m, rng), axis=0)
+    return KernelBlock(F, landmarks), nystrom_transform(xp, landmarks)
 
 
-def smoothness_rank(rank: int, w_smooth: float, w_appearance: float) -> int:
-    """The rows given to the smoothness kernel: a quarter of the rank when both are on."""
+def smoothness_share(landmarks: int, w_smooth: float, w_appearance: float) -> int:
+    """The landmarks given to the smoothness kernel: a quarter when both kernels are on."""
     if w_smooth == 0:
         return 0
     if w_appearance == 0:
-        return rank
-    return max(1, rank // 4)
+        return landmarks
+    return max(1, landmarks // 4)
 
 
 def dense_crf_features(
@@ -200,42 +250,93 @@ def dense_crf_features(
     sxy_smooth: float,
     w_appearance: float,
     w_smooth: float,
-    rank: int,
+    landmarks: int,
     approximation: str,
     seed: int,
     dtype: Any,
-) -> Any:
-    """``Φ`` (rank, P) with ``ΦᵀΦ ≈ w_a K_appearance + w_s K_smooth`` for one image (C, *spatial).
+) -> FactoredFeatures:
+    """``Φ = T K`` with ``ΦᵀΦ ≈ w_a K_appearance + w_s K_smooth`` for one image (C, *spatial).
 
-    The appearance rows are ``√w_a`` times a feature map of the appearance kernel, the
-    smoothness rows (:func:`smoothness_rank`) ``√w_s`` times one of the smoothness kernel.
+    The smoothness kernel gets :func:`smoothness_share` of the landmarks; T is block
+    diagonal with ``√w_a`` and ``√w_s`` times the blocks' transforms.
     """
-    r_smooth = smoothness_rank(rank, w_smooth, w_appearance)
-    blocks = []
-    if rank > r_smooth:
+    m_smooth = smoothness_share(landmarks, w_smooth, w_appearance)
+    blocks, transforms = [], []
+    if landmarks > m_smooth:
         F = pixel_features(xp, image, sxy=sxy, srgb=srgb, dtype=dtype)
-        Phi = gaussian_kernel_features(
-            xp, F, rank - r_smooth, approximation=approximation, seed=seed
-        )
-        blocks.append(math.sqrt(w_appearance) * Phi)
-    if r_smooth:
+        block, T = kernel_block(xp, F, landmarks - m_smooth, approximation=approximation, seed=seed)
+        blocks.append(block)
+        transforms.append(math.sqrt(w_appearance) * T)
+    if m_smooth:
         F = pixel_features(xp, image, sxy=sxy_smooth, srgb=None, dtype=dtype)
-        Phi = gaussian_kernel_features(xp, F, r_smooth, approximation=approximation, seed=seed + 1)
-        blocks.append(math.sqrt(w_smooth) * Phi)
-    return xp.concat(blocks, axis=0) if len(blocks) > 1 else blocks[0]
+        block, T = kernel_block(xp, F, m_smooth, approximation=approximation, seed=seed + 1)
+        blocks.append(block)
+        transforms.append(math.sqrt(w_smooth) * T)
+    return FactoredFeatures(_block_diagonal(xp, transforms), tuple(blocks))
 
 
-def normalized(xp: Any, Phi: Any, normalization: str) -> Any:
-    """The features of ``Δ^{-1/2} W Δ^{-1/2}`` (``"symmetric"``) or of W (``"none"``).
+def _block_diagonal(xp: Any, matrices: list[Any]) -> Any:
+    if len(matrices) == 1:
+        return matrices[0]
+    a, b = matrices
+    device = array_api_compat.device(a)
+    top = xp.concat([a, xp.zeros((a.shape[0], b.shape[1]), dtype=a.dtype, device=device)], axis=1)
+    bottom = xp.concat(
+        [xp.zeros((b.shape[0], a.shape[1]), dtype=a.dtype, device=device), b], axis=1
+    )
+    return xp.concat([top, bottom], axis=0)
 
-    Degrees ``Δ = ΦᵀΦ1`` are computed in O(DP); those below :data:`DEGREE_FLOOR` times the
-    largest are raised to it.
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(start, min(start + CHUNK_PIXELS, n)) for start in range(0, n, CHUNK_PIXELS)]
+
+
+def potts_embeddings(
+    xp: Any, features: FactoredFeatures, *, rank: int, normalization: str, seed: int
+) -> Any:
+    """Embeddings Â (rank, P): the top ``rank`` eigen-directions of the (normalised)
+    approximate kernel ``ΦᵀΦ``, before the strength scaling.
+
+    * ``"symmetric"``: degrees ``Δ = ΦᵀΦ1 = Kᵀ Tᵀ T (K1)`` (one pass over the pixels for
+      K1), floored at :data:`DEGREE_FLOOR` times their mean ``‖TK1‖²/P``; the kernel is
+      ``Δ^{-1/2} ΦᵀΦ Δ^{-1/2}``. ``"none"``: ``ΦᵀΦ``. (Degrees from a pixel sample were
+      tried and cost validation mIoU: their errors spread the clusters' top eigenvalues, so
+      that after the strength scaling most clusters propagate less than asked.)
+    * When Φ has more than ``rank`` rows, ``Â = V_Dᵀ T K Δ^{-1/2}`` with V_D the top ``rank``
+      eigenvectors of the m × m Gram of ``T K Δ^{-1/2}`` on :data:`SAMPLE_PIXELS` random
+      pixels (all of a smaller image): the best rank-D part of the kernel as that sample
+      sees it. Otherwise ``Â = T K Δ^{-1/2}``, zero-padded to ``rank`` rows.
     """
-    if normalization == "none":
-        return Phi
-    degrees = Phi.T @ xp.sum(Phi, axis=1)
-    degrees = xp.maximum(degrees, DEGREE_FLOOR * xp.max(degrees))
-    return Phi / xp.sqrt(degrees)[None, :]
+    T = features.T
+    P = features.num_pixels
+    dtype = features.blocks[0].features.dtype
+    device = array_api_compat.device(T)
+    weights = floor = None
+    if normalization == "symmetric":
+        k = sum(xp.astype(xp.sum(features.values(xp, c), axis=1), xp.float64) for c in _chunks(P))
+        Tk = T @ k
+        weights = xp.astype(xp.matrix_transpose(T) @ Tk, dtype)
+        floor = DEGREE_FLOOR * float(xp.sum(Tk * Tk)) / P
+
+    def scaled(K: Any) -> Any:
+        if weights is None:
+            return K
+        d = xp.maximum(xp.matrix_transpose(K) @ weights, floor)
+        return K / xp.sqrt(d)[None, :]
+
+    if T.shape[0] > rank:
+        rng = np.random.default_rng(seed + 2)
+        columns = np.sort(rng.permutation(P)[:SAMPLE_PIXELS])
+        sample = features.values(xp, xp.asarray(columns, device=device))
+        projected = T @ xp.astype(scaled(sample), xp.float64)
+        _, V = xp.linalg.eigh(projected @ xp.matrix_transpose(projected))
+        T = xp.matrix_transpose(V[:, -rank:]) @ T
+    B = xp.astype(T, dtype)
+    Ahat = xp.concat([B @ scaled(features.values(xp, c)) for c in _chunks(P)], axis=1)
+    if Ahat.shape[0] < rank:
+        padding = xp.zeros((rank - Ahat.shape[0], P), dtype=dtype, device=device)
+        Ahat = xp.concat([Ahat, padding], axis=0)
+    return Ahat
 
 
 def scaled_to_strength(xp: Any, Ahat: Any, *, strength: float, lam: float) -> Any:

@@ -27,7 +27,7 @@ from .errors import GCRFError, GCRFTypeError
 from .image_kernels import (
     check_kernel_options,
     dense_crf_features,
-    normalized,
+    potts_embeddings,
     scaled_to_strength,
 )
 from .validation import array_namespace, check_finite
@@ -164,8 +164,9 @@ def refine(
     sxy_smooth: float = 3.0,
     w_appearance: float = 4.0,
     w_smooth: float = 0.0,
-    strength: float = 0.8,
-    rank: int = 64,
+    strength: float = 0.7,
+    rank: int = 32,
+    landmarks: int = 128,
     spatial_dims: int = 2,
     seed: int = 0,
     logits: bool = False,
@@ -203,13 +204,18 @@ def refine(
         ``strength`` sets it instead. A narrow smoothness kernel (a few pixels) needs far more
         than a quarter of the rank — the share it gets — to be represented; the benchmark
         measures the trade-off.
-    strength : float in [0, 1), default 0.9
+    strength : float in [0, 1), default 0.7
         ``‖Â‖₂²/λ``: how far scores propagate along similar pixels (the weight of n-step
         paths is strengthⁿ; about ``1/(1 − strength)`` steps). 0 returns ``probs`` (up to
         the clipping below); values close to 1 smooth more. The margin ``1 − strength`` is
         how far the system stays from indefinite.
-    rank : int, default 64
-        Rank D of the kernel approximation (rows of Â); cost grows as D²·P.
+    rank : int, default 32
+        Rank D of the embeddings Â: the solve costs about D²·P + 8·D·L·P.
+    landmarks : int, default 128
+        m ≥ rank: Nyström landmarks (or random features) of the kernel approximation, which
+        is then compressed to its top ``rank`` eigen-directions. Quality follows m more than
+        D (see the benchmark); the feature map costs about m·P kernel evaluations and one
+        rank × m by m × P product.
     spatial_dims : {1, 2, 3}, default 2
         Number of trailing spatial axes (3 for volumes).
     seed : int, default 0
@@ -252,6 +258,11 @@ def refine(
     _check_parameters(
         sxy, srgb, sxy_smooth, w_appearance, w_smooth, strength, rank, lam, spatial_dims
     )
+    if isinstance(landmarks, bool) or not isinstance(landmarks, int) or landmarks < rank:
+        raise GCRFError(
+            f"landmarks must be an integer ≥ rank ({rank}), got {landmarks!r}: the rank-D "
+            "embeddings are compressed from the m landmarks' kernel approximation"
+        )
     check_kernel_options(approximation, normalization)
     batch, (num_labels,), spatial = _check_shapes(probs, image, spatial_dims)
     compute = _compute_dtype(xp, probs)
@@ -269,7 +280,7 @@ def refine(
     b = xp.reshape(scores, (n_images, num_labels, n_pixels))
     images = xp.reshape(image, (n_images, image.shape[label_axis], *spatial))
     embeddings = [
-        normalized(
+        potts_embeddings(
             xp,
             dense_crf_features(
                 xp,
@@ -279,12 +290,14 @@ def refine(
                 sxy_smooth=sxy_smooth,
                 w_appearance=w_appearance,
                 w_smooth=w_smooth,
-                rank=rank,
+                landmarks=landmarks,
                 approximation=approximation,
                 seed=seed,
                 dtype=compute,
             ),
-            normalization,
+            rank=rank,
+            normalization=normalization,
+            seed=seed,
         )
         for i in range(n_images)
     ]

@@ -21,10 +21,11 @@ from lowrank_gcrf.errors import GCRFError, GCRFTypeError
 from lowrank_gcrf.image_kernels import (
     APPROXIMATIONS,
     NORMALIZATIONS,
+    FactoredFeatures,
     dense_crf_features,
-    gaussian_kernel_features,
-    normalized,
+    kernel_block,
     pixel_features,
+    potts_embeddings,
     scaled_to_strength,
 )
 from lowrank_gcrf.refine import PROB_FLOOR, refine
@@ -53,9 +54,16 @@ def reference_refine(probs, image, *, spatial_dims, lam=1.0, **kw):
     images = image.reshape(n, image.shape[-spatial_dims - 1], *spatial)
     strength = kw.pop("strength")
     normalization = kw.pop("normalization")
+    rank = kw.pop("rank")
     Ahat = np.stack(
         [
-            normalized(np, dense_crf_features(np, im, dtype=np.float64, **kw), normalization)
+            potts_embeddings(
+                np,
+                dense_crf_features(np, im, dtype=np.float64, **kw),
+                rank=rank,
+                normalization=normalization,
+                seed=kw["seed"],
+            )
             for im in images
         ]
     )
@@ -76,6 +84,7 @@ KERNEL = dict(sxy=3.0, srgb=40.0, sxy_smooth=1.5, w_appearance=4.0, w_smooth=3.0
     labels=st.integers(2, 4),
     channels=st.integers(1, 3),
     rank=st.integers(1, 14),
+    extra_landmarks=st.integers(0, 10),
     strength=st.floats(0.0, 0.95),
     approximation=st.sampled_from(APPROXIMATIONS),
     normalization=st.sampled_from(NORMALIZATIONS),
@@ -94,12 +103,14 @@ def test_refine_equals_dense_float64_solve(
     normalization,
     w_smooth,
     lam,
+    extra_landmarks,
 ):
     probs, image = random_inputs(seed, batch, labels, channels, spatial)
     kw = dict(
         KERNEL,
         w_smooth=w_smooth,
         rank=rank,
+        landmarks=rank + extra_landmarks,
         strength=strength,
         approximation=approximation,
         normalization=normalization,
@@ -115,7 +126,8 @@ def test_volume_matches_dense_reference_and_differs_from_unary():
     probs, image = random_inputs(3, (), 3, 2, (4, 5, 6))
     kw = dict(
         KERNEL,
-        rank=24,
+        rank=12,
+        landmarks=24,
         strength=0.9,
         approximation="nystrom-kmeans",
         normalization="symmetric",
@@ -138,38 +150,54 @@ def test_refine_recovers_a_two_region_image_from_noisy_probabilities():
     logits = 0.8 * np.stack([truth == 0, truth == 1]) + rng.normal(0, 1.0, (2, 24, 24))
     probs = softmax(logits, axis=0)
     unary_accuracy = (probs.argmax(0) == truth).mean()
-    refined = refine(probs, image, sxy=20.0, srgb=20.0, w_smooth=0.0, rank=16)
+    refined = refine(probs, image, sxy=20.0, srgb=20.0, w_smooth=0.0, rank=16, strength=0.9)
     assert unary_accuracy < 0.8
     assert (refined.argmax(0) == truth).mean() > 0.98
 
 
+def exact_gaussian(F: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * ((F[:, None] - F[None]) ** 2).sum(-1))
+
+
 def test_nystrom_on_every_pixel_is_the_exact_kernel():
-    rng = np.random.default_rng(1)
-    F = rng.normal(0, 1.0, (30, 4))
-    exact = np.exp(-0.5 * ((F[:, None] - F[None]) ** 2).sum(-1))
+    F = np.random.default_rng(1).normal(0, 1.0, (30, 4))
     for approximation in ("nystrom-random", "nystrom-kmeans"):
-        Phi = gaussian_kernel_features(np, F, 30, approximation=approximation, seed=0)
-        np.testing.assert_allclose(Phi.T @ Phi, exact, rtol=0, atol=1e-6)
-    Phi = gaussian_kernel_features(np, F, 40, approximation="nystrom-random", seed=0)
-    assert Phi.shape == (40, 30) and not Phi[30:].any()
+        for m in (30, 40):
+            block, T = kernel_block(np, F, m, approximation=approximation, seed=0)
+            Phi = T @ block.values(np, F)
+            np.testing.assert_allclose(Phi.T @ Phi, exact_gaussian(F), rtol=0, atol=1e-6)
 
 
 def test_random_fourier_features_are_unbiased():
-    rng = np.random.default_rng(2)
-    F = rng.normal(0, 0.7, (20, 3))
-    exact = np.exp(-0.5 * ((F[:, None] - F[None]) ** 2).sum(-1))
-    Phi = gaussian_kernel_features(np, F, 40000, approximation="rff", seed=0)
-    # Each entry averages 40000 bounded terms of variance ≤ 2: standard error ≤ 0.007.
-    np.testing.assert_allclose(Phi.T @ Phi, exact, rtol=0, atol=0.04)
+    F = np.random.default_rng(2).normal(0, 0.7, (20, 3))
+    gram = np.zeros((20, 20))
+    for seed in range(10):
+        block, T = kernel_block(np, F, 2000, approximation="rff", seed=seed)
+        np.testing.assert_array_equal(T, np.eye(2000))
+        Phi = block.values(np, F)
+        gram += Phi.T @ Phi / 10
+    # The mean of 20000 terms of variance ≤ 2: standard error ≤ 0.01 per entry.
+    np.testing.assert_allclose(gram, exact_gaussian(F), rtol=0, atol=0.05)
 
 
-def test_symmetric_normalisation_of_the_exact_kernel_has_norm_one():
+def test_embeddings_are_the_top_eigenspace_of_the_normalised_kernel():
     image = np.random.default_rng(3).integers(0, 256, (3, 5, 6)).astype(np.uint8)
     F = pixel_features(np, image, sxy=2.0, srgb=60.0, dtype=np.float64)
-    Phi = gaussian_kernel_features(np, F, 30, approximation="nystrom-random", seed=0)
-    S = normalized(np, Phi, "symmetric")
+    block, T = kernel_block(np, F, 30, approximation="nystrom-random", seed=0)
+    features = FactoredFeatures(T, (block,))
+    W = exact_gaussian(F)
+    d = W.sum(1)
+    S = W / np.sqrt(np.outer(d, d))
+    full = potts_embeddings(np, features, rank=30, normalization="symmetric", seed=0)
+    np.testing.assert_allclose(full.T @ full, S, rtol=0, atol=1e-6)
     # Δ^{-1/2} W Δ^{-1/2} of a positive kernel has the top eigenvalue 1 (eigenvector Δ^{1/2}1).
-    assert np.linalg.norm(S, ord=2) ** 2 == pytest.approx(1.0, rel=1e-8)
+    assert np.linalg.norm(full, ord=2) ** 2 == pytest.approx(1.0, rel=1e-6)
+    w, V = np.linalg.eigh(S)
+    best = (V[:, -5:] * w[-5:]) @ V[:, -5:].T
+    top5 = potts_embeddings(np, features, rank=5, normalization="symmetric", seed=0)
+    np.testing.assert_allclose(top5.T @ top5, best, rtol=0, atol=1e-6)
+    plain = potts_embeddings(np, features, rank=30, normalization="none", seed=0)
+    np.testing.assert_allclose(plain.T @ plain, W, rtol=0, atol=1e-6)
 
 
 def test_strength_zero_returns_the_probabilities():
@@ -248,6 +276,7 @@ def test_bad_inputs_raise(change, match):
         (dict(strength=1.0), "strength"),
         (dict(strength=-0.1), "strength"),
         (dict(rank=0), "rank"),
+        (dict(rank=64, landmarks=32), "landmarks"),
         (dict(sxy=0.0), "sxy"),
         (dict(srgb=float("nan")), "srgb"),
         (dict(w_appearance=0.0, w_smooth=0.0), "both 0"),
