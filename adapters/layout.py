@@ -1,17 +1,42 @@
 """Shape contract of the ``DenseGCRF`` layers, shared by the PyTorch and Keras versions.
 
-Channels-first images: unary ``(B, L, H, W)``; embeddings ``(B, D, H, W)`` (Potts, one per
-pixel) or ``(B, D, L, H, W)`` (general, one per pixel and label). The core's node order is
-label-major over row-major pixels (DESIGN §1), so both reshape to the core's layout without
-a copy: unary → ``(B, L·P)`` (general) or ``(B, L, P)`` (Potts), embeddings →
-``(B, D, L·P)`` or ``(B, D, P)``, with P = H·W.
+Channels first, with 1 to 3 spatial dimensions: unary ``(B, L, *spatial)``; embeddings
+``(B, D, *spatial)`` (Potts, one per pixel) or ``(B, D, L, *spatial)`` (general, one per
+pixel and label). The core's node order is label-major over row-major pixels
+(``docs/maths.md#notation``), so both reshape to the core's layout without a copy: unary →
+``(B, L·P)`` (general) or ``(B, L, P)`` (Potts), embeddings → ``(B, D, L·P)`` or
+``(B, D, P)``, with P the product of the spatial sizes.
+
+The Keras layer's ``data_format="channels_last"`` moves the channel axes to the end, in the
+same order: unary ``(B, *spatial, L)``, embeddings ``(B, *spatial, D)`` or
+``(B, *spatial, D, L)``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from lowrank_gcrf.errors import GCRFError
+
+#: Names of the spatial axes in messages, by their number.
+SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("Z", "H", "W")}
+
+#: The channel axes of the embeddings, after the batch axis.
+EMBEDDING_CHANNELS = {"potts": ("D",), "general": ("D", "L")}
+
+
+def layout(channels: tuple[str, ...], spatial_rank: int, channels_last: bool = False) -> str:
+    """A layout as text, e.g. ``(B, D, H, W)``."""
+    spatial = SPATIAL_NAMES.get(spatial_rank, ("*spatial",))
+    axes = (*spatial, *channels) if channels_last else (*channels, *spatial)
+    return f"(B, {', '.join(axes)})"
+
+
+def embeddings_layout(model: str, spatial_rank: int, channels_last: bool = False) -> str:
+    """The expected embeddings layout for ``model``, with the alias the layers accept."""
+    text = layout(EMBEDDING_CHANNELS[model], spatial_rank, channels_last)
+    return f"{text} for potts={model == 'potts'} (model={model!r})"
 
 
 @dataclass(frozen=True)
@@ -20,53 +45,71 @@ class LayerShapes:
 
     batch: int
     labels: int
-    height: int
-    width: int
+    spatial: tuple[int, ...]
     dim: int
-    potts: bool
+    model: str
 
     @property
     def pixels(self) -> int:
-        """P = H·W."""
-        return self.height * self.width
+        """P, the product of the spatial sizes."""
+        return math.prod(self.spatial)
 
     @property
     def core_embeddings(self) -> tuple[int, int, int]:
         """(B, D, P) for Potts, (B, D, L·P) for the general model."""
-        n = self.pixels if self.potts else self.labels * self.pixels
+        n = self.pixels if self.model == "potts" else self.labels * self.pixels
         return (self.batch, self.dim, n)
 
     @property
     def core_unary(self) -> tuple[int, ...]:
         """(B, L, P) for Potts, (B, L·P) for the general model."""
-        if self.potts:
+        if self.model == "potts":
             return (self.batch, self.labels, self.pixels)
         return (self.batch, self.labels * self.pixels)
 
     @property
-    def output(self) -> tuple[int, int, int, int]:
-        """(B, L, H, W)."""
-        return (self.batch, self.labels, self.height, self.width)
+    def output(self) -> tuple[int, ...]:
+        """(B, L, *spatial)."""
+        return (self.batch, self.labels, *self.spatial)
+
+
+def spatial_rank(unary_rank: int) -> int:
+    """The number of spatial axes of a unary of rank ``unary_rank``; an error outside 1–3."""
+    if not 3 <= unary_rank <= 5:
+        raise GCRFError(
+            f"unary must have shape (B, L, H, W) or, in general, (B, L, *spatial) with 1 to 3 "
+            f"spatial dimensions (channels first), got {unary_rank} dimensions"
+        )
+    return unary_rank - 2
 
 
 def layer_shapes(
-    unary_shape: tuple[int, ...], embeddings_shape: tuple[int, ...], potts: bool
+    unary_shape: tuple[int, ...], embeddings_shape: tuple[int, ...], model: str
 ) -> LayerShapes:
-    """Check the shapes of a ``DenseGCRF`` call; errors name the expected layout."""
+    """Check the (channels-first) shapes of a ``DenseGCRF`` call; errors name the layout."""
     unary_shape, embeddings_shape = tuple(unary_shape), tuple(embeddings_shape)
-    expected = "(B, D, H, W) for potts=True" if potts else "(B, D, L, H, W) for potts=False"
-    if len(unary_shape) != 4:
-        raise GCRFError(f"unary must have shape (B, L, H, W) (channels first), got {unary_shape}")
-    batch, labels, height, width = unary_shape
-    if len(embeddings_shape) != (4 if potts else 5):
-        raise GCRFError(f"embeddings must have shape {expected}, got {embeddings_shape}")
-    want = (batch, height, width) if potts else (batch, labels, height, width)
+    rank = spatial_rank(len(unary_shape))
+    batch, labels, *spatial = unary_shape
+    expected = embeddings_layout(model, rank)
+    channels = len(EMBEDDING_CHANNELS[model])
+    if len(embeddings_shape) != 1 + channels + rank:
+        raise GCRFError(
+            f"embeddings must have shape {expected} to go with unary of shape "
+            f"{unary_shape} {layout(('L',), rank)}, got {embeddings_shape}"
+        )
+    want = (batch, *spatial) if model == "potts" else (batch, labels, *spatial)
     got = (embeddings_shape[0], *embeddings_shape[2:])
     if got != want:
+        sizes = ", ".join(
+            f"{name}={size}"
+            for name, size in zip(
+                ("B", *(("L",) if model == "general" else ()), *SPATIAL_NAMES[rank]),
+                want,
+                strict=True,
+            )
+        )
         raise GCRFError(
             f"embeddings of shape {embeddings_shape} do not match unary of shape "
-            f"{unary_shape}: expected {expected} with B={batch}, "
-            + ("" if potts else f"L={labels}, ")
-            + f"H={height}, W={width}"
+            f"{unary_shape}: expected {expected} with {sizes}"
         )
-    return LayerShapes(batch, labels, height, width, int(embeddings_shape[1]), potts)
+    return LayerShapes(batch, labels, tuple(spatial), int(embeddings_shape[1]), model)

@@ -56,18 +56,33 @@ from tensorflow.python.ops import control_flow_util
 
 from lowrank_gcrf.adapters.bridge import (
     CoreSolve,
-    check_scalar_lam,
+    check_lam,
     check_solver_kwargs,
-    make_operator,
+    layer_settings,
     softplus_inverse,
+    solve_dtype_names,
     to_core,
 )
-from lowrank_gcrf.adapters.layout import layer_shapes
-from lowrank_gcrf.errors import GCRFError, GCRFTypeError
+from lowrank_gcrf.adapters.heads import head_sizes
+from lowrank_gcrf.adapters.layout import (
+    EMBEDDING_CHANNELS,
+    SPATIAL_NAMES,
+    embeddings_layout,
+    layer_shapes,
+    layout,
+    spatial_rank,
+)
+from lowrank_gcrf.errors import GCRFError
+from lowrank_gcrf.options import SolverOptions
 
-__all__ = ["DenseGCRF", "XLAUnsupportedError", "gcrf_solve", "potts_solve"]
-
-_HALF_PRECISION = (tf.float16, tf.bfloat16)
+__all__ = [
+    "DenseGCRF",
+    "GCRFHead",
+    "XLAUnsupportedError",
+    "gcrf_solve",
+    "pd_scaled",
+    "potts_solve",
+]
 
 # TensorFlow's CPU kernels assume 64-byte aligned buffers (EIGEN_MAX_ALIGN_BYTES).
 _TF_ALIGNMENT = 64
@@ -133,40 +148,20 @@ def _reject_xla() -> None:
         )
 
 
-def _dtypes(embeddings: tf.Tensor, b: tf.Tensor) -> tuple[tf.DType, tf.DType]:
-    """(compute, output) dtypes, as in the core: half precision is solved in float32 and
-    returned as is; mixed dtypes promote (float16 with bfloat16 to float32)."""
-    for name, t in (("embeddings", embeddings), ("b", b)):
-        if not t.dtype.is_floating:
-            raise GCRFTypeError(
-                f"{name} has dtype {t.dtype.name}; lowrank-gcrf needs floating tensors "
-                "(float16, bfloat16, float32 or float64): cast it, e.g. tf.cast(x, tf.float32)"
-            )
-    if embeddings.dtype == b.dtype:
-        output = embeddings.dtype
-    else:
-        widest = max((embeddings.dtype, b.dtype), key=lambda d: d.size)
-        output = tf.float32 if widest in _HALF_PRECISION else widest
-    return (tf.float32 if output in _HALF_PRECISION else output), output
-
-
-def _lam_grad(g_lam: tf.Tensor, lam: tf.Tensor) -> tf.Tensor:
-    # A 0-d λ is shared by every system of the batch.
-    return tf.reduce_sum(g_lam) if lam.shape.rank == 0 else g_lam
-
-
-def _core_solve(potts: bool, kwargs: dict, U: tf.Tensor, b: tf.Tensor, lam: tf.Tensor) -> CoreSolve:
-    return CoreSolve(potts, _to_core(U), _to_core(b), _to_core(lam), kwargs)
+def _core_solve(
+    model: str, options: SolverOptions, U: tf.Tensor, b: tf.Tensor, lam: tf.Tensor
+) -> CoreSolve:
+    return CoreSolve(model, _to_core(U), _to_core(b), _to_core(lam), options)
 
 
 def _eager_solve(
-    potts: bool, kwargs: dict, U: tf.Tensor, b: tf.Tensor, lam: tf.Tensor
+    model: str, options: SolverOptions, U: tf.Tensor, b: tf.Tensor, lam: tf.Tensor
 ) -> tuple[tf.Tensor, Callable]:
-    core = _core_solve(potts, kwargs, U, b, lam)
+    core = _core_solve(model, options, U, b, lam)
 
     def grad(gx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         g_u, g_b, g_lam = (_from_core(g) for g in core.backward(_to_core(gx)))
-        return g_u, g_b, _lam_grad(g_lam, lam)
+        return g_u, g_b, g_lam
 
     return _from_core(core.x), grad
 
@@ -207,12 +202,12 @@ class _PendingSolves:
 
 
 def _graph_solve(
-    potts: bool, kwargs: dict, U: tf.Tensor, b: tf.Tensor, lam: tf.Tensor
+    model: str, options: SolverOptions, U: tf.Tensor, b: tf.Tensor, lam: tf.Tensor
 ) -> tuple[tf.Tensor, Callable]:
     pending = _PendingSolves()
 
     def forward(U_: tf.Tensor, b_: tf.Tensor, lam_: tf.Tensor) -> tuple[tf.Tensor, np.int64]:
-        core = _core_solve(potts, kwargs, U_, b_, lam_)
+        core = _core_solve(model, options, U_, b_, lam_)
         return _from_core(core.x), pending.put(core)
 
     # Gradients reach the inputs through grad() only: TensorFlow would otherwise also
@@ -225,13 +220,11 @@ def _graph_solve(
 
     def backward(U_: tf.Tensor, x_: tf.Tensor, gx: tf.Tensor, lam_: tf.Tensor, token_: tf.Tensor):
         core = pending.pop(int(token_))
-        if core is not None:
-            grads = core.backward(_to_core(gx))
-        else:
-            x_core = _to_core(x_)
-            operator = make_operator(potts, _to_core(U_), _to_core(lam_), x_core)
-            grads = operator.vjp(x_core, _to_core(gx), **kwargs)[:3]
-        return [_from_core(g) for g in grads]
+        if core is None:
+            core = CoreSolve.from_solution(
+                model, _to_core(U_), _to_core(x_), _to_core(lam_), options
+            )
+        return [_from_core(g) for g in core.backward(_to_core(gx))]
 
     def grad(gx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         # Called while TensorFlow builds the gradient graph, as a rule before the forward
@@ -240,26 +233,26 @@ def _graph_solve(
         g_u, g_b, g_lam = tf.py_function(backward, [U, x, gx, lam, token], [U.dtype] * 3)
         g_u.set_shape(U.shape)
         g_b.set_shape(b.shape)
-        g_lam.set_shape(b.shape[: -2 if potts else -1])
-        return g_u, g_b, _lam_grad(g_lam, lam)
+        g_lam.set_shape(lam.shape)
+        return g_u, g_b, g_lam
 
     return x, grad
 
 
-def _solve(potts: bool, embeddings: Any, b: Any, lam: Any, solver_kwargs: dict) -> tf.Tensor:
-    kwargs = check_solver_kwargs(solver_kwargs)
+def _solve(model: str, embeddings: Any, b: Any, lam: Any, options: SolverOptions) -> tf.Tensor:
     _reject_xla()
-    if isinstance(lam, (int, float)):
-        check_scalar_lam(lam)  # so that graph mode reports a bad float λ while tracing, typed
+    # Before any cast (a complex λ would lose its imaginary part), and while tracing, so that
+    # graph mode reports a bad float λ with its own type.
+    check_lam(lam)
     embeddings, b = tf.convert_to_tensor(embeddings), tf.convert_to_tensor(b)
-    compute, output = _dtypes(embeddings, b)
+    compute, output = (tf.as_dtype(n) for n in solve_dtype_names(embeddings.dtype, b.dtype))
     # dtype_hint: a Python float λ becomes a float64 tensor exactly when solving in float64.
     lam = tf.cast(tf.convert_to_tensor(lam, dtype_hint=compute), compute)
 
     @tf.custom_gradient
     def solve(U: tf.Tensor, b_: tf.Tensor, lam_: tf.Tensor) -> tuple[tf.Tensor, Callable]:
         run = _eager_solve if tf.executing_eagerly() else _graph_solve
-        return run(potts, kwargs, U, b_, lam_)
+        return run(model, options, U, b_, lam_)
 
     return tf.cast(solve(tf.cast(embeddings, compute), tf.cast(b, compute), lam), output)
 
@@ -292,7 +285,7 @@ def gcrf_solve(A: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
         with the core's message inside ``tf.function``; :class:`XLAUnsupportedError` under
         ``jit_compile=True``.
     """
-    return _solve(False, A, b, lam, solver_kwargs)
+    return _solve("general", A, b, lam, check_solver_kwargs(solver_kwargs))
 
 
 def potts_solve(Ahat: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
@@ -320,21 +313,35 @@ def potts_solve(Ahat: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
     lowrank_gcrf.GCRFError
         As for :func:`gcrf_solve`.
     """
-    return _solve(True, Ahat, b, lam, solver_kwargs)
+    return _solve("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
 
 
 # -- the Keras layer ---------------------------------------------------------------------------
 
 
-def _paired_axes(potts: bool) -> tuple[tuple[int, int], ...]:
-    """(unary axis, embeddings axis) pairs that must have one size: B, H, W (and L)."""
-    return ((0, 0), (2, 2), (3, 3)) if potts else ((0, 0), (1, 2), (2, 3), (3, 4))
+def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float) -> tf.Tensor:
+    """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
+
+    As :func:`lowrank_gcrf.adapters.torch.pd_scaled`: the exact ``‖Â‖₂²`` from the D×D Gram
+    (``eigvalsh`` in float64), factor ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``.
+    """
+    gram = tf.cast(tf.matmul(Ahat, Ahat, transpose_b=True), tf.float64)
+    mu = tf.linalg.eigvalsh(gram)[..., -1]
+    target = bound * tf.cast(lam, tf.float64)
+    factor = tf.sqrt(target / tf.maximum(mu, target))
+    return Ahat * tf.cast(factor, Ahat.dtype)[..., None, None]
 
 
-def _check_static_layout(
-    unary_shape: Any, embeddings_shape: Any, potts: bool
-) -> list[tuple[int, int]]:
-    """Check the layer's static shapes; the axis pairs left to check when the graph runs.
+def _paired_axes(model: str, rank: int) -> list[tuple[int, int]]:
+    """(unary axis, embeddings axis) pairs that must have one size: B, (L), the spatial axes."""
+    channels = len(EMBEDDING_CHANNELS[model])
+    pairs = [(0, 0)] + [(2 + i, 1 + channels + i) for i in range(rank)]
+    return pairs + ([(1, 2)] if model == "general" else [])
+
+
+def _check_static_layout(unary_shape: Any, embeddings_shape: Any, model: str) -> list:
+    """Check the layer's static (channels-first) shapes; the axis pairs left to check when the
+    graph runs.
 
     A size unknown on one side takes the other side's, so that :func:`layer_shapes` checks
     all that is known while tracing.
@@ -346,12 +353,14 @@ def _check_static_layout(
             "input_signature with their ranks)"
         )
     u, e = unary_shape.as_list(), embeddings_shape.as_list()
-    if (len(u), len(e)) != (4, 4 if potts else 5):
-        layer_shapes(u, e, potts)  # raises the error that names the expected layout
-    unknown = [(i, j) for i, j in _paired_axes(potts) if u[i] is None or e[j] is None]
+    rank = spatial_rank(len(u))
+    if len(e) != 1 + len(EMBEDDING_CHANNELS[model]) + rank:
+        layer_shapes(_fill(u), _fill(e), model)  # raises the error that names the layout
+    pairs = _paired_axes(model, rank)
+    unknown = [(i, j) for i, j in pairs if u[i] is None or e[j] is None]
     for i, j in unknown:
         u[i] = e[j] = e[j] if u[i] is None else u[i]
-    layer_shapes(_fill(u), _fill(e), potts)
+    layer_shapes(_fill(u), _fill(e), model)
     return unknown
 
 
@@ -369,28 +378,41 @@ def _dims(t: tf.Tensor) -> list:
 
 
 def _core_layout(
-    unary: tf.Tensor, embeddings: tf.Tensor, potts: bool
+    unary: tf.Tensor, embeddings: tf.Tensor, model: str
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """(b, A): the layer's inputs as the core's right-hand sides and embeddings.
+    """(b, A): the layer's channels-first inputs as the core's right-hand sides and embeddings.
 
     Label-major over row-major pixels, so both are reshapes without a copy.
     """
-    unknown = _check_static_layout(unary.shape, embeddings.shape, potts)
+    unknown = _check_static_layout(unary.shape, embeddings.shape, model)
     checks = []
     if unknown:
         u_axes, e_axes = zip(*unknown, strict=True)
+        rank = spatial_rank(unary.shape.rank)
         checks.append(
             tf.debugging.assert_equal(
                 tf.gather(tf.shape(unary), u_axes),
                 tf.gather(tf.shape(embeddings), e_axes),
-                message="DenseGCRF: embeddings do not match unary (B, L, H, W): expected "
-                + ("(B, D, H, W) for potts=True" if potts else "(B, D, L, H, W) for potts=False"),
+                message="DenseGCRF: embeddings do not match unary (B, L, *spatial): expected "
+                + embeddings_layout(model, rank),
             )
         )
     u, e = _dims(unary), _dims(embeddings)
     with tf.control_dependencies(checks):
-        b = tf.reshape(unary, [u[0], u[1], -1] if potts else [u[0], -1])
+        b = tf.reshape(unary, [u[0], u[1], -1] if model == "potts" else [u[0], -1])
         return b, tf.reshape(embeddings, [e[0], e[1], -1])
+
+
+def _to_channels_first(t: tf.Tensor, channels: int) -> tf.Tensor:
+    """(B, *spatial, *channels) → (B, *channels, *spatial)."""
+    rank = t.shape.rank
+    spatial = list(range(1, rank - channels))
+    return tf.transpose(t, [0, *range(rank - channels, rank), *spatial])
+
+
+def _to_channels_last(t: tf.Tensor) -> tf.Tensor:
+    """(B, L, *spatial) → (B, *spatial, L)."""
+    return tf.transpose(t, [0, *range(2, t.shape.rank), 1])
 
 
 @keras.saving.register_keras_serializable(package="lowrank_gcrf")
@@ -400,81 +422,246 @@ class DenseGCRF(keras.layers.Layer):
 
     Parameters
     ----------
-    lam : float, default 1.0
-        λ > 0; the Potts model needs λ > ‖Â‖₂² (normalise the embeddings, e.g. unit vectors
-        scaled by ``c / sqrt(H·W)`` with c² < λ).
-    potts : bool, default False
-        Potts model (one embedding per pixel) or general (one per pixel and label).
-    method : {"auto", "cg", "direct"}, default "auto"
-        Solver for the forward and backward passes.
-    learn_lam : bool, default False
-        Make λ a weight, kept positive as ``softplus(raw_lam)`` and initialised to ``lam``.
-    rtol, atol, maxiter
-        Solver tolerances, as for :func:`lowrank_gcrf.solve`.
+    lam, model, potts, learn_lam, pd_bound, method, rtol, atol, maxiter, on_failure
+        As for :class:`lowrank_gcrf.adapters.torch.DenseGCRF` (the same signature and
+        defaults): λ, the model name (``potts=True`` is an alias of ``model="potts"``), a
+        learnt λ, the Potts layer's positive-definiteness bound, the solver and its
+        tolerances, and the failure policy.
+    data_format : {"channels_last", "channels_first"}, optional
+        Default: ``keras.config.image_data_format()``. Channels last: unary
+        (B, *spatial, L), embeddings (B, *spatial, D) (Potts) or (B, *spatial, D, L)
+        (general), output (B, *spatial, L); channels first as the PyTorch module.
     **kwargs
         Keras layer arguments (``name``, ``dtype``, ...).
 
     Notes
     -----
-    Channels first, as the PyTorch module: ``layer(unary, embeddings)`` with unary
-    (B, L, H, W) and embeddings (B, D, H, W) (Potts) or (B, D, L, H, W) (general); returns
-    (B, L, H, W). B, H and W may be unknown while tracing (fully convolutional models). The
-    layer cannot be XLA-compiled (``supports_jit = False``); λ stays float32 under a
-    mixed-precision policy.
+    1 to 3 spatial dimensions. B and the spatial sizes may be unknown while tracing (fully
+    convolutional models). The layer cannot be XLA-compiled (``supports_jit = False``); λ
+    stays float32 under a mixed-precision policy.
     """
 
     def __init__(
         self,
         lam: float = 1.0,
-        potts: bool = False,
-        method: str = "auto",
+        model: str | None = None,
+        *,
+        potts: bool | None = None,
         learn_lam: bool = False,
-        rtol: float = 1e-5,
+        pd_bound: float | None = 0.9,
+        method: str = "auto",
+        rtol: float | None = None,
         atol: float = 0.0,
         maxiter: int | None = None,
+        on_failure: str = "warn",
+        data_format: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        check_scalar_lam(lam)
-        self.lam_init = float(lam)
-        self.potts = bool(potts)
-        self.learn_lam = bool(learn_lam)
-        self.solver_kwargs = check_solver_kwargs(
-            {"method": method, "rtol": rtol, "atol": atol, "maxiter": maxiter}
+        self.settings = layer_settings(
+            lam,
+            model,
+            potts=potts,
+            learn_lam=learn_lam,
+            pd_bound=pd_bound,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            maxiter=maxiter,
+            on_failure=on_failure,
         )
+        self.data_format = data_format or keras.config.image_data_format()
+        if self.data_format not in ("channels_last", "channels_first"):
+            raise GCRFError(
+                f"data_format must be 'channels_last' or 'channels_first', got {self.data_format!r}"
+            )
         # Keras then compiles models holding the layer without XLA (auto or with a warning).
         self.supports_jit = False
         self.raw_lam = None
-        if self.learn_lam:
+        if self.settings.learn_lam:
             self.raw_lam = self.add_weight(
                 name="raw_lam",
                 shape=(),
-                initializer=keras.initializers.Constant(softplus_inverse(self.lam_init)),
+                initializer=keras.initializers.Constant(softplus_inverse(self.settings.lam)),
                 dtype="float32",
                 # the solve runs in float32 anyway: a float16 λ would only lose digits
                 autocast=False,
             )
 
     @property
+    def model(self) -> str:
+        """The model name."""
+        return self.settings.model
+
+    @property
+    def potts(self) -> bool:
+        """Whether the model is Potts (the ``potts=`` alias, read back)."""
+        return self.settings.model == "potts"
+
+    @property
+    def learn_lam(self) -> bool:
+        """Whether λ is a trained weight."""
+        return self.settings.learn_lam
+
+    @property
     def lam(self) -> Any:
         """λ: ``softplus(raw_lam)`` when learnt, else the fixed float."""
         if self.raw_lam is not None:
             return tf.nn.softplus(self.raw_lam)
-        return self.lam_init
+        return self.settings.lam
+
+    def _channels_first(self, unary: tf.Tensor, embeddings: tf.Tensor) -> tuple:
+        if self.data_format == "channels_first":
+            return unary, embeddings
+        channels = len(EMBEDDING_CHANNELS[self.model])
+        return _to_channels_first(unary, 1), _to_channels_first(embeddings, channels)
 
     def call(self, unary: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
-        """MAP scores (B, L, H, W) of the G-CRF with the given unaries and embeddings."""
-        b, A = _core_layout(unary, embeddings, self.potts)
-        x = _solve(self.potts, A, b, self.lam, self.solver_kwargs)
-        return tf.reshape(x, _dims(unary))
+        """MAP scores of the G-CRF, shaped like ``unary``."""
+        unary = tf.convert_to_tensor(unary)
+        embeddings = tf.convert_to_tensor(embeddings)
+        first_unary, first_embeddings = self._channels_first(unary, embeddings)
+        b, A = _core_layout(first_unary, first_embeddings, self.model)
+        lam = self.lam
+        if self.model == "potts" and self.settings.pd_bound is not None:
+            A = pd_scaled(A, lam, self.settings.pd_bound)
+        compute, _ = solve_dtype_names(A.dtype, b.dtype)
+        x = _solve(self.model, A, b, lam, self.settings.options(compute))
+        x = tf.reshape(x, _dims(first_unary))
+        return x if self.data_format == "channels_first" else _to_channels_last(x)
 
     def compute_output_shape(self, unary_shape: Any, embeddings_shape: Any) -> tuple:
-        _check_static_layout(unary_shape, embeddings_shape, self.potts)
+        if self.data_format == "channels_first":
+            _check_static_layout(unary_shape, embeddings_shape, self.model)
         return tuple(unary_shape)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
+        config.update(self.settings.config(), data_format=self.data_format)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="lowrank_gcrf")
+class GCRFHead(keras.layers.Layer):
+    """A segmentation head in one line: unary and embedding branches (1×1 convolutions) on
+    backbone features, then :class:`DenseGCRF`.
+
+    Parameters
+    ----------
+    num_labels : int
+        Labels L.
+    embed_dim : int, default 16
+        Embedding dimension D (the rank of the pairwise term).
+    model : {"potts", "general"}, default "potts"
+        Potts: one embedding per pixel, shared by the labels (D channels); general: one per
+        pixel and label (D·L channels, reshaped to (B, *spatial, D, L) channels last).
+    lam : float, default 1.0
+        Initial λ.
+    learn_lam : bool, default True
+        λ is a weight of the head; with Potts the bound on the embeddings follows it.
+    pd_bound, method, rtol, atol, maxiter, on_failure
+        As for :class:`DenseGCRF`: the Potts head rescales the embeddings so that
+        ``‖Â‖₂² ≤ pd_bound·λ`` and trains on raw convolution outputs.
+    data_format : {"channels_last", "channels_first"}, optional
+        Default: ``keras.config.image_data_format()``.
+    **kwargs
+        Keras layer arguments (``name``, ``dtype``, ...).
+
+    Attributes
+    ----------
+    unary, embed : keras.layers.Layer
+        The unary (L channels) and embedding branches: ``Conv1D``, ``Conv2D`` or ``Conv3D``
+        after the features' rank, created when the head is built.
+    crf : DenseGCRF
+
+    Notes
+    -----
+    Features (B, *spatial, C) in, MAP scores (B, *spatial, L) out (channels first:
+    (B, C, *spatial) and (B, L, *spatial)), with 1 to 3 spatial dimensions.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        *,
+        embed_dim: int = 16,
+        model: str = "potts",
+        lam: float = 1.0,
+        learn_lam: bool = True,
+        pd_bound: float | None = 0.9,
+        method: str = "auto",
+        rtol: float | None = None,
+        atol: float = 0.0,
+        maxiter: int | None = None,
+        on_failure: str = "warn",
+        data_format: str | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.sizes = head_sizes(num_labels, embed_dim, model)
+        self.crf = DenseGCRF(
+            lam,
+            model,
+            learn_lam=learn_lam,
+            pd_bound=pd_bound,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            maxiter=maxiter,
+            on_failure=on_failure,
+            data_format=data_format,
+            dtype=self.dtype_policy,
+            name="crf",
+        )
+        self.data_format = self.crf.data_format
+        self.supports_jit = False
+        self.unary: keras.layers.Layer | None = None
+        self.embed: keras.layers.Layer | None = None
+
+    def build(self, input_shape: Any) -> None:
+        rank = len(input_shape) - 2
+        if rank not in SPATIAL_NAMES:
+            expected = layout(("C",), 2, self.data_format == "channels_last")
+            raise GCRFError(
+                f"GCRFHead expects features of shape {expected} or, in general, 1 to 3 "
+                f"spatial dimensions ({self.data_format}), got shape {tuple(input_shape)}"
+            )
+        conv = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)[rank - 1]
+        branches = {"unary": self.sizes.num_labels, "embed": self.sizes.embedding_channels}
+        for name, channels in branches.items():
+            branch = conv(
+                channels, 1, data_format=self.data_format, dtype=self.dtype_policy, name=name
+            )
+            branch.build(input_shape)
+            setattr(self, name, branch)
+
+    def _embeddings(self, features: tf.Tensor) -> tf.Tensor:
+        """The embedding branch's output, (B, D, L) channels for the general model."""
+        embeddings = self.embed(features)
+        if self.sizes.model == "potts":
+            return embeddings
+        d = _dims(embeddings)
+        pair = [self.sizes.embed_dim, self.sizes.num_labels]
+        if self.data_format == "channels_last":
+            return tf.reshape(embeddings, [*d[:-1], *pair])
+        return tf.reshape(embeddings, [d[0], *pair, *d[2:]])
+
+    def call(self, features: tf.Tensor) -> tf.Tensor:
+        """MAP scores of the G-CRF on ``features``."""
+        features = tf.convert_to_tensor(features)
+        return self.crf(self.unary(features), self._embeddings(features))
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        shape = list(input_shape)
+        shape[-1 if self.data_format == "channels_last" else 1] = self.sizes.num_labels
+        return tuple(shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
         config.update(
-            lam=self.lam_init, potts=self.potts, learn_lam=self.learn_lam, **self.solver_kwargs
+            self.crf.settings.config(),
+            num_labels=self.sizes.num_labels,
+            embed_dim=self.sizes.embed_dim,
+            data_format=self.data_format,
         )
         return config

@@ -22,17 +22,19 @@ from torch.autograd.function import once_differentiable
 
 from lowrank_gcrf.adapters.bridge import (
     CoreSolve,
-    check_scalar_lam,
+    check_lam,
     check_solver_kwargs,
+    layer_settings,
     softplus_inverse,
+    solve_dtype_names,
     to_core,
 )
-from lowrank_gcrf.adapters.layout import layer_shapes
-from lowrank_gcrf.errors import GCRFTypeError
+from lowrank_gcrf.adapters.heads import check_spatial_dims, head_sizes, positive_size
+from lowrank_gcrf.adapters.layout import layer_shapes, layout
+from lowrank_gcrf.errors import GCRFError, GCRFTypeError
+from lowrank_gcrf.options import SolverOptions
 
-__all__ = ["DenseGCRF", "gcrf_solve", "potts_solve"]
-
-_HALF_PRECISION = (torch.float16, torch.bfloat16)
+__all__ = ["DenseGCRF", "GCRFHead", "gcrf_solve", "pd_scaled", "potts_solve"]
 
 
 def _cupy() -> Any:
@@ -71,7 +73,7 @@ def _lam_to_core(lam: Tensor | float) -> Any:
 
 
 class _SolveFunction(torch.autograd.Function):
-    """``x = M⁻¹ b`` for the general (``potts=False``) or Potts model, on core-layout tensors.
+    """``x = M⁻¹ b`` for a model of the core's registry, on core-layout tensors.
 
     The forward's :class:`CoreSolve` is kept on ``ctx`` so that the backward reuses its
     factorization; the embeddings and x are also saved so that autograd reports in-place
@@ -81,19 +83,16 @@ class _SolveFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
-        potts: bool,
+        model: str,
         embeddings: Tensor,
         b: Tensor,
         lam: Tensor | float,
-        solver_kwargs: dict[str, Any],
+        options: SolverOptions,
     ) -> Tensor:
         with _core_stream(embeddings.device):
-            core = CoreSolve(
-                potts, _to_core(embeddings), _to_core(b), _lam_to_core(lam), solver_kwargs
-            )
+            core = CoreSolve(model, _to_core(embeddings), _to_core(b), _lam_to_core(lam), options)
             x = torch.from_dlpack(core.x)
         ctx.core = core
-        ctx.lam_shape = lam.shape if isinstance(lam, Tensor) else None
         ctx.save_for_backward(embeddings, x)
         return x
 
@@ -109,24 +108,14 @@ class _SolveFunction(torch.autograd.Function):
             None,
             g_embeddings if needs_embeddings else None,
             g_b if needs_b else None,
-            # a 0-d λ is shared by every system of the batch
-            g_lam.sum_to_size(ctx.lam_shape) if needs_lam else None,
+            g_lam if needs_lam else None,
             None,
         )
 
 
-def _result_dtypes(embeddings: Tensor, b: Tensor) -> tuple[torch.dtype, torch.dtype]:
-    """(compute, output) dtypes: half precision is solved in float32 (bfloat16 has no NumPy
-    dtype to cross DLPack with) and returned in its own dtype, under autocast too, so that
-    the layer keeps the dtype of the autocast region around it."""
-    output = torch.promote_types(embeddings.dtype, b.dtype)
-    compute = torch.float32 if output in _HALF_PRECISION else output
-    return compute, output
-
-
 @torch.compiler.disable
 def _solve(
-    potts: bool, embeddings: Tensor, b: Tensor, lam: Tensor | float, solver_kwargs: dict[str, Any]
+    model: str, embeddings: Tensor, b: Tensor, lam: Tensor | float, options: SolverOptions
 ) -> Tensor:
     # Dynamo cannot trace DLPack and NumPy: a compiled model graph-breaks around the solve.
     if not (isinstance(embeddings, Tensor) and isinstance(b, Tensor)):
@@ -134,17 +123,15 @@ def _solve(
             f"expected torch tensors, got {type(embeddings).__name__} and {type(b).__name__}; "
             "use lowrank_gcrf.solve / solve_potts for NumPy or CuPy arrays"
         )
-    solver_kwargs = check_solver_kwargs(solver_kwargs)
-    compute, output = _result_dtypes(embeddings, b)
+    check_lam(lam)
+    # Half precision is solved in float32 (bfloat16 has no NumPy dtype to cross DLPack with)
+    # and returned in its own dtype, under autocast too.
+    compute, output = (getattr(torch, n) for n in solve_dtype_names(embeddings.dtype, b.dtype))
     # The casts are autograd ops, so gradients return to the callers' dtypes and devices.
     if isinstance(lam, Tensor):
         lam = lam.to(device=embeddings.device, dtype=compute)
     x = _SolveFunction.apply(
-        potts,
-        embeddings.to(compute).contiguous(),
-        b.to(compute).contiguous(),
-        lam,
-        solver_kwargs,
+        model, embeddings.to(compute).contiguous(), b.to(compute).contiguous(), lam, options
     )
     return x.to(output)
 
@@ -162,8 +149,9 @@ def gcrf_solve(A: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: Any) 
         λ > 0: a float, a 0-d tensor or a tensor of the batch shape (...,). A tensor that
         requires grad receives ``∂L/∂λ`` (summed over the batch for a 0-d λ).
     **solver_kwargs
-        ``method`` ("auto", "cg", "direct"), ``rtol``, ``atol``, ``maxiter``, as for
-        :func:`lowrank_gcrf.solve`; used by the forward and the backward solve.
+        ``method`` ("auto", "cg", "direct"), ``rtol``, ``atol``, ``maxiter``,
+        ``on_failure``, as for :func:`lowrank_gcrf.solve`; used by the forward and the
+        backward solve.
 
     Returns
     -------
@@ -175,7 +163,7 @@ def gcrf_solve(A: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: Any) 
     lowrank_gcrf.GCRFError
         The core's errors, unchanged (bad shapes, λ ≤ 0, non-convergence, ...).
     """
-    return _solve(False, A, b, lam, solver_kwargs)
+    return _solve("general", A, b, lam, check_solver_kwargs(solver_kwargs))
 
 
 def potts_solve(Ahat: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: Any) -> Tensor:
@@ -191,7 +179,8 @@ def potts_solve(Ahat: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: A
         λ > ‖Â‖₂² (else :class:`lowrank_gcrf.IndefiniteSystemError`): a float, a 0-d tensor
         or a tensor of the batch shape; a tensor that requires grad receives ``∂L/∂λ``.
     **solver_kwargs
-        ``method``, ``rtol``, ``atol``, ``maxiter``, as for :func:`lowrank_gcrf.solve_potts`.
+        ``method``, ``rtol``, ``atol``, ``maxiter``, ``on_failure``, as for
+        :func:`lowrank_gcrf.solve_potts`.
 
     Returns
     -------
@@ -203,7 +192,21 @@ def potts_solve(Ahat: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: A
     lowrank_gcrf.GCRFError
         The core's errors, unchanged.
     """
-    return _solve(True, Ahat, b, lam, solver_kwargs)
+    return _solve("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
+
+
+def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float) -> Tensor:
+    """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
+
+    ``‖Â‖₂²`` is the largest eigenvalue of the D×D Gram ``ÂÂᵀ``, exact (``eigvalsh``, in
+    float64); the factor is ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``, the identity (with zero
+    gradient) where the bound already holds.
+    """
+    gram = (Ahat @ Ahat.mT).double()
+    mu = torch.linalg.eigvalsh(gram)[..., -1]
+    target = bound * (lam.double() if isinstance(lam, Tensor) else lam)
+    factor = torch.sqrt(target / torch.maximum(mu, torch.as_tensor(target, dtype=mu.dtype)))
+    return Ahat * factor.to(Ahat.dtype)[..., None, None]
 
 
 class DenseGCRF(nn.Module):
@@ -212,69 +215,193 @@ class DenseGCRF(nn.Module):
     Parameters
     ----------
     lam : float, default 1.0
-        λ > 0, the weight of the identity; the Potts model needs λ > ‖Â‖₂² (normalise the
-        embeddings, e.g. unit vectors scaled by ``c / sqrt(H·W)`` with c² < λ).
-    potts : bool, default False
-        Potts model (one embedding per pixel, shared by the labels) or general model (one
-        embedding per pixel and label).
-    method : {"auto", "cg", "direct"}, default "auto"
-        Solver for the forward and backward passes.
+        λ > 0, the weight of the identity (a float or a one-element tensor).
+    model : {"general", "potts"}, default "general"
+        General model (one embedding per pixel and label) or Potts (one per pixel, shared
+        by the labels).
+    potts : bool, optional
+        Alias of ``model``: ``potts=True`` is ``model="potts"``.
     learn_lam : bool, default False
         Make λ a parameter, kept positive as ``softplus(raw_lam)`` and initialised to ``lam``.
-    **solver_kwargs
-        ``rtol``, ``atol``, ``maxiter``, as for :func:`lowrank_gcrf.solve`.
+    pd_bound : float in (0, 1) or None, default 0.9
+        Potts only: the embeddings are rescaled, differentiably, so that
+        ``‖Â‖₂² ≤ pd_bound·λ`` — positive definite by construction, whatever the network
+        outputs (:func:`pd_scaled`); the identity when the bound already holds. ``None``
+        turns it off (then λ ≤ ‖Â‖₂² raises :class:`lowrank_gcrf.IndefiniteSystemError`).
+    method : {"auto", "cg", "direct"}, default "auto"
+        Solver for the forward and backward passes.
+    rtol : float, optional
+        Default: 1000 × the compute dtype's machine epsilon (1.2e-4 in float32, 2.2e-13 in
+        float64), what the dtype can certify on the conditioning a layer sees
+        (``docs/maths.md#accuracy``).
+    atol, maxiter
+        As for :func:`lowrank_gcrf.solve`.
+    on_failure : {"raise", "warn", "ignore"}, default "warn"
+        A batch above tolerance warns (:class:`lowrank_gcrf.ConvergenceWarning`) and the
+        best iterate is used, so that one hard batch does not stop a training run.
 
     Attributes
     ----------
+    settings : LayerSettings
+        The validated arguments (``settings.model``, ``settings.lam``, ...).
     raw_lam : nn.Parameter
         The unconstrained λ parameter (only with ``learn_lam=True``).
 
     Notes
     -----
-    Shapes: unary (B, L, H, W); embeddings (B, D, H, W) for Potts or (B, D, L, H, W)
-    general; output (B, L, H, W). The embeddings reshape to the core's label-major layout
-    without a copy.
+    Shapes, channels first with 1 to 3 spatial dimensions: unary (B, L, *spatial);
+    embeddings (B, D, *spatial) for Potts or (B, D, L, *spatial) general; output
+    (B, L, *spatial). The embeddings reshape to the core's label-major layout without a copy.
     """
 
     def __init__(
         self,
         lam: float = 1.0,
-        potts: bool = False,
-        method: str = "auto",
+        model: str | None = None,
+        *,
+        potts: bool | None = None,
         learn_lam: bool = False,
-        **solver_kwargs: Any,
+        pd_bound: float | None = 0.9,
+        method: str = "auto",
+        rtol: float | None = None,
+        atol: float = 0.0,
+        maxiter: int | None = None,
+        on_failure: str = "warn",
     ):
         super().__init__()
-        check_scalar_lam(lam)
-        self.potts = bool(potts)
-        self.solver_kwargs = check_solver_kwargs({"method": method, **solver_kwargs})
-        self.learn_lam = bool(learn_lam)
-        if self.learn_lam:
-            self.raw_lam = nn.Parameter(torch.tensor(softplus_inverse(float(lam))))
-        else:
-            self.fixed_lam = float(lam)
+        self.settings = layer_settings(
+            lam,
+            model,
+            potts=potts,
+            learn_lam=learn_lam,
+            pd_bound=pd_bound,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            maxiter=maxiter,
+            on_failure=on_failure,
+        )
+        if self.settings.learn_lam:
+            self.raw_lam = nn.Parameter(torch.tensor(softplus_inverse(self.settings.lam)))
+
+    @property
+    def model(self) -> str:
+        """The model name."""
+        return self.settings.model
 
     @property
     def lam(self) -> Tensor | float:
         """λ: ``softplus(raw_lam)`` when learnt, else the fixed float."""
-        if self.learn_lam:
+        if self.settings.learn_lam:
             return nn.functional.softplus(self.raw_lam)
-        return self.fixed_lam
+        return self.settings.lam
 
     def forward(self, unary: Tensor, embeddings: Tensor) -> Tensor:
-        """MAP scores (B, L, H, W) of the G-CRF with the given unaries and embeddings."""
-        shapes = layer_shapes(tuple(unary.shape), tuple(embeddings.shape), self.potts)
-        x = _solve(
-            self.potts,
-            embeddings.reshape(shapes.core_embeddings),
-            unary.reshape(shapes.core_unary),
-            self.lam,
-            self.solver_kwargs,
-        )
+        """MAP scores (B, L, *spatial) of the G-CRF with the given unaries and embeddings."""
+        shapes = layer_shapes(tuple(unary.shape), tuple(embeddings.shape), self.model)
+        lam = self.lam
+        A = embeddings.reshape(shapes.core_embeddings)
+        if self.model == "potts" and self.settings.pd_bound is not None:
+            A = pd_scaled(A, lam, self.settings.pd_bound)
+        compute, _ = solve_dtype_names(embeddings.dtype, unary.dtype)
+        options = self.settings.options(compute)
+        x = _solve(self.model, A, unary.reshape(shapes.core_unary), lam, options)
         return x.reshape(shapes.output)
 
     def extra_repr(self) -> str:
         with torch.no_grad():
             lam = float(self.lam)
-        settings = ", ".join(f"{k}={v!r}" for k, v in self.solver_kwargs.items())
-        return f"lam={lam:.6g}, potts={self.potts}, learn_lam={self.learn_lam}, {settings}"
+        changed = self.settings.changed()
+        changed.pop("lam", None)
+        return ", ".join([f"lam={lam:.6g}", *(f"{k}={v!r}" for k, v in changed.items())])
+
+
+class GCRFHead(nn.Module):
+    """A segmentation head in one line: unary and embedding branches (1×1 convolutions) on
+    backbone features, then :class:`DenseGCRF`.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels C of the features.
+    num_labels : int
+        Labels L.
+    embed_dim : int, default 16
+        Embedding dimension D (the rank of the pairwise term).
+    model : {"potts", "general"}, default "potts"
+        Potts: one embedding per pixel, shared by the labels (D channels); general: one per
+        pixel and label (D·L channels, reshaped to (B, D, L, *spatial)).
+    spatial_dims : {1, 2, 3}, default 2
+        Spatial dimensions of the features: the branches are ``Conv1d``, ``Conv2d`` or
+        ``Conv3d``.
+    lam : float, default 1.0
+        Initial λ.
+    learn_lam : bool, default True
+        λ is a parameter of the head (``crf.raw_lam``); with Potts the bound on the
+        embeddings follows it.
+    pd_bound, method, rtol, atol, maxiter, on_failure
+        As for :class:`DenseGCRF`: the Potts head rescales the embeddings so that
+        ``‖Â‖₂² ≤ pd_bound·λ`` and trains on raw convolution outputs.
+
+    Attributes
+    ----------
+    unary, embed : nn.Module
+        The unary (L channels) and embedding branches.
+    crf : DenseGCRF
+
+    Notes
+    -----
+    Features (B, C, *spatial) in, MAP scores (B, L, *spatial) out.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_labels: int,
+        *,
+        embed_dim: int = 16,
+        model: str = "potts",
+        spatial_dims: int = 2,
+        lam: float = 1.0,
+        learn_lam: bool = True,
+        pd_bound: float | None = 0.9,
+        method: str = "auto",
+        rtol: float | None = None,
+        atol: float = 0.0,
+        maxiter: int | None = None,
+        on_failure: str = "warn",
+    ):
+        super().__init__()
+        self.sizes = head_sizes(num_labels, embed_dim, model)
+        self.in_channels = positive_size(in_channels, "in_channels")
+        self.spatial_dims = check_spatial_dims(spatial_dims)
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.spatial_dims - 1]
+        self.unary = conv(self.in_channels, self.sizes.num_labels, 1)
+        self.embed = conv(self.in_channels, self.sizes.embedding_channels, 1)
+        self.crf = DenseGCRF(
+            lam,
+            model,
+            learn_lam=learn_lam,
+            pd_bound=pd_bound,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            maxiter=maxiter,
+            on_failure=on_failure,
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """MAP scores (B, L, *spatial) of the G-CRF on ``features`` (B, C, *spatial)."""
+        expected = layout(("C",), self.spatial_dims)
+        if features.ndim != 2 + self.spatial_dims or features.shape[1] != self.in_channels:
+            raise GCRFError(
+                f"GCRFHead expects features of shape {expected} with C={self.in_channels}, "
+                f"got {tuple(features.shape)}"
+            )
+        embeddings = self.embed(features)
+        if self.sizes.model == "general":
+            batch, _, *spatial = embeddings.shape
+            embeddings = embeddings.reshape(
+                batch, self.sizes.embed_dim, self.sizes.num_labels, *spatial
+            )
+        return self.crf(self.unary(features), embeddings)

@@ -3,16 +3,29 @@
 Implements Chandra, Usunier and Kokkinos, "Dense and Low-Rank Gaussian CRFs Using Deep
 Embeddings" (ICCV 2017): the MAP solution of ``(AᵀA + λI) x = b`` (general) or of its
 Potts variant, by conjugate gradient or by an exact low-rank solve, with analytic
-gradients. Arrays in, arrays out: NumPy on CPU, CuPy on GPU.
+gradients. Arrays in, arrays out: NumPy on CPU, CuPy on GPU. The maths: ``docs/maths.md``.
 """
 
 from .api import solve, solve_potts, solve_potts_vjp, solve_vjp
-from .errors import ConvergenceError, GCRFError, GCRFTypeError, IndefiniteSystemError
+from .errors import (
+    ConvergenceError,
+    ConvergenceWarning,
+    GCRFError,
+    GCRFTypeError,
+    IndefiniteSystemError,
+)
+from .general import GeneralOperator
 from .info import SolveInfo
-from .operators import GCRFOperator, GeneralOperator, PottsOperator
+from .models import MODEL_NAMES, make_operator
+from .operators import Factorization, GCRFOperator
+from .options import SolverOptions, solver_options
+from .potts import PottsOperator
 
 __all__ = [
+    "MODEL_NAMES",
     "ConvergenceError",
+    "ConvergenceWarning",
+    "Factorization",
     "GCRFError",
     "GCRFOperator",
     "GCRFTypeError",
@@ -20,10 +33,13 @@ __all__ = [
     "IndefiniteSystemError",
     "PottsOperator",
     "SolveInfo",
+    "SolverOptions",
+    "make_operator",
     "solve",
     "solve_potts",
     "solve_potts_vjp",
     "solve_vjp",
+    "solver_options",
 ]
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """The public functions: ``solve``, ``solve_potts`` and their vector-Jacobian products.
 
-Thin wrappers that build a :class:`~lowrank_gcrf.operators.GeneralOperator` or
-:class:`~lowrank_gcrf.operators.PottsOperator` and call it; use the operators directly to
-keep a factorization between a forward solve and its backward pass.
+Thin wrappers that build a model's operator through the registry
+(:func:`lowrank_gcrf.models.make_operator`) and call it; use the operators directly to keep
+a factorization between a forward solve and its backward pass.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import GCRFError
-from .operators import GCRFOperator, GeneralOperator, PottsOperator
-from .validation import array_namespace, floating_dtypes
+from .models import make_operator
+from .operators import GCRFOperator
 
 _COMMON_DOC = """
     method : {"auto", "cg", "direct"}, default "auto"
@@ -23,6 +23,10 @@ _COMMON_DOC = """
     maxiter : int, optional
         CG iterations (default 4 × the exact-arithmetic bound), or exact solves for
         ``"direct"`` (the solve plus refinement steps; default 10).
+    on_failure : {"raise", "warn", "ignore"}, default "raise"
+        A system above tolerance raises :class:`ConvergenceError`, or warns with
+        :class:`ConvergenceWarning` and returns the best iterate, or returns it silently
+        (``info.converged`` tells which systems missed).
 """
 
 
@@ -33,16 +37,7 @@ def _solver_parameters(f: Any) -> Any:
     return f
 
 
-def _promoted(embeddings: Any, v: Any, name: str, v_name: str) -> Any:
-    """The embeddings cast to the dtype promoted with ``v`` (so float64 b is not truncated)."""
-    xp = array_namespace(embeddings, v)
-    compute, _ = floating_dtypes(xp, **{name: embeddings, v_name: v})
-    if compute == xp.float64 and embeddings.dtype != xp.float64:
-        return xp.astype(embeddings, compute)
-    return embeddings
-
-
-def _potts_labels(Ahat: Any, v: Any, name: str) -> int:
+def _potts_labels(v: Any, name: str) -> int:
     if getattr(v, "ndim", 0) < 2:
         raise GCRFError(
             f"{name} must have shape (..., L, P) for the Potts model, got shape "
@@ -51,8 +46,8 @@ def _potts_labels(Ahat: Any, v: Any, name: str) -> int:
     return int(v.shape[-2])
 
 
-def _finish(op: GCRFOperator, b: Any, return_info: bool, x0: Any, kw: dict) -> Any:
-    x, info = op.solve(b, x0=x0, **kw)
+def _finish(op: GCRFOperator, b: Any, return_info: bool, kw: dict) -> Any:
+    x, info = op.solve(b, **kw)
     return (x, info) if return_info else x
 
 
@@ -68,6 +63,7 @@ def solve(
     maxiter: int | None = None,
     x0: Any = None,
     return_info: bool = False,
+    on_failure: str = "raise",
 ) -> Any:
     """Solve the dense G-CRF system ``(AᵀA + λI) x = b`` (Eq. 4–5).
 
@@ -96,9 +92,9 @@ def solve(
     GCRFTypeError
         Non-floating arrays, or arrays from different libraries.
     """
-    op = GeneralOperator(_promoted(A, b, "A", "b"), lam)
-    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter)
-    return _finish(op, b, return_info, x0, kw)
+    op = make_operator("general", A, lam)
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, x0=x0, on_failure=on_failure)
+    return _finish(op, b, return_info, kw)
 
 
 @_solver_parameters
@@ -113,6 +109,7 @@ def solve_potts(
     maxiter: int | None = None,
     x0: Any = None,
     return_info: bool = False,
+    on_failure: str = "raise",
 ) -> Any:
     """Solve the Potts G-CRF system ``(λI + (J_L − I_L) ⊗ ÂᵀÂ) x = b`` (Eq. 11–12).
 
@@ -140,9 +137,9 @@ def solve_potts(
     GCRFError, GCRFTypeError
         As for :func:`solve`.
     """
-    op = PottsOperator(_promoted(Ahat, b, "Ahat", "b"), lam, _potts_labels(Ahat, b, "b"))
-    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter)
-    return _finish(op, b, return_info, x0, kw)
+    op = make_operator("potts", Ahat, lam, num_labels=_potts_labels(b, "b"))
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, x0=x0, on_failure=on_failure)
+    return _finish(op, b, return_info, kw)
 
 
 @_solver_parameters
@@ -156,6 +153,7 @@ def solve_vjp(
     rtol: float = 1e-5,
     atol: float = 0.0,
     maxiter: int | None = None,
+    on_failure: str = "raise",
 ) -> tuple[Any, Any, Any]:
     """Gradients of a loss through ``x = (AᵀA + λI)⁻¹ b`` (Eq. 2–3, 6, 10).
 
@@ -177,8 +175,9 @@ def solve_vjp(
     gb : array (..., N)
     glam : array (...,)
     """
-    op = GeneralOperator(_promoted(A, x, "A", "x"), lam)
-    return op.vjp(x, gx, method=method, rtol=rtol, atol=atol, maxiter=maxiter)[:3]
+    op = make_operator("general", A, lam)
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure)
+    return op.vjp(x, gx, **kw)[:3]
 
 
 @_solver_parameters
@@ -192,8 +191,9 @@ def solve_potts_vjp(
     rtol: float = 1e-5,
     atol: float = 0.0,
     maxiter: int | None = None,
+    on_failure: str = "raise",
 ) -> tuple[Any, Any, Any]:
-    """Gradients of a loss through the Potts solve ``x = M⁻¹ b`` (Eq. 12, DESIGN §1).
+    """Gradients of a loss through the Potts solve ``x = M⁻¹ b`` (Eq. 12, docs/maths.md).
 
     With ``g = M⁻¹ gx``, ``S_x = Σₖ xₖ``, ``S_g = Σₖ gₖ``:
     ``∂L/∂Â = −[(ÂS_g)S_xᵀ + (ÂS_x)S_gᵀ − Σₖ((Âgₖ)xₖᵀ + (Âxₖ)gₖᵀ)]``,
@@ -211,5 +211,6 @@ def solve_potts_vjp(
     gb : array (..., L, P)
     glam : array (...,)
     """
-    op = PottsOperator(_promoted(Ahat, x, "Ahat", "x"), lam, _potts_labels(Ahat, x, "x"))
-    return op.vjp(x, gx, method=method, rtol=rtol, atol=atol, maxiter=maxiter)[:3]
+    op = make_operator("potts", Ahat, lam, num_labels=_potts_labels(x, "x"))
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure)
+    return op.vjp(x, gx, **kw)[:3]

@@ -8,29 +8,40 @@ restarts on the true residual live in :mod:`lowrank_gcrf.refinement`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from array_api_compat import device as _device
 
-from .errors import IndefiniteSystemError
+from .dtypes import dtype_name
+from .errors import GCRFError, IndefiniteSystemError
 
 
 def inner(xp: Any, u: Any, v: Any) -> Any:
-    """Per-system inner product over the trailing (k, n) axes."""
-    return xp.sum(u * v, axis=(-2, -1))
+    """Per-system inner product over the trailing (k, n) axes, as an array.
+
+    NumPy reduces an unbatched system to a NumPy scalar, which is not an array: DLPack and
+    the array API need a 0-d array, hence the ``asarray``.
+    """
+    return xp.asarray(xp.sum(u * v, axis=(-2, -1)))
 
 
-def scaled_norm(xp: Any, v: Any) -> Any:
-    """Per-system 2-norm over the trailing (k, n) axes, safe from under/overflow.
+def power_of_two_scale(xp: Any, v: Any) -> Any:
+    """Per system, the power of two nearest below ``max |v|`` (1 where v = 0).
 
-    Dividing by the largest magnitude first keeps the squares representable: a float32
-    vector of norm 1e-30 would otherwise square to 0 (1e-60 is below float32's range).
+    Dividing a right-hand side by it brings its entries into [1, 2) at most, so that its
+    squared norm can neither overflow nor underflow, and it is exact: every operation of a
+    solve is homogeneous, so solving for ``v / s`` and multiplying by ``s`` changes no bit
+    of the result (only ``atol`` is rescaled). The exponent is clamped to the dtype's range.
     """
     peak = xp.max(xp.abs(v), axis=(-2, -1))
-    safe = xp.where(peak > 0, peak, xp.ones_like(peak))
-    unit = v / safe[..., None, None]
-    return xp.sqrt(inner(xp, unit, unit)) * peak
+    info = xp.finfo(v.dtype)
+    eps_bits = -math.log2(float(info.eps))
+    lowest = math.log2(float(info.smallest_normal)) - eps_bits
+    highest = math.floor(math.log2(float(info.max)))
+    exponent = xp.floor(xp.log2(xp.where(peak > 0, peak, xp.ones_like(peak))))
+    return xp.asarray(2.0 ** xp.clip(exponent, lowest, highest))
 
 
 def cg_sweep(
@@ -73,15 +84,19 @@ def cg_sweep(
     ------
     IndefiniteSystemError
         When ``pᵀMp ≤ 0`` for a system still iterating.
+    GCRFError
+        When ``pᵀMp`` overflowed the working dtype.
     """
     p = r
     steps = xp.zeros(rr.shape, dtype=xp.int64, device=_device(x))
     broken = xp.zeros(rr.shape, dtype=xp.bool, device=_device(x))
+    overflow = xp.zeros(rr.shape, dtype=xp.bool, device=_device(x))
     zero = xp.zeros_like(rr)
     one = xp.ones_like(rr)
     for it in range(budget):
         q = matvec(p)
         pq = inner(xp, p, q)
+        overflow = overflow | (active & ~xp.isfinite(pq))
         broken = broken | (active & ~(pq > 0))
         alpha = xp.where(active & (pq > 0), rr / xp.where(pq > 0, pq, one), zero)
         x = x + alpha[..., None, None] * p
@@ -93,11 +108,21 @@ def cg_sweep(
         rr = xp.where(active, rr_new, rr)
         active = active & (rr_new > tol2) & ~broken
         if (it + 1) % check_every == 0 or it + 1 == budget:
+            if bool(xp.any(overflow)):
+                _raise_overflow(x.dtype)
             if bool(xp.any(broken)):
                 _raise_breakdown(xp, broken, steps)
             if not bool(xp.any(active)):
                 break
     return x, steps
+
+
+def _raise_overflow(dtype: Any) -> None:
+    raise GCRFError(
+        f"the matrix-vector product overflowed {dtype_name(dtype)} during conjugate gradient: "
+        "the embeddings are too large for this dtype (their squared norm exceeds its range); "
+        "rescale them or use float64"
+    )
 
 
 def _raise_breakdown(xp: Any, broken: Any, steps: Any) -> None:

@@ -58,3 +58,11 @@ class ConvergenceError(GCRFError):
         super().__init__(message)
         self.x = x
         self.info = info
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """Some systems stopped above the requested tolerance (``on_failure="warn"``).
+
+    The solve returned its best iterate; ``info.converged`` tells which systems missed and
+    ``info.residual`` by how much.
+    """

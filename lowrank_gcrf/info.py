@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import array_api_compat
@@ -27,12 +27,16 @@ class SolveInfo:
         by a matvec (0 where b = 0).
     converged : array of bool
         Whether ``‖b − Mx‖ ≤ max(rtol·‖b‖, atol)`` for that system.
+    factorization : Factorization or None
+        The operator's factorization the solve used (None for a general-model CG solve):
+        pass it back as ``factorization=`` to reuse it, e.g. in the backward pass.
     """
 
     method: str
     iterations: Any
     residual: Any
     converged: Any
+    factorization: Any = field(default=None, repr=False, compare=False)
 
     @property
     def all_converged(self) -> bool:

@@ -20,10 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import GCRFError
-
-METHODS = ("auto", "cg", "direct")
-
 #: Largest embedding dimension for which ``auto`` picks the direct solve in the general model.
 DIRECT_MAX_RANK = 1024
 
@@ -37,9 +33,7 @@ CG_MARGIN = 4
 
 
 def choose_method(method: str, operator: Any) -> str:
-    """Resolve ``method`` ("auto", "cg" or "direct") for ``operator``."""
-    if method not in METHODS:
-        raise GCRFError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    """Resolve a validated ``method`` ("auto", "cg" or "direct") for ``operator``."""
     if method != "auto":
         return method
     if operator.factors_to_check_definiteness:

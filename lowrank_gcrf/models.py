@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import GCRFError
-from .operators import GCRFOperator, GeneralOperator, PottsOperator
+from .general import GeneralOperator
+from .operators import GCRFOperator
+from .potts import PottsOperator
 
 #: The model names :func:`make_operator` accepts.
 MODEL_NAMES = ("general", "potts")

@@ -3,7 +3,7 @@
 Both methods repeat ``x ← x + c(b − Mx)`` on the *true* residual, evaluated by matvec:
 
 * direct: c is the exact low-rank solve, so this is iterative refinement, recovering the
-  digits Woodbury's subtraction loses (DESIGN §1);
+  digits Woodbury's subtraction loses (``docs/maths.md#accuracy``);
 * cg: c is a CG sweep; restarting from the true residual closes the gap that finite
   precision opens between CG's recurrence residual and ``b − Mx``.
 

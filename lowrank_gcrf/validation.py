@@ -1,19 +1,21 @@
-"""Input validation: array namespace, dtype policy, shapes, λ and finiteness.
+"""Input validation: array namespace, shapes, λ and finiteness.
 
 The core takes its array library from its inputs (``array_api_compat.array_namespace``), so
 the same code runs on NumPy, CuPy and any array-API library. Every check raises a
-:class:`~lowrank_gcrf.errors.GCRFError` subclass whose message says what to change.
+:class:`~lowrank_gcrf.errors.GCRFError` subclass whose message says what to change. The dtype
+rules live in :mod:`lowrank_gcrf.dtypes`, the solver keywords in :mod:`lowrank_gcrf.options`.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import array_api_compat
 
+from .dtypes import dtype_name, largest
 from .errors import GCRFError, GCRFTypeError
-
-_HALF_PRECISION = ("float16", "bfloat16")
 
 
 def array_namespace(*arrays: Any) -> Any:
@@ -37,45 +39,6 @@ def array_namespace(*arrays: Any) -> Any:
 def is_numpy(xp: Any) -> bool:
     """Whether ``xp`` is NumPy (the CPU reference, where SciPy kernels may be used)."""
     return array_api_compat.is_numpy_namespace(xp)
-
-
-def dtype_name(dtype: Any) -> str:
-    """The short name of a dtype (``float32``), whatever the array library."""
-    return str(dtype).rsplit(".", 1)[-1]
-
-
-def floating_dtypes(xp: Any, **arrays: Any) -> tuple[Any, Any]:
-    """The compute and output dtypes of a solve (DESIGN §2 dtype policy).
-
-    float32 and float64 are computed natively; float16/bfloat16 are computed in float32 and
-    returned in their own dtype; mixed float dtypes promote. Non-floating inputs raise.
-
-    Returns
-    -------
-    compute_dtype, output_dtype
-    """
-    out_dtype = None
-    for name, a in arrays.items():
-        if dtype_name(a.dtype) not in _HALF_PRECISION and not xp.isdtype(a.dtype, "real floating"):
-            raise GCRFTypeError(
-                f"{name} has dtype {dtype_name(a.dtype)}; lowrank-gcrf needs real floating "
-                "arrays (float16, bfloat16, float32 or float64): cast it, e.g. "
-                f"{name}.astype('float32')"
-            )
-        out_dtype = a.dtype if out_dtype is None else result_dtype(xp, out_dtype, a.dtype)
-    compute = xp.float64 if out_dtype == xp.float64 else xp.float32
-    return compute, out_dtype
-
-
-def result_dtype(xp: Any, a: Any, b: Any) -> Any:
-    """The dtype of a result computed from floating dtypes ``a`` and ``b``."""
-    if a == b:
-        return a
-    ranks = {"bfloat16": 0, "float16": 0, "float32": 1, "float64": 2}
-    # float16 with bfloat16 has no exact common half type: both go to float32.
-    if ranks[dtype_name(a)] == ranks[dtype_name(b)]:
-        return xp.float32
-    return a if ranks[dtype_name(a)] > ranks[dtype_name(b)] else b
 
 
 def check_finite(xp: Any, a: Any, name: str) -> None:
@@ -109,20 +72,37 @@ def check_system_shape(
         )
 
 
+def check_lam_object(lam: Any) -> None:
+    """Raise :class:`GCRFTypeError` unless ``lam`` is a real number or a real-valued array.
+
+    Shared with the adapters, which call it on framework tensors before casting them (a
+    cast would drop a complex λ's imaginary part without a word). Booleans are refused in
+    every form: ``True`` as λ = 1 is a bug, not a choice.
+    """
+    if isinstance(lam, numbers.Number) or hasattr(lam, "dtype"):
+        dtype = getattr(lam, "dtype", None)
+        kind = dtype_name(dtype) if dtype is not None else type(lam).__name__
+        if isinstance(lam, (bool, complex)) or kind.startswith(("bool", "complex")):
+            raise GCRFTypeError(f"lam must be real and positive, got {kind} {lam!r}")
+        if isinstance(lam, numbers.Real) or hasattr(lam, "dtype"):
+            return
+    raise GCRFTypeError(
+        f"lam must be a positive float or an array of them, got {type(lam).__name__}"
+    )
+
+
 def as_lam(xp: Any, lam: Any, batch_shape: tuple[int, ...], dtype: Any, device: Any) -> Any:
-    """λ as an array of the batch shape, validated: finite and > 0.
+    """λ as an array of the batch shape and ``dtype``, validated: finite and > 0.
 
     Parameters
     ----------
     lam : float, 0-d array or array of shape ``batch_shape``
+        A 0-d NumPy array is accepted with arrays of any library (it is a scalar).
     """
-    if isinstance(lam, bool) or not (
-        isinstance(lam, (int, float)) or array_api_compat.is_array_api_obj(lam)
-    ):
-        raise GCRFTypeError(f"lam must be a positive float or an array, got {type(lam).__name__}")
+    check_lam_object(lam)
     if array_api_compat.is_array_api_obj(lam):
         if array_api_compat.array_namespace(lam) is not xp and not (
-            getattr(lam, "ndim", None) == 0 and array_api_compat.is_numpy_array(lam)
+            lam.ndim == 0 and array_api_compat.is_numpy_array(lam)
         ):
             raise GCRFTypeError(
                 "lam is an array from a different library than the embeddings; pass a Python "
@@ -130,24 +110,45 @@ def as_lam(xp: Any, lam: Any, batch_shape: tuple[int, ...], dtype: Any, device: 
             )
         if lam.ndim == 0 and array_api_compat.is_numpy_array(lam):
             lam = float(lam)
-    if isinstance(lam, (int, float)):
-        lam_arr = xp.full(batch_shape, float(lam), dtype=dtype, device=device)
-    else:
-        if lam.ndim != 0 and tuple(lam.shape) != tuple(batch_shape):
-            raise GCRFError(
-                f"lam has shape {tuple(lam.shape)}; it must be a scalar or have the batch "
-                f"shape {tuple(batch_shape)}"
-            )
-        lam_arr = xp.broadcast_to(xp.astype(lam, dtype), batch_shape)
-    if not bool(xp.all(xp.isfinite(lam_arr))) or not bool(xp.all(lam_arr > 0)):
+    if not array_api_compat.is_array_api_obj(lam):
+        lam = float(lam)
+        if not (math.isfinite(lam) and lam > 0):
+            _raise_not_positive(repr(lam))
+        name = dtype_name(dtype)
+        if lam > largest(name):
+            _raise_out_of_range(repr(lam), name)
+        lam_arr = xp.full(batch_shape, lam, dtype=dtype, device=device)
+        if not bool(xp.all(lam_arr > 0)):
+            _raise_out_of_range(repr(lam), name)
+        return lam_arr
+    if lam.ndim != 0 and tuple(lam.shape) != tuple(batch_shape):
         raise GCRFError(
-            f"lam must be finite and > 0 (it is the weight of the identity in AᵀA + λI), got "
-            f"{_describe(xp, lam_arr)}"
+            f"lam has shape {tuple(lam.shape)}; it must be a scalar or have the batch "
+            f"shape {tuple(batch_shape)}"
         )
+    if not (bool(xp.all(xp.isfinite(lam))) and bool(xp.all(lam > 0))):
+        _raise_not_positive(_describe(xp, lam))
+    lam_arr = xp.broadcast_to(xp.astype(lam, dtype), batch_shape)
+    if not (bool(xp.all(lam_arr > 0)) and bool(xp.all(xp.isfinite(lam_arr)))):
+        _raise_out_of_range(_describe(xp, lam), dtype_name(dtype))
     return lam_arr
 
 
+def _raise_not_positive(shown: str) -> None:
+    raise GCRFError(
+        f"lam must be finite and > 0 (it is the weight of the identity in AᵀA + λI), got {shown}"
+    )
+
+
+def _raise_out_of_range(shown: str, dtype: str) -> None:
+    raise GCRFError(
+        f"lam = {shown} is out of the range of {dtype}, the dtype the system is solved in "
+        f"(it overflows to inf or underflows to 0): use float64 inputs, or rescale the problem"
+    )
+
+
 def _describe(xp: Any, a: Any) -> str:
+    a = xp.astype(a, xp.float64) if not xp.isdtype(a.dtype, "real floating") else a
     if a.ndim == 0 or a.size == 1:
         return repr(float(xp.reshape(a, (-1,))[0]))
     return f"values from {float(xp.min(a))!r} to {float(xp.max(a))!r}"

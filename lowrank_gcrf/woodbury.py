@@ -1,6 +1,6 @@
 """Exact solves with a scaled identity plus a low-rank Gram: ``(λI + α UᵀU)⁻¹``.
 
-Both models reduce to this (DESIGN §1, "Exact low-rank solves"): the general G-CRF is
+Both models reduce to this (``docs/maths.md#exact-low-rank-solves``): the general G-CRF is
 ``λI + AᵀA`` (α = 1); the Potts G-CRF splits into its class sum, ``λI + (L−1)ÂᵀÂ``
 (α = L − 1), and its deviations, ``λI − ÂᵀÂ`` (α = −1). With U of shape (D, n):
 
@@ -19,23 +19,36 @@ from typing import Any
 from array_api_compat import device as _device
 
 from .cholesky import CholeskyFactor, cholesky_factor
+from .dtypes import dtype_name
+from .errors import GCRFError
 
 
-def small_gram(xp: Any, U: Any) -> Any:
+def small_gram(xp: Any, U: Any, name: str = "U") -> Any:
     """The smaller Gram of ``U`` (..., D, n) in float64: ``UUᵀ`` if D < n, else ``UᵀU``.
 
     Computed in U's dtype (one BLAS product), then promoted: the Gram is shared by every
     capacitance of an operator.
+
+    Raises
+    ------
+    GCRFError
+        The Gram overflowed U's dtype (embeddings too large for it).
     """
     Ut = xp.matrix_transpose(U)
     gram = U @ Ut if U.shape[-2] < U.shape[-1] else Ut @ U
+    if not bool(xp.all(xp.isfinite(gram))):
+        raise GCRFError(
+            f"the Gram matrix of {name} overflows {dtype_name(U.dtype)}: the embeddings are too "
+            "large for this dtype (their squared norm exceeds its range); rescale them or use "
+            "float64"
+        )
     return xp.astype(gram, xp.float64)
 
 
 class ShiftedLowRankInverse:
     """``(λI + α UᵀU)⁻¹`` for a batch, applied to rows ``v`` of shape (..., k, n).
 
-    Build it with :meth:`factor`; it holds the Cholesky factor of the small matrix.
+    Build it with :meth:`factor_from_gram`; it holds the Cholesky factor of the small matrix.
     """
 
     def __init__(self, xp: Any, U: Any, lam: Any, alpha: float, factor: CholeskyFactor):

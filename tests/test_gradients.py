@@ -167,7 +167,8 @@ def test_dense_references_agree_with_matvec():
     ("potts", "per_factorization"), [(False, 1), (True, 2)], ids=["general", "potts"]
 )
 def test_backward_of_direct_reuses_the_factorization(monkeypatch, potts, per_factorization):
-    """Forward + backward with method="direct" factors the capacitance(s) exactly once."""
+    """Forward + backward with method="direct" factors the capacitance(s) exactly once when
+    the backward is handed the forward's factorization (solver state is a value)."""
     from lowrank_gcrf import woodbury
 
     calls = []
@@ -184,11 +185,11 @@ def test_backward_of_direct_reuses_the_factorization(monkeypatch, potts, per_fac
         if potts
         else lg.GeneralOperator(system.embeddings, system.lam)
     )
-    x, _ = op.solve(system.b, method="direct", **TIGHT)
+    x, info = op.solve(system.b, method="direct", **TIGHT)
     assert len(calls) == per_factorization
     gx = np.ones_like(x)
-    op.vjp(x, gx, method="direct", **TIGHT)
-    op.vjp(x, 2 * gx, method="direct", **TIGHT)
+    op.vjp(x, gx, method="direct", factorization=info.factorization, **TIGHT)
+    op.vjp(x, 2 * gx, method="direct", factorization=info.factorization, **TIGHT)
     assert len(calls) == per_factorization
 
 

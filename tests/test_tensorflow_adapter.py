@@ -200,10 +200,10 @@ def spy_solves(monkeypatch) -> dict:
     """Count backward passes that reuse a forward's CoreSolve and those that refactorize,
     and keep weak references to every CoreSolve made."""
     counts = {"reused": 0, "refactorized": 0, "solves": []}
-    backward, init, make_operator = (
+    backward, init, from_solution = (
         bridge.CoreSolve.backward,
         bridge.CoreSolve.__init__,
-        tf_adapter.make_operator,
+        bridge.CoreSolve.from_solution,
     )
 
     def spy_backward(self, gx):
@@ -214,13 +214,14 @@ def spy_solves(monkeypatch) -> dict:
         counts["solves"].append(weakref.ref(self))
         init(self, *args)
 
-    def spy_make_operator(*args):
+    def spy_from_solution(*args):
         counts["refactorized"] += 1
-        return make_operator(*args)
+        counts["reused"] -= 1  # its backward runs through CoreSolve.backward too
+        return from_solution(*args)
 
     monkeypatch.setattr(bridge.CoreSolve, "backward", spy_backward)
     monkeypatch.setattr(bridge.CoreSolve, "__init__", spy_init)
-    monkeypatch.setattr(tf_adapter, "make_operator", spy_make_operator)
+    monkeypatch.setattr(bridge.CoreSolve, "from_solution", staticmethod(spy_from_solution))
     return counts
 
 
@@ -296,7 +297,7 @@ def test_trace_time_errors_keep_their_type():
     with pytest.raises(kind) as exc:  # autograph puts the traced call stack before the message
         tf.function(lambda U, b: gcrf_solve(U, b, -1.0))(U, b)
     assert message in str(exc.value)
-    layer = tf.function(DenseGCRF(potts=True))
+    layer = tf.function(DenseGCRF(potts=True, data_format="channels_first"))
     with pytest.raises(lg.GCRFError, match=r"\(B, D, H, W\) for potts=True"):
         layer(tf.zeros((1, 3, 4, 4)), tf.zeros((1, 2, 3, 4, 4)))
 
@@ -311,17 +312,17 @@ def test_xla_gives_the_documented_error():
     with pytest.raises(XLAUnsupportedError, match=r"jit_compile=False"):
         compiled(tf.constant(s.embeddings), tf.constant(s.b))
 
-    layer = DenseGCRF(potts=True)
+    layer = DenseGCRF(potts=True, data_format="channels_first")
     with pytest.raises(XLAUnsupportedError, match=r"XLA"):
         tf.function(layer, jit_compile=True)(tf.zeros((1, 2, 3, 3)), tf.zeros((1, 2, 3, 3)))
 
 
 def test_layer_errors_name_the_layout():
-    layer = DenseGCRF(potts=True)
+    layer = DenseGCRF(potts=True, data_format="channels_first")
     with pytest.raises(lg.GCRFError, match=r"\(B, D, H, W\) for potts=True"):
         layer(tf.zeros((1, 3, 4, 4)), tf.zeros((1, 2, 3, 4, 4)))
     with pytest.raises(lg.GCRFError, match="lam must be finite and > 0"):
-        DenseGCRF(lam=0.0)
+        DenseGCRF(lam=0.0, data_format="channels_first")
     with pytest.raises(lg.GCRFError, match="unknown solver keyword"):
         gcrf_solve(tf.zeros((2, 3)), tf.zeros(3), 1.0, tol=1e-3)
 
@@ -329,7 +330,7 @@ def test_layer_errors_name_the_layout():
 def test_layer_checks_sizes_unknown_while_tracing():
     """H and W known only when the graph runs are checked then, not silently mixed up."""
     call = tf.function(
-        DenseGCRF(),
+        DenseGCRF(data_format="channels_first"),
         input_signature=[
             tf.TensorSpec((None, 2, None, None)),
             tf.TensorSpec((None, 3, 2, None, None)),
@@ -358,7 +359,9 @@ def test_layer_is_the_core_solve_in_label_major_layout(potts):
     unary, embeddings = layer_inputs(potts)
     B, L, H, W = unary.shape
     D = embeddings.shape[1]
-    scores = DenseGCRF(lam=1.0, potts=potts, dtype="float64", **TIGHT)(unary, embeddings)
+    scores = DenseGCRF(
+        lam=1.0, potts=potts, dtype="float64", **TIGHT, data_format="channels_first"
+    )(unary, embeddings)
     if potts:
         x = lg.solve_potts(
             embeddings.reshape(B, D, H * W), unary.reshape(B, L, H * W), 1.0, **TIGHT
@@ -372,7 +375,7 @@ def test_layer_is_the_core_solve_in_label_major_layout(potts):
 @POTTS
 def test_layer_with_sizes_unknown_while_tracing(potts):
     """A fully convolutional model: B, H and W unknown while tracing."""
-    layer = DenseGCRF(lam=1.0, potts=potts, dtype="float64")
+    layer = DenseGCRF(lam=1.0, potts=potts, dtype="float64", data_format="channels_first")
     L, D = 3, 2
     embed_spec = (None, D, None, None) if potts else (None, D, L, None, None)
     call = tf.function(
@@ -400,53 +403,52 @@ class UnitEmbeddings(keras.layers.Layer):
         self.lam = lam
 
     def call(self, e):
-        pixels = e.shape[-1] * e.shape[-2]
-        return tf.math.l2_normalize(e, axis=1) * (0.5 * self.lam / pixels) ** 0.5
+        pixels = e.shape[1] * e.shape[2]
+        return tf.math.l2_normalize(e, axis=-1) * (0.5 * self.lam / pixels) ** 0.5
 
     def get_config(self):
         return {**super().get_config(), "lam": self.lam}
 
 
 def segmenter(potts: bool, labels=3, dim=4, size=6, learn_lam=True) -> keras.Model:
-    images = keras.Input((2, size, size))
-    features = keras.layers.Conv2D(
-        8, 3, padding="same", activation="relu", data_format="channels_first"
-    )(images)
-    unary = keras.layers.Conv2D(labels, 1, data_format="channels_first")(features)
+    """Channels last, Keras' default (TensorFlow's CPU kernels have no NCHW convolution
+    gradient without XLA)."""
+    images = keras.Input((size, size, 2))
+    features = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(images)
+    unary = keras.layers.Conv2D(labels, 1)(features)
     channels = dim if potts else dim * labels
-    embeddings = keras.layers.Conv2D(channels, 1, data_format="channels_first")(features)
+    embeddings = keras.layers.Conv2D(channels, 1)(features)
     if potts:
         embeddings = UnitEmbeddings(1.0)(embeddings)
     else:
-        embeddings = keras.layers.Reshape((dim, labels, size, size))(embeddings)
+        embeddings = keras.layers.Reshape((size, size, dim, labels))(embeddings)
     scores = DenseGCRF(lam=1.0, potts=potts, learn_lam=learn_lam)(unary, embeddings)
     return keras.Model(images, scores)
 
 
 def consensus_task(n=32, size=6, labels=3, seed=0):
-    """Each image's class is written at two pixels only; every pixel must predict it."""
+    """Each image's class is written at two pixels only; every pixel must predict it.
+    Images are channels last (n, size, size, 2)."""
     rng = np.random.default_rng(seed)
     classes = rng.integers(labels, size=n)
-    x = rng.standard_normal((n, 2, size, size)).astype("float32") * 0.1
+    x = rng.standard_normal((n, size, size, 2)).astype("float32") * 0.1
     for i, c in enumerate(classes):
         for p in rng.choice(size * size, 2, replace=False):
-            x[i, 0, p // size, p % size] = 3.0 * (c - 1)
-            x[i, 1, p // size, p % size] = 3.0
+            x[i, p // size, p % size, 0] = 3.0 * (c - 1)
+            x[i, p // size, p % size, 1] = 3.0
     y = np.broadcast_to(classes[:, None, None], (n, size, size))
     return x, np.ascontiguousarray(y)
 
 
-def channels_first_ce(y_true, scores):
-    return keras.losses.sparse_categorical_crossentropy(
-        y_true, keras.ops.transpose(scores, (0, 2, 3, 1)), from_logits=True
-    )
+def pixel_ce(y_true, scores):
+    return keras.losses.sparse_categorical_crossentropy(y_true, scores, from_logits=True)
 
 
 @POTTS
 def test_model_fit_reduces_loss(potts):
     keras.utils.set_random_seed(0)
     model = segmenter(potts)
-    model.compile(keras.optimizers.Adam(0.02), channels_first_ce)
+    model.compile(keras.optimizers.Adam(0.02), pixel_ce)
     x, y = consensus_task()
     history = model.fit(x, y, batch_size=8, epochs=6, verbose=0)
     losses = history.history["loss"]
@@ -460,7 +462,7 @@ def test_keras_embedding_branch_receives_gradients():
     model = segmenter(True)
     x, y = consensus_task(n=4)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(channels_first_ce(y, model(x)))
+        loss = tf.reduce_mean(pixel_ce(y, model(x)))
     embed = [w for w in model.trainable_weights if "conv2d" in w.path][-2:]
     grads = tape.gradient(loss, embed)
     assert all(g is not None and np.all(np.isfinite(g)) and np.any(g != 0) for g in grads)
@@ -470,7 +472,7 @@ def test_keras_embedding_branch_receives_gradients():
 def test_save_and_load_round_trip(tmp_path):
     keras.utils.set_random_seed(2)
     model = segmenter(True)
-    model.compile(keras.optimizers.Adam(0.05), channels_first_ce)
+    model.compile(keras.optimizers.Adam(0.05), pixel_ce)
     x, y = consensus_task(n=8)
     model.fit(x, y, epochs=1, verbose=0)
     path = tmp_path / "gcrf.keras"
@@ -490,7 +492,9 @@ def channels_last_segmenter(labels=3, dim=2, size=6) -> keras.Model:
     unary = keras.layers.Permute((3, 1, 2))(keras.layers.Conv2D(labels, 1)(features))
     embeddings = keras.layers.Permute((3, 1, 2))(keras.layers.Conv2D(dim * labels, 1)(features))
     embeddings = keras.layers.Reshape((dim, labels, size, size))(embeddings)
-    return keras.Model(images, DenseGCRF(lam=1.0, learn_lam=True)(unary, embeddings))
+    return keras.Model(
+        images, DenseGCRF(lam=1.0, learn_lam=True, data_format="channels_first")(unary, embeddings)
+    )
 
 
 @pytest.fixture
@@ -514,7 +518,7 @@ def test_mixed_float16_policy(mixed_float16, monkeypatch):
         init(self, potts, embeddings, b, lam, kwargs)
 
     monkeypatch.setattr(bridge.CoreSolve, "__init__", spy)
-    x = np.transpose(consensus_task(n=2)[0], (0, 2, 3, 1))
+    x = consensus_task(n=2)[0]
     scores = model(x)
     assert scores.dtype == tf.float16
     # λ reaches the float32 solve without a float16 round trip.
@@ -534,7 +538,7 @@ def test_keras_jit_compile_falls_back_to_graph_mode():
     model.compile("sgd", "mse")  # "auto" resolves to no XLA as well
     assert model.jit_compile is False
     x, _ = consensus_task(n=4)
-    model.fit(x, np.zeros((4, 3, 6, 6), "float32"), verbose=0)
+    model.fit(x, np.zeros((4, 6, 6, 3), "float32"), verbose=0)
 
 
 def test_mirrored_strategy_step_equals_single_device():

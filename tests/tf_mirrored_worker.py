@@ -27,11 +27,10 @@ L, D, H, W = 3, 2, 4, 4
 
 def build() -> keras.Model:
     keras.utils.set_random_seed(0)
-    images = keras.Input((2, H, W))
-    unary = keras.layers.Conv2D(L, 1, data_format="channels_first")(images)
-    embeddings = keras.layers.Conv2D(D * L, 1, data_format="channels_first")(images)
-    embeddings = keras.layers.Reshape((D, L, H, W))(embeddings)
-    scores = DenseGCRF(lam=1.0, potts=False, learn_lam=True, method="direct")(unary, embeddings)
+    images = keras.Input((H, W, 2))  # channels last: CPU kernels lack NCHW conv gradients
+    unary = keras.layers.Conv2D(L, 1)(images)
+    embeddings = keras.layers.Reshape((H, W, D, L))(keras.layers.Conv2D(D * L, 1)(images))
+    scores = DenseGCRF(lam=1.0, model="general", learn_lam=True, method="direct")(unary, embeddings)
     model = keras.Model(images, scores)
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     return model
@@ -39,8 +38,8 @@ def build() -> keras.Model:
 
 def main() -> None:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((8, 2, H, W)).astype("float32")
-    y = rng.standard_normal((8, L, H, W)).astype("float32")
+    x = rng.standard_normal((8, H, W, 2)).astype("float32")
+    y = rng.standard_normal((8, H, W, L)).astype("float32")
     single = build()
     initial = [w.copy() for w in single.get_weights()]
     single.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)

@@ -1,0 +1,61 @@
+"""The general dense G-CRF operator ``M = AᵀA + λI`` (Eq. 4–5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import IndefiniteSystemError
+from .operators import GCRFOperator
+from .woodbury import ShiftedLowRankInverse, small_gram
+
+
+class GeneralOperator(GCRFOperator):
+    """``M = AᵀA + λI`` (Eq. 5), matvec ``Aᵀ(Ap) + λp`` (Eq. 13).
+
+    Positive definite for every λ > 0. Immutable: build a new operator for new embeddings.
+
+    Parameters
+    ----------
+    A : array (..., D, N)
+        Embeddings of the N = P·L variables, label-major (n = l·P + p).
+    lam : float or array of the batch shape (...,)
+        λ > 0.
+
+    Vectors (b, x) have shape (..., N).
+    """
+
+    embedding_name = "A"
+    rhs_layout = "(..., N) with A of shape (..., D, N)"
+
+    def __init__(self, A: Any, lam: Any):
+        super().__init__(A, lam, num_rows=1)
+
+    def _rebuild(self, embeddings: Any, lam: Any) -> GeneralOperator:
+        return GeneralOperator(embeddings, lam)
+
+    def _public_system_shape(self) -> tuple[int, ...]:
+        return (int(self.U.shape[-1]),)
+
+    def _to_rows(self, v: Any) -> Any:
+        return v[..., None, :]
+
+    def _from_rows(self, v: Any) -> Any:
+        return v[..., 0, :]
+
+    def _couple(self, Q: Any) -> Any:
+        return Q
+
+    def _factorize(self) -> ShiftedLowRankInverse:
+        gram = small_gram(self.xp, self.U, self.embedding_name)
+        inverse = ShiftedLowRankInverse.factor_from_gram(self.xp, self.U, self.lam, 1.0, gram)
+        if inverse is None:
+            raise IndefiniteSystemError(
+                "the capacitance λI + AAᵀ could not be factored although it is positive "
+                "definite in exact arithmetic: lam is too small for the working precision; "
+                "increase lam or use float64",
+                lam=None,
+            )
+        return inverse
+
+    def _gradient_rows(self, x: Any, g: Any) -> tuple[Any, Any]:
+        return g, x

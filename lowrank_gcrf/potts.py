@@ -1,0 +1,144 @@
+"""The Potts dense G-CRF operator ``M = λI + (J_L − I_L) ⊗ ÂᵀÂ`` (Eq. 11–12, 14–16)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import GCRFError, IndefiniteSystemError
+from .info import SolveInfo
+from .operators import Factorization, GCRFOperator
+from .woodbury import ShiftedLowRankInverse, small_gram
+
+
+class PottsFactorization:
+    """Exact Potts solve by the class-sum / deviation split (``docs/maths.md``).
+
+    ``(λI + (L−1)K) s = Σₖ bₖ`` and ``(λI − K) dₖ = bₖ − s_b/L``, ``xₖ = s/L + dₖ``; one
+    Gram of Â serves both capacitances.
+    """
+
+    def __init__(self, xp: Any, sum_inverse: Any, deviation_inverse: Any, num_labels: int):
+        self.xp = xp
+        self.sum_inverse = sum_inverse
+        self.deviation_inverse = deviation_inverse
+        self.num_labels = num_labels
+
+    def apply(self, b: Any) -> Any:
+        """``M⁻¹ b`` for b of shape (..., L, P)."""
+        s_b = self.xp.sum(b, axis=-2, keepdims=True)
+        s = self.sum_inverse.apply(s_b)
+        if self.deviation_inverse is None:
+            return s
+        d = self.deviation_inverse.apply(b - s_b / self.num_labels)
+        return s / self.num_labels + d
+
+
+class PottsOperator(GCRFOperator):
+    """``M = λI + (J_L − I_L) ⊗ ÂᵀÂ`` (Eq. 12), matvec Eq. 15–16.
+
+    Positive definite iff ``λ > μ_max = ‖Â‖₂²`` (the eigenvalues of M are
+    ``λ + (L−1)μᵢ`` and ``λ − μᵢ``); every solve proves this first, by factoring the
+    deviation capacitance ``λI − ÂÂᵀ``, and raises :class:`IndefiniteSystemError` otherwise.
+    Immutable: build a new operator for new embeddings.
+
+    Parameters
+    ----------
+    Ahat : array (..., D, P)
+        One embedding per pixel, shared by all labels.
+    lam : float or array of the batch shape (...,)
+    num_labels : int
+        L; right-hand sides have shape (..., L, P).
+    """
+
+    embedding_name = "Ahat"
+    rhs_layout = "(..., L, P) with Ahat of shape (..., D, P)"
+    condition_hint = "κ = (λ + (L−1)‖Ahat‖₂²) / (λ − ‖Ahat‖₂²)"
+    factors_to_check_definiteness = True
+
+    def __init__(self, Ahat: Any, lam: Any, num_labels: int):
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise GCRFError(f"num_labels must be an integer ≥ 1, got {num_labels!r}")
+        super().__init__(Ahat, lam, num_rows=num_labels)
+
+    def _rebuild(self, embeddings: Any, lam: Any) -> PottsOperator:
+        return PottsOperator(embeddings, lam, self.num_rows)
+
+    def _public_system_shape(self) -> tuple[int, ...]:
+        return self.row_shape
+
+    def _to_rows(self, v: Any) -> Any:
+        return v
+
+    def _from_rows(self, v: Any) -> Any:
+        return v
+
+    def _couple(self, Q: Any) -> Any:
+        # (J − I) Q: every label receives the other labels' products (Eq. 16).
+        return self.xp.sum(Q, axis=-2, keepdims=True) - Q
+
+    def _deviation_inverse(self, gram: Any) -> ShiftedLowRankInverse | None:
+        """The factored ``λI − ÂᵀÂ``: it exists iff λ > ‖Â‖₂² (None for L = 1)."""
+        if self.num_rows == 1:
+            return None
+        inverse = ShiftedLowRankInverse.factor_from_gram(self.xp, self.U, self.lam, -1.0, gram)
+        if inverse is None:
+            self._raise_indefinite(gram)
+        return inverse
+
+    def _factorize(self) -> PottsFactorization:
+        gram = small_gram(self.xp, self.U, self.embedding_name)
+        deviation = self._deviation_inverse(gram)
+        total = ShiftedLowRankInverse.factor_from_gram(
+            self.xp, self.U, self.lam, float(self.num_rows - 1), gram
+        )
+        if total is None:
+            self._raise_indefinite(gram)
+        return PottsFactorization(self.xp, total, deviation, self.num_rows)
+
+    def _certify(self) -> Factorization:
+        gram = small_gram(self.xp, self.U, self.embedding_name)
+        return Factorization(self._token, certificate=self._deviation_inverse(gram))
+
+    def _mu_max(self, gram: Any) -> Any:
+        return self.xp.max(self.xp.linalg.eigvalsh(gram), axis=-1)
+
+    def _raise_indefinite(self, gram: Any) -> None:
+        xp = self.xp
+        mu = self._mu_max(gram)
+        bad = xp.astype(self.lam, xp.float64) <= mu
+        # The Cholesky factor fails only with rounding to blame when no λ ≤ μ_max.
+        raise self._indefinite_error(mu, bad if bool(xp.any(bad)) else xp.ones_like(bad), "")
+
+    def _indefinite_error(self, mu: Any, bad: Any, precision: str) -> IndefiniteSystemError:
+        xp = self.xp
+        lam = xp.astype(self.lam, xp.float64)
+        lam_bad = float(xp.max(xp.where(bad, lam, -xp.inf)))
+        mu_bad = float(xp.max(xp.where(bad, mu, -xp.inf)))
+        count = int(xp.sum(xp.astype(bad, xp.int64)))
+        return IndefiniteSystemError(
+            f"the Potts system λI + (J − I) ⊗ ÂᵀÂ is not positive definite{precision} in "
+            f"{count} system(s): lam = {lam_bad:.6g} but ‖Ahat‖₂² = {mu_bad:.6g} (the Potts "
+            "G-CRF needs lam > ‖Ahat‖₂², the largest eigenvalue of Ahat·Ahatᵀ). Increase lam "
+            "above ‖Ahat‖₂² or rescale the embeddings (the layers of lowrank_gcrf.adapters do "
+            "this by construction).",
+            lam=lam_bad,
+            mu_max=mu_bad,
+        )
+
+    def _diagnose_failure(self, info: SolveInfo) -> None:
+        """A λ within rounding of ‖Â‖₂² is singular in the working precision: say so."""
+        xp = self.xp
+        if self.num_rows == 1:
+            return
+        mu = self._mu_max(small_gram(xp, self.U, self.embedding_name))
+        lam = xp.astype(self.lam, xp.float64)
+        bad = lam - mu <= float(xp.finfo(self.dtype).eps) * lam
+        if bool(xp.any(bad)):
+            raise self._indefinite_error(mu, bad, " in the working precision")
+
+    def _gradient_rows(self, x: Any, g: Any) -> tuple[Any, Any]:
+        # C = J − I: Σᵢⱼ Cᵢⱼ (U gᵢ) xⱼᵀ = (U S_g) S_xᵀ − Σₖ (U gₖ) xₖᵀ, stacked as rows.
+        xp = self.xp
+        left = xp.concat([xp.sum(g, axis=-2, keepdims=True), g], axis=-2)
+        right = xp.concat([xp.sum(x, axis=-2, keepdims=True), -x], axis=-2)
+        return left, right
