@@ -20,6 +20,7 @@ from .models import MODEL_NAMES, make_operator
 from .operators import Factorization, GCRFOperator
 from .options import SolverOptions, solver_options
 from .potts import PottsOperator
+from .refine import refine
 
 __all__ = [
     "MODEL_NAMES",
@@ -35,6 +36,7 @@ __all__ = [
     "SolveInfo",
     "SolverOptions",
     "make_operator",
+    "refine",
     "solve",
     "solve_potts",
     "solve_potts_vjp",

@@ -1,7 +1,7 @@
 """Choice of solver method and iteration budgets, from shapes and dtype alone.
 
 ``method="auto"`` never looks at the data (so that a model's cost does not change from
-batch to batch). The rule, from the crossover measured by ``benchmarks/speed.py`` (see
+batch to batch). The rule, from the crossover measured by ``python -m benchmarks.speed`` (see
 benchmarks/RESULTS.md; P = 1681, L = 21, 2-core CPU):
 
 * Potts: always ``"direct"``. Every Potts solve must establish λ > ‖Â‖₂² first, and the
