@@ -410,6 +410,12 @@ def _to_channels_first(t: tf.Tensor, channels: int) -> tf.Tensor:
     return tf.transpose(t, [0, *range(rank - channels, rank), *spatial])
 
 
+def _first_order(shape: tf.TensorShape, channels: int) -> list:
+    """A static shape (B, *spatial, *channels) in the order (B, *channels, *spatial)."""
+    dims = shape.as_list()
+    return [dims[0], *dims[len(dims) - channels :], *dims[1 : len(dims) - channels]]
+
+
 def _to_channels_last(t: tf.Tensor) -> tf.Tensor:
     """(B, L, *spatial) → (B, *spatial, L)."""
     return tf.transpose(t, [0, *range(2, t.shape.rank), 1])
@@ -510,9 +516,37 @@ class DenseGCRF(keras.layers.Layer):
             return tf.nn.softplus(self.raw_lam)
         return self.settings.lam
 
+    def _check_layout(self, unary_shape: Any, embeddings_shape: Any) -> None:
+        """Check the static shapes; errors name the layout of the layer's data_format."""
+        unary_shape, embeddings_shape = (
+            tf.TensorShape(unary_shape),
+            tf.TensorShape(embeddings_shape),
+        )
+        if self.data_format == "channels_first" or None in (
+            unary_shape.rank,
+            embeddings_shape.rank,
+        ):
+            _check_static_layout(unary_shape, embeddings_shape, self.model)
+            return
+        channels = len(EMBEDDING_CHANNELS[self.model])
+        try:
+            _check_static_layout(
+                _first_order(unary_shape, 1), _first_order(embeddings_shape, channels), self.model
+            )
+        except GCRFError:
+            rank = unary_shape.rank - 2
+            raise GCRFError(
+                f"with data_format='channels_last', unary must have shape "
+                f"{layout(('L',), rank, True)} and embeddings "
+                f"{embeddings_layout(self.model, rank, True)}, with 1 to 3 spatial dimensions "
+                f"and the same B and spatial sizes; got unary {tuple(unary_shape.as_list())} "
+                f"and embeddings {tuple(embeddings_shape.as_list())}"
+            ) from None
+
     def _channels_first(self, unary: tf.Tensor, embeddings: tf.Tensor) -> tuple:
         if self.data_format == "channels_first":
-            return unary, embeddings
+            return unary, embeddings  # checked in the core layout
+        self._check_layout(unary.shape, embeddings.shape)
         channels = len(EMBEDDING_CHANNELS[self.model])
         return _to_channels_first(unary, 1), _to_channels_first(embeddings, channels)
 
@@ -531,8 +565,7 @@ class DenseGCRF(keras.layers.Layer):
         return x if self.data_format == "channels_first" else _to_channels_last(x)
 
     def compute_output_shape(self, unary_shape: Any, embeddings_shape: Any) -> tuple:
-        if self.data_format == "channels_first":
-            _check_static_layout(unary_shape, embeddings_shape, self.model)
+        self._check_layout(unary_shape, embeddings_shape)
         return tuple(unary_shape)
 
     def get_config(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -455,3 +456,24 @@ def test_keras_head_model_saves_and_loads(tmp_path):
     assert loaded_head.get_config() == head.get_config()
     assert float(loaded_head.crf.lam) == pytest.approx(0.8)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+@pytest.mark.parametrize(
+    ("model", "unary_shape", "embeddings_shape", "expected"),
+    [
+        ("potts", (2, 7, 3), (2, 7, 4, 1), "(B, W, D)"),
+        ("general", (2, 4, 5, 6, 3), (2, 4, 5, 7, 2, 3), "(B, Z, H, W, D, L)"),
+        ("general", (2, 4, 5, 3), (2, 4, 5, 2, 4), "(B, H, W, D, L)"),
+    ],
+)
+def test_keras_channels_last_errors_name_the_channels_last_layout(
+    model, unary_shape, embeddings_shape, expected
+):
+    layer = tf_adapter.DenseGCRF(model=model, data_format="channels_last")
+    # The message shows the user's shape, B being None in a functional model.
+    got = ", ".join(map(str, embeddings_shape[1:])) + ")"
+    pattern = re.escape(f"embeddings {expected}") + ".*" + re.escape(got)
+    with pytest.raises(lg.GCRFError, match=pattern):
+        layer(tf.zeros(unary_shape), tf.zeros(embeddings_shape))
+    with pytest.raises(lg.GCRFError, match=pattern):  # building a functional model
+        layer(keras.Input(unary_shape[1:]), keras.Input(embeddings_shape[1:]))
