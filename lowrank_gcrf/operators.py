@@ -200,19 +200,23 @@ class GCRFOperator:
 
     # -- solves ----------------------------------------------------------------------------
 
-    def _prepare(self, v: Any, name: str) -> Any:
-        """Validate a system-shaped input and return it in the row layout, compute dtype."""
-        xp = self.xp
-        expected = self.batch_shape + self._public_system_shape()
-        check_system_shape(tuple(v.shape), expected, name, self.rhs_layout)
-        check_finite(xp, v, name)
-        return self._to_rows(xp.astype(v, self.dtype, copy=False))
-
-    def _promoted_for(self, v: Any, name: str) -> GCRFOperator:
-        """This operator, or its float64 twin when ``v`` is float64 and it is not."""
+    def _check_array(self, v: Any, name: str) -> None:
+        """``v`` is a floating array of the operator's array library."""
         if array_namespace(self._U, v) is not self.xp:
             raise GCRFError(f"{name} must come from the same array library as the embeddings")
         check_floating(dtype_name(v.dtype), name)
+
+    def _prepare(self, v: Any, name: str) -> Any:
+        """Validate a system-shaped input and return it in the row layout, compute dtype."""
+        self._check_array(v, name)
+        expected = self.batch_shape + self._public_system_shape()
+        check_system_shape(tuple(v.shape), expected, name, self.rhs_layout)
+        check_finite(self.xp, v, name)
+        return self._to_rows(self.xp.astype(v, self.dtype, copy=False))
+
+    def _promoted_for(self, v: Any, name: str) -> GCRFOperator:
+        """This operator, or its float64 twin when ``v`` is float64 and it is not."""
+        self._check_array(v, name)
         compute, _ = promote(dtype_name(self._input_dtype), dtype_name(v.dtype))
         if compute == dtype_name(self.dtype):
             return self
@@ -276,7 +280,7 @@ class GCRFOperator:
         if op is not self:
             factorization = None
         b_rows = op._prepare(b, "b")
-        x0_rows = None if x0 is None else op._prepare(op._promoted_for(x0, "x0") and x0, "x0")
+        x0_rows = None if x0 is None else op._prepare(x0, "x0")
         out_dtype = op._output_dtype(b)
         x, scale, info = op._solve_rows(b_rows, x0_rows, options, factorization)
         x = op._from_rows(cast_result(op.xp, x * scale[..., None, None], out_dtype, "x"))
@@ -377,6 +381,14 @@ class GCRFOperator:
         """Rows (l, r) such that ∂L/∂U = −[(U lᵀ) r + (U rᵀ) l]."""
         raise NotImplementedError
 
+    def _embedding_signature(self, small: Any) -> Any:
+        """Rows of the small (..., D, 2m) gradient factor times the signature S of ``UᵀSU``.
+
+        Identity here (S = I); the signed model, ``λI + UᵀSU`` with S = diag(I, −I), flips
+        the sign of its attractive rows.
+        """
+        return small
+
     def vjp(
         self,
         x: Any,
@@ -423,7 +435,6 @@ class GCRFOperator:
             return op.vjp(x, gx, **options.as_kwargs())
         xp = self.xp
         x_rows = self._prepare(x, "x")
-        self._promoted_for(gx, "gx")
         gx_rows = self._prepare(gx, "gx")
         out_dtype = self._output_dtype(x)
         g, scale, info = self._solve_rows(gx_rows, None, options, factorization)
@@ -433,7 +444,7 @@ class GCRFOperator:
         # −[(U lᵀ) r + (U rᵀ) l] as one (D, 2m) @ (2m, n) product, with −scale folded into
         # the small factor, so that the only (D, n) array allocated is the result.
         small = self._U @ xp.matrix_transpose(xp.concat([left, right], axis=-2))
-        small = small * (-scale)[..., None, None]
+        small = self._embedding_signature(small * (-scale)[..., None, None])
         g_U = small @ xp.concat([right, left], axis=-2)
         g_lam = -inner(xp, g, x_rows) * scale
         return (
