@@ -6,7 +6,14 @@ Potts variant, by conjugate gradient or by an exact low-rank solve, with analyti
 gradients. Arrays in, arrays out: NumPy on CPU, CuPy on GPU. The maths: ``docs/maths.md``.
 """
 
-from .api import solve, solve_potts, solve_potts_vjp, solve_vjp
+from .api import (
+    solve,
+    solve_potts,
+    solve_potts_vjp,
+    solve_signed,
+    solve_signed_vjp,
+    solve_vjp,
+)
 from .errors import (
     ConvergenceError,
     ConvergenceWarning,
@@ -21,6 +28,7 @@ from .operators import Factorization, GCRFOperator
 from .options import SolverOptions, solver_options
 from .potts import PottsOperator
 from .refine import refine
+from .signed import SignedOperator
 
 __all__ = [
     "MODEL_NAMES",
@@ -33,6 +41,7 @@ __all__ = [
     "GeneralOperator",
     "IndefiniteSystemError",
     "PottsOperator",
+    "SignedOperator",
     "SolveInfo",
     "SolverOptions",
     "make_operator",
@@ -40,6 +49,8 @@ __all__ = [
     "solve",
     "solve_potts",
     "solve_potts_vjp",
+    "solve_signed",
+    "solve_signed_vjp",
     "solve_vjp",
     "solver_options",
 ]

@@ -1,4 +1,5 @@
-"""The public functions: ``solve``, ``solve_potts`` and their vector-Jacobian products.
+"""The public functions: ``solve``, ``solve_potts``, ``solve_signed`` and their vector-Jacobian
+products.
 
 Thin wrappers that build a model's operator through the registry
 (:func:`lowrank_gcrf.models.make_operator`) and call it; use the operators directly to keep
@@ -214,3 +215,97 @@ def solve_potts_vjp(
     op = make_operator("potts", Ahat, lam, num_labels=_potts_labels(x, "x"))
     kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure)
     return op.vjp(x, gx, **kw)[:3]
+
+
+@_solver_parameters
+def solve_signed(
+    A: Any,
+    Gamma: Any,
+    b: Any,
+    lam: Any,
+    *,
+    method: str = "auto",
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    x0: Any = None,
+    return_info: bool = False,
+    on_failure: str = "raise",
+) -> Any:
+    """Solve the signed G-CRF system ``(λI + AᵀA − ΓᵀΓ) x = b`` (``docs/maths.md``).
+
+    A repels (as in the general model), Γ attracts: ``−ΓᵀΓ`` amplifies the directions Γ
+    spans, which is how the Potts model pools evidence, here with label-dependent embeddings.
+    ``A = 1_Lᵀ ⊗ Â``, ``Γ = I_L ⊗ Â`` is the Potts model; ``Gamma=None`` the general one.
+
+    Parameters
+    ----------
+    A : array (..., D, N) or None
+        Repulsive embeddings of the N variables (label-major, n = l·P + p).
+    Gamma : array (..., E, N) or None
+        Attractive embeddings, same batch shape and N; not both None.
+    b : array (..., N)
+    lam : float, 0-d array or array (...,)
+        λ > 0 such that M is positive definite: ``I − Γ(λI + AᵀA)⁻¹Γᵀ ≻ 0`` exactly
+        (``λ > ‖Γ‖₂²`` suffices); otherwise :class:`IndefiniteSystemError`.
+    x0 : array (..., N), optional
+    return_info : bool
+
+    Returns
+    -------
+    x : array (..., N)
+    info : SolveInfo, only with ``return_info=True``
+
+    Raises
+    ------
+    IndefiniteSystemError
+        M is not positive definite, for every method (the message gives its smallest
+        eigenvalue and the λ that would make it definite).
+    GCRFError, GCRFTypeError
+        As for :func:`solve`.
+    """
+    op = make_operator("signed", A, lam, attractive=Gamma)
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, x0=x0, on_failure=on_failure)
+    return _finish(op, b, return_info, kw)
+
+
+@_solver_parameters
+def solve_signed_vjp(
+    A: Any,
+    Gamma: Any,
+    x: Any,
+    gx: Any,
+    lam: Any,
+    *,
+    method: str = "auto",
+    rtol: float = 1e-5,
+    atol: float = 0.0,
+    maxiter: int | None = None,
+    on_failure: str = "raise",
+) -> tuple[Any, Any, Any, Any]:
+    """Gradients of a loss through the signed solve ``x = (λI + AᵀA − ΓᵀΓ)⁻¹ b``.
+
+    With ``g = M⁻¹ gx``: ``∂L/∂A = −[(Ag)xᵀ + (Ax)gᵀ]``, ``∂L/∂Γ = +[(Γg)xᵀ + (Γx)gᵀ]``,
+    ``∂L/∂b = g`` and ``∂L/∂λ = −gᵀx``, matrix-free in O((D + E)N).
+
+    Parameters
+    ----------
+    A : array (..., D, N) or None
+    Gamma : array (..., E, N) or None
+    x : array (..., N)
+        The solution of the forward solve.
+    gx : array (..., N)
+        ``∂L/∂x``.
+    lam : float or array (...,)
+
+    Returns
+    -------
+    gA : array (..., D, N), or None when A is None
+    gGamma : array (..., E, N), or None when Gamma is None
+    gb : array (..., N)
+    glam : array (...,)
+    """
+    op = make_operator("signed", A, lam, attractive=Gamma)
+    kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure)
+    g_u, g_b, g_lam, _ = op.vjp(x, gx, **kw)
+    return (*op.split(g_u), g_b, g_lam)

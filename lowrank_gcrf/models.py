@@ -8,6 +8,9 @@ name       system matrix                          embeddings                  ri
 ========== ====================================== =========================== ===============
 general    ``λI + AᵀA`` (Eq. 5)                   A ``(..., D, N)``           ``(..., N)``
 potts      ``λI + (J_L − I_L) ⊗ ÂᵀÂ`` (Eq. 12)    Â ``(..., D, P)``           ``(..., L, P)``
+signed     ``λI + AᵀA − ΓᵀΓ``                     A ``(..., D, N)`` or None,  ``(..., N)``
+                                                  ``attractive=`` Γ
+                                                  ``(..., E, N)``
 ========== ====================================== =========================== ===============
 """
 
@@ -19,9 +22,10 @@ from .errors import GCRFError
 from .general import GeneralOperator
 from .operators import GCRFOperator
 from .potts import PottsOperator
+from .signed import SignedOperator
 
 #: The model names :func:`make_operator` accepts.
-MODEL_NAMES = ("general", "potts")
+MODEL_NAMES = ("general", "potts", "signed")
 
 
 def check_model(model: Any) -> str:
@@ -34,26 +38,38 @@ def check_model(model: Any) -> str:
 
 
 def make_operator(
-    model: str, embeddings: Any, lam: Any, *, num_labels: int | None = None
+    model: str,
+    embeddings: Any,
+    lam: Any,
+    *,
+    num_labels: int | None = None,
+    attractive: Any = None,
 ) -> GCRFOperator:
     """The operator of ``model`` for ``embeddings`` and ``lam``.
 
     Parameters
     ----------
-    model : {"general", "potts"}
+    model : {"general", "potts", "signed"}
         The model name (see the table above).
     embeddings : array (..., D, n)
-        A (n = N) for ``"general"``, Â (n = P) for ``"potts"``.
+        A (n = N) for ``"general"`` and ``"signed"`` (where it may be None), Â (n = P) for
+        ``"potts"``.
     lam : float, 0-d array or array of the batch shape
         λ > 0.
     num_labels : int, optional
         L, required by ``"potts"`` (the number of rows of its right-hand sides).
+    attractive : array (..., E, N), optional
+        Γ, the attractive embeddings of ``"signed"`` (refused by the other models).
 
     Returns
     -------
     GCRFOperator
     """
-    if check_model(model) == "general":
+    if check_model(model) == "signed":
+        return SignedOperator(embeddings, attractive, lam)
+    if attractive is not None:
+        raise GCRFError(f"attractive embeddings belong to the signed model, not {model!r}")
+    if model == "general":
         return GeneralOperator(embeddings, lam)
     if num_labels is None:
         raise GCRFError("the Potts model needs num_labels (L, the rows of b (..., L, P))")

@@ -3,8 +3,8 @@
 Public so that users can property-test their own use of the library against
 ``scipy.linalg.solve`` on the explicitly formed matrix; the project's tests use it too.
 
-* :func:`dense_matrix`, :func:`potts_dense_matrix`: the N×N (LP×LP) system matrices in
-  float64 — only for small problems, the solvers never form them.
+* :func:`dense_matrix`, :func:`potts_dense_matrix`, :func:`signed_dense_matrix`: the N×N
+  (LP×LP) system matrices in float64 — only for small problems, the solvers never form them.
 * :func:`general_systems`, :func:`potts_systems`: hypothesis strategies drawing random
   systems of a chosen shape, batch shape, dtype and condition number κ.
 * :func:`reference_solve`: the float64 dense solution.
@@ -29,6 +29,7 @@ __all__ = [
     "potts_systems",
     "reference_solve",
     "relative_residual",
+    "signed_dense_matrix",
 ]
 
 
@@ -53,6 +54,18 @@ def potts_dense_matrix(Ahat: Any, lam: Any, L: int) -> np.ndarray:
     blocks = coupling[:, None, :, None] * K[..., None, :, None, :]
     M = blocks.reshape(*K.shape[:-2], L * P, L * P)
     return M + _lam_column(lam, Ahat.shape[:-2]) * np.eye(L * P)
+
+
+def signed_dense_matrix(A: Any, Gamma: Any, lam: Any) -> np.ndarray:
+    """``λI + AᵀA − ΓᵀΓ`` in float64, for A (..., D, N) and Γ (..., E, N), either None."""
+    present = [np.asarray(a, dtype=np.float64) for a in (A, Gamma) if a is not None]
+    batch_shape, n = present[0].shape[:-2], present[0].shape[-1]
+    M = _lam_column(lam, batch_shape) * np.eye(n)
+    for sign, a in ((1.0, A), (-1.0, Gamma)):
+        if a is not None:
+            a = np.asarray(a, dtype=np.float64)
+            M = M + sign * (np.swapaxes(a, -1, -2) @ a)
+    return M
 
 
 def reference_solve(M: np.ndarray, b: Any) -> np.ndarray:

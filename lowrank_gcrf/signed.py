@@ -1,0 +1,267 @@
+"""The signed dense G-CRF operator ``M = λI + AᵀA − ΓᵀΓ`` (``docs/maths.md#the-signed-model``).
+
+Repulsive embeddings A (D, N) and attractive embeddings Γ (E, N) stack into ``U = [A; Γ]``
+with the signature ``S = diag(I_D, −I_E)``, so that ``M = λI + UᵀSU``. The general model is
+Γ = None; the Potts model is ``A = 1_Lᵀ ⊗ Â``, ``Γ = I_L ⊗ Â``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .cholesky import CholeskyFactor, cholesky_factor
+from .dtypes import floating_dtypes
+from .errors import GCRFError, IndefiniteSystemError
+from .general import GeneralOperator
+from .info import SolveInfo
+from .operators import Factorization, GCRFOperator
+from .validation import array_namespace, check_embeddings, check_finite
+from .woodbury import small_gram
+
+
+class SignedInverse:
+    """``M⁻¹`` of ``M = λI + UᵀSU`` from float64 Cholesky factors of small matrices.
+
+    With ``K = λS + UUᵀ`` (Woodbury): ``M⁻¹ v = (v − Uᵀ K⁻¹ U v) / λ``. K is indefinite; its
+    block LDLᵀ uses two SPD factors: ``C_A = λI + AAᵀ`` and the Schur complement
+    ``λH = λI − ΓΓᵀ + ΓAᵀ C_A⁻¹ AΓᵀ``, which is positive definite exactly when M is.
+    When ``D + E ≥ N``, ``dense`` holds the Cholesky factor of M itself instead.
+    """
+
+    def __init__(
+        self,
+        xp: Any,
+        U: Any,
+        lam: Any,
+        num_repulsive: int,
+        repulsive: CholeskyFactor | None,
+        schur: CholeskyFactor | None,
+        cross: Any,
+        dense: CholeskyFactor | None = None,
+    ):
+        self.xp = xp
+        self.U = U
+        self.lam = lam
+        self.num_repulsive = num_repulsive
+        self.repulsive = repulsive
+        self.schur = schur
+        self.cross = cross
+        self.dense = dense
+
+    def _capacitance_solve(self, t: Any) -> Any:
+        """``K⁻¹ t`` for t (..., D + E, k) in float64, by block elimination."""
+        xp = self.xp
+        d = self.num_repulsive
+        if self.schur is None:
+            return self.repulsive.solve(t)
+        w = t[..., d:, :]
+        if self.repulsive is None:
+            return -self.schur.solve(w)
+        u = t[..., :d, :]
+        cross_t = xp.matrix_transpose(self.cross)
+        q = self.schur.solve(cross_t @ self.repulsive.solve(u) - w)
+        p = self.repulsive.solve(u - self.cross @ q)
+        return xp.concat([p, q], axis=-2)
+
+    def apply(self, v: Any) -> Any:
+        """``M⁻¹ v`` for v of shape (..., k, N), in v's dtype."""
+        xp = self.xp
+        if self.dense is not None:
+            w = self.dense.solve(xp.astype(xp.matrix_transpose(v), xp.float64))
+            return xp.astype(xp.matrix_transpose(w), v.dtype)
+        t = xp.astype(self.U @ xp.matrix_transpose(v), xp.float64)
+        z = xp.astype(self._capacitance_solve(t), v.dtype)
+        correction = xp.matrix_transpose(xp.matrix_transpose(self.U) @ z)
+        return (v - correction) / self.lam[..., None, None]
+
+
+class SignedOperator(GCRFOperator):
+    """``M = λI + AᵀA − ΓᵀΓ``, matvec ``λv + Aᵀ(Av) − Γᵀ(Γv)`` in one pass over ``U = [A; Γ]``.
+
+    Positive definite iff the Schur complement ``H = I_E − Γ(λI + AᵀA)⁻¹Γᵀ`` is
+    (``‖Γ‖₂² < λ`` suffices, but A can make larger Γ admissible). Whenever Γ is present every
+    solve proves this first, by the Cholesky factorization of λH, and raises
+    :class:`IndefiniteSystemError` otherwise, for every method. Immutable.
+
+    Parameters
+    ----------
+    A : array (..., D, N) or None
+        Repulsive embeddings (the general model's).
+    Gamma : array (..., E, N) or None
+        Attractive embeddings; not both None. Same batch shape and N as A.
+    lam : float or array of the batch shape (...,)
+        λ > 0.
+
+    Vectors (b, x) have shape (..., N). Gradients of the embeddings come as one array
+    ``[∂L/∂A; ∂L/∂Γ]`` of shape (..., D + E, N); :meth:`split` separates them.
+    """
+
+    embedding_name = "[A; Gamma]"
+    rhs_layout = "(..., N) with A of shape (..., D, N) and Gamma of shape (..., E, N)"
+    condition_hint = "κ = λ_max(M) / λ_min(M), with λ_min(M) ≥ λ − ‖Gamma‖₂²"
+
+    def __init__(self, A: Any, Gamma: Any, lam: Any):
+        present = {name: a for name, a in (("A", A), ("Gamma", Gamma)) if a is not None}
+        if not present:
+            raise GCRFError("the signed model needs A, Gamma or both; both are None")
+        xp = array_namespace(*present.values())
+        for name, a in present.items():
+            check_embeddings(xp, a, name)
+            check_finite(xp, a, name)
+        if (
+            A is not None
+            and Gamma is not None
+            and (A.shape[:-2] != Gamma.shape[:-2] or A.shape[-1] != Gamma.shape[-1])
+        ):
+            raise GCRFError(
+                f"A (..., D, N) and Gamma (..., E, N) must share the batch shape and N, got "
+                f"shapes {tuple(A.shape)} and {tuple(Gamma.shape)}"
+            )
+        _, common = floating_dtypes(xp, **present)
+        parts = [xp.astype(a, common, copy=False) for a in present.values()]
+        U = parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
+        self._num_repulsive = 0 if A is None else int(A.shape[-2])
+        super().__init__(U, lam, num_rows=1)
+        self.factors_to_check_definiteness = self.attractive_rank > 0
+        signs = [1.0] * self._num_repulsive + [-1.0] * self.attractive_rank
+        self._signature = xp.asarray(signs, dtype=self.dtype)
+
+    @property
+    def repulsive_rank(self) -> int:
+        """D, the rows of A (0 when A is None)."""
+        return self._num_repulsive
+
+    @property
+    def attractive_rank(self) -> int:
+        """E, the rows of Γ (0 when Gamma is None)."""
+        return self.rank - self._num_repulsive
+
+    def split(self, stacked: Any) -> tuple[Any, Any]:
+        """``(repulsive, attractive)`` rows of a (..., D + E, N) array; None where absent."""
+        d = self._num_repulsive
+        repulsive = stacked[..., :d, :] if d else None
+        attractive = stacked[..., d:, :] if self.attractive_rank else None
+        return repulsive, attractive
+
+    def _rebuild(self, embeddings: Any, lam: Any) -> SignedOperator:
+        return SignedOperator(*self.split(embeddings), lam)
+
+    # Vectors (..., N) in one row, as in the general model.
+    _public_system_shape = GeneralOperator._public_system_shape
+    _to_rows = GeneralOperator._to_rows
+    _from_rows = GeneralOperator._from_rows
+
+    def matvec(self, v: Any) -> Any:
+        """``M v = λv + ((v Uᵀ) S) U`` for v of shape (..., 1, N), never forming M."""
+        Ut = self.xp.matrix_transpose(self.U)
+        return self._lam_rows * v + ((v @ Ut) * self._signature) @ self.U
+
+    def _embedding_signature(self, small: Any) -> Any:
+        return small * self._signature[:, None]
+
+    # -- exact factorization and definiteness ----------------------------------------------
+
+    def _factorize(self) -> SignedInverse:
+        xp = self.xp
+        d, n = self._num_repulsive, int(self.U.shape[-1])
+        lam64 = xp.astype(self.lam, xp.float64)[..., None, None]
+        if self.rank >= n:
+            dense = cholesky_factor(xp, lam64 * xp.eye(n, dtype=xp.float64) + self._dense_term())
+            if dense is None:
+                self._raise_indefinite()
+            return SignedInverse(xp, self.U, self.lam, d, None, None, None, dense=dense)
+        gram = small_gram(xp, self.U, self.embedding_name)
+        repulsive = schur = cross = None
+        if d:
+            repulsive = cholesky_factor(xp, lam64 * xp.eye(d, dtype=xp.float64) + gram[..., :d, :d])
+            if repulsive is None:
+                raise IndefiniteSystemError(
+                    "the capacitance λI + AAᵀ could not be factored although it is positive "
+                    "definite in exact arithmetic: lam is too small for the working precision; "
+                    "increase lam or use float64",
+                    lam=None,
+                )
+        e = self.attractive_rank
+        if e:
+            schur_matrix = lam64 * xp.eye(e, dtype=xp.float64) - gram[..., d:, d:]
+            if d:
+                cross = gram[..., :d, d:]
+                schur_matrix = schur_matrix + xp.matrix_transpose(cross) @ repulsive.solve(cross)
+            schur = cholesky_factor(xp, schur_matrix)
+            if schur is None:
+                self._raise_indefinite()
+        return SignedInverse(xp, self.U, self.lam, d, repulsive, schur, cross)
+
+    def _dense_term(self) -> Any:
+        """``UᵀSU`` (N×N, float64), for D + E ≥ N where it is the smaller matrix."""
+        xp = self.xp
+        Us = xp.astype(self.U, xp.float64)
+        return xp.matrix_transpose(Us) @ (Us * xp.astype(self._signature, xp.float64)[:, None])
+
+    def _certify(self) -> Factorization:
+        # The proof of definiteness is the Schur factor, and with it the exact solver costs
+        # only the Gram products already paid for.
+        return self.factor()
+
+    def extreme_eigenvalues(self) -> tuple[Any, Any]:
+        """``(λ_min(M), λ_max(M))`` per system, in float64, from the small Gram.
+
+        The eigenvalues of M other than λ are λ plus those of ``UᵀSU``, whose non-zero
+        ones are the eigenvalues of the symmetric ``RᵀSR`` with ``RRᵀ = UUᵀ``.
+        """
+        xp = self.xp
+        n = int(self.U.shape[-1])
+        lam = xp.astype(self.lam, xp.float64)
+        if self.rank >= n:
+            signed = self._dense_term()
+        else:
+            signature = xp.astype(self._signature, xp.float64)
+            mu, V = xp.linalg.eigh(small_gram(xp, self.U, self.embedding_name))
+            R = V * xp.sqrt(xp.clip(mu, 0.0, None))[..., None, :]
+            signed = xp.matrix_transpose(R) @ (R * signature[:, None])
+        shifts = xp.linalg.eigvalsh(signed)
+        low, high = shifts[..., 0], shifts[..., -1]
+        if self.rank < n:
+            low, high = xp.minimum(low, 0.0), xp.maximum(high, 0.0)
+        return lam + low, lam + high
+
+    def _raise_indefinite(self) -> None:
+        low, _ = self.extreme_eigenvalues()
+        bad = low <= 0
+        if not bool(self.xp.any(bad)):
+            # The Cholesky factor failed with only rounding to blame.
+            bad = self.xp.ones_like(bad)
+        raise self._indefinite_error(low, bad, "")
+
+    def _indefinite_error(self, low: Any, bad: Any, precision: str) -> IndefiniteSystemError:
+        xp = self.xp
+        lam = xp.astype(self.lam, xp.float64)
+        worst = xp.where(bad, low, xp.inf)
+        index = xp.argmin(xp.reshape(worst, (-1,)))
+        low_bad = float(xp.reshape(low, (-1,))[index])
+        lam_bad = float(xp.reshape(lam, (-1,))[index])
+        count = int(xp.sum(xp.astype(bad, xp.int64)))
+        return IndefiniteSystemError(
+            f"the signed system λI + AᵀA − ΓᵀΓ is not positive definite{precision} in {count} "
+            f"system(s): with lam = {lam_bad:.6g} its smallest eigenvalue is {low_bad:.6g}, "
+            f"so the attractive term ΓᵀΓ outweighs λI + AᵀA by {max(-low_bad, 0.0):.6g} along "
+            f"some direction. Increase lam above {lam_bad - low_bad:.6g}, or scale Gamma down "
+            "(‖Gamma‖₂² < lam is sufficient; exactly, I − Γ(λI + AᵀA)⁻¹Γᵀ must be positive "
+            "definite); the layers of lowrank_gcrf.adapters with model='signed' do this by "
+            "construction.",
+            lam=lam_bad,
+        )
+
+    def _diagnose_failure(self, info: SolveInfo) -> None:
+        """A system within rounding of singularity cannot be solved in its dtype: say so."""
+        if not self.attractive_rank:
+            return
+        xp = self.xp
+        low, high = self.extreme_eigenvalues()
+        bad = low <= float(xp.finfo(self.dtype).eps) * high
+        if bool(xp.any(bad)):
+            raise self._indefinite_error(low, bad, " in the working precision")
+
+    def _gradient_rows(self, x: Any, g: Any) -> tuple[Any, Any]:
+        # ∂L/∂U = −S[(U g) xᵀ + (U x) gᵀ]; S is applied by _embedding_signature.
+        return g, x
