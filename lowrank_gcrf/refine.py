@@ -47,32 +47,55 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
         raise GCRFError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
-def _check_parameters(
-    sxy: float,
-    srgb: float,
-    sxy_smooth: float,
-    w_appearance: float,
-    w_smooth: float,
-    strength: float,
-    rank: int,
-    lam: float,
-    spatial_dims: int,
-) -> None:
-    for name, value in (("sxy", sxy), ("srgb", srgb), ("sxy_smooth", sxy_smooth), ("lam", lam)):
-        _positive(name, value)
-    _positive("w_appearance", w_appearance, allow_zero=True)
-    _positive("w_smooth", w_smooth, allow_zero=True)
-    if w_appearance == 0 and w_smooth == 0:
-        raise GCRFError("w_appearance and w_smooth are both 0: set at least one kernel weight > 0")
-    if not (isinstance(strength, (int, float)) and 0 <= strength < 1):
-        raise GCRFError(
-            f"strength must be in [0, 1) (it is ‖Â‖₂²/λ; the Potts system is positive definite "
-            f"only below 1), got {strength!r}"
-        )
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise GCRFError(f"rank must be a positive integer, got {rank!r}")
-    if spatial_dims not in (1, 2, 3):
-        raise GCRFError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+@dataclasses.dataclass(frozen=True)
+class RefineParameters:
+    """The dense CRF kernels, their approximation and the strength of a refinement.
+
+    The fields and their defaults are :func:`refine`'s keywords of the same names (see
+    there); construction validates them and raises :class:`GCRFError` on bad values.
+    """
+
+    sxy: float = 80.0
+    srgb: float = 13.0
+    sxy_smooth: float = 3.0
+    w_appearance: float = 4.0
+    w_smooth: float = 0.0
+    strength: float = 0.7
+    rank: int = 32
+    landmarks: int = 128
+    seed: int = 0
+    lam: float = 1.0
+    approximation: str = "nystrom-kmeans"
+    normalization: str = "symmetric"
+
+    def __post_init__(self) -> None:
+        for name in ("sxy", "srgb", "sxy_smooth", "lam"):
+            _positive(name, getattr(self, name))
+        _positive("w_appearance", self.w_appearance, allow_zero=True)
+        _positive("w_smooth", self.w_smooth, allow_zero=True)
+        if self.w_appearance == 0 and self.w_smooth == 0:
+            raise GCRFError(
+                "w_appearance and w_smooth are both 0: set at least one kernel weight > 0"
+            )
+        if not (isinstance(self.strength, (int, float)) and 0 <= self.strength < 1):
+            raise GCRFError(
+                f"strength must be in [0, 1) (it is ‖Â‖₂²/λ; the Potts system is positive "
+                f"definite only below 1), got {self.strength!r}"
+            )
+        if not _is_count(self.rank) or self.rank < 1:
+            raise GCRFError(f"rank must be a positive integer, got {self.rank!r}")
+        if not _is_count(self.landmarks) or self.landmarks < self.rank:
+            raise GCRFError(
+                f"landmarks must be an integer ≥ rank ({self.rank}), got {self.landmarks!r}: "
+                "the rank-D embeddings are compressed from the m landmarks' approximation"
+            )
+        if not _is_count(self.seed):
+            raise GCRFError(f"seed must be an integer, got {self.seed!r}")
+        check_kernel_options(self.approximation, self.normalization)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_shapes(probs: Any, image: Any, spatial_dims: int) -> tuple[tuple[int, ...], ...]:
@@ -254,54 +277,27 @@ def refine(
     >>> refined = refine(softmax, image)                 # (21, H, W), (3, H, W) uint8
     >>> labels = refined.argmax(axis=0)
     """
-    xp = array_namespace(probs, image)
-    _check_parameters(
-        sxy, srgb, sxy_smooth, w_appearance, w_smooth, strength, rank, lam, spatial_dims
+    params = RefineParameters(
+        sxy=sxy,
+        srgb=srgb,
+        sxy_smooth=sxy_smooth,
+        w_appearance=w_appearance,
+        w_smooth=w_smooth,
+        strength=strength,
+        rank=rank,
+        landmarks=landmarks,
+        seed=seed,
+        lam=lam,
+        approximation=approximation,
+        normalization=normalization,
     )
-    if isinstance(landmarks, bool) or not isinstance(landmarks, int) or landmarks < rank:
-        raise GCRFError(
-            f"landmarks must be an integer ≥ rank ({rank}), got {landmarks!r}: the rank-D "
-            "embeddings are compressed from the m landmarks' kernel approximation"
-        )
-    check_kernel_options(approximation, normalization)
-    batch, (num_labels,), spatial = _check_shapes(probs, image, spatial_dims)
-    compute = _compute_dtype(xp, probs)
-    _check_image(xp, image)
-    check_finite(xp, probs, "probs")
-    label_axis = -spatial_dims - 1
-    if not logits:
-        _check_probabilities(xp, probs, num_labels, label_axis)
-
-    n_images = math.prod(batch)
-    n_pixels = math.prod(spatial)
-    scores = xp.astype(probs, compute)
+    shape = check_refine_inputs(probs, image, spatial_dims=spatial_dims, logits=logits)
+    xp = shape.xp
+    Ahat = refine_embeddings(image, params, spatial_dims=spatial_dims, dtype=shape.compute)
+    scores = xp.astype(probs, shape.compute)
     if not logits:
         scores = xp.log(xp.maximum(scores, PROB_FLOOR))
-    b = xp.reshape(scores, (n_images, num_labels, n_pixels))
-    images = xp.reshape(image, (n_images, image.shape[label_axis], *spatial))
-    embeddings = [
-        potts_embeddings(
-            xp,
-            dense_crf_features(
-                xp,
-                images[i, ...],
-                sxy=sxy,
-                srgb=srgb,
-                sxy_smooth=sxy_smooth,
-                w_appearance=w_appearance,
-                w_smooth=w_smooth,
-                landmarks=landmarks,
-                approximation=approximation,
-                seed=seed,
-                dtype=compute,
-            ),
-            rank=rank,
-            normalization=normalization,
-            seed=seed,
-        )
-        for i in range(n_images)
-    ]
-    Ahat = scaled_to_strength(xp, xp.stack(embeddings), strength=strength, lam=lam)
+    b = xp.reshape(scores, (Ahat.shape[0], shape.num_labels, Ahat.shape[-1]))
     x, info = solve_potts(Ahat, b, lam, method=method, rtol=SOLVE_RTOL, return_info=True)
     x = x - xp.max(x, axis=1, keepdims=True)
     e = xp.exp(x)
@@ -310,8 +306,79 @@ def refine(
         return refined
     info = dataclasses.replace(
         info,
-        iterations=xp.reshape(info.iterations, batch),
-        residual=xp.reshape(info.residual, batch),
-        converged=xp.reshape(info.converged, batch),
+        iterations=xp.reshape(info.iterations, shape.batch),
+        residual=xp.reshape(info.residual, shape.batch),
+        converged=xp.reshape(info.converged, shape.batch),
     )
     return refined, info
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineShape:
+    """What :func:`check_refine_inputs` found: namespace, shapes and compute dtype."""
+
+    xp: Any
+    batch: tuple[int, ...]
+    num_labels: int
+    spatial: tuple[int, ...]
+    compute: Any
+
+
+def check_refine_inputs(probs: Any, image: Any, *, spatial_dims: int, logits: bool) -> RefineShape:
+    """Validate :func:`refine`'s arrays (the adapters call it on their tensors' core views).
+
+    Raises
+    ------
+    GCRFError, GCRFTypeError
+        As listed in :func:`refine`.
+    """
+    xp = array_namespace(probs, image)
+    if spatial_dims not in (1, 2, 3):
+        raise GCRFError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+    batch, (num_labels,), spatial = _check_shapes(probs, image, spatial_dims)
+    compute = _compute_dtype(xp, probs)
+    _check_image(xp, image)
+    check_finite(xp, probs, "probs")
+    if not logits:
+        _check_probabilities(xp, probs, num_labels, -spatial_dims - 1)
+    return RefineShape(xp, batch, num_labels, spatial, compute)
+
+
+def refine_embeddings(
+    image: Any, params: RefineParameters, *, spatial_dims: int, dtype: Any
+) -> Any:
+    """The Potts embeddings Â (n, D, P) that :func:`refine` solves with, one per image.
+
+    ``image`` (..., C, *spatial) is flattened to n = prod(...) images; each gets the
+    rank-D features of the dense CRF kernels (:mod:`lowrank_gcrf.image_kernels`), and the
+    batch is scaled so that ``‖Â‖₂² = strength · λ`` per image. Not differentiable (the image
+    is data): the adapters compute Â with it and differentiate through the solve.
+    """
+    xp = array_namespace(image)
+    spatial = tuple(image.shape[-spatial_dims:])
+    channels = image.shape[-spatial_dims - 1]
+    n_images = math.prod(image.shape[: -spatial_dims - 1])
+    images = xp.reshape(image, (n_images, channels, *spatial))
+    embeddings = [
+        potts_embeddings(
+            xp,
+            dense_crf_features(
+                xp,
+                images[i, ...],
+                sxy=params.sxy,
+                srgb=params.srgb,
+                sxy_smooth=params.sxy_smooth,
+                w_appearance=params.w_appearance,
+                w_smooth=params.w_smooth,
+                landmarks=params.landmarks,
+                approximation=params.approximation,
+                seed=params.seed,
+                dtype=dtype,
+            ),
+            rank=params.rank,
+            normalization=params.normalization,
+            seed=params.seed,
+        )
+        for i in range(n_images)
+    ]
+    return scaled_to_strength(xp, xp.stack(embeddings), strength=params.strength, lam=params.lam)

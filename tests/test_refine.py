@@ -282,6 +282,7 @@ def test_bad_inputs_raise(change, match):
         (dict(w_appearance=0.0, w_smooth=0.0), "both 0"),
         (dict(w_smooth=-1.0), "w_smooth"),
         (dict(spatial_dims=4), "spatial_dims"),
+        (dict(seed=1.5), "seed"),
         (dict(approximation="svd"), "approximation"),
         (dict(normalization="rw"), "normalization"),
     ],

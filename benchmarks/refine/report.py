@@ -162,7 +162,10 @@ def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
         f"): {_grid_axes(cfg['mf_grid'])}; ours: {_grid_axes(cfg['ours_grid'])}.",
         "* mIoU: over the split's pixels, mean over the classes present; boundary F: per image, "
         "boundary pixels matched within 2 px, averaged. Times: median of "
-        f"{cfg['repeats']} calls after a warm-up, inputs ready, everything else inside.",
+        f"{cfg['repeats']} calls after a warm-up, the methods taking turns in each round; "
+        "inputs ready, everything else (pydensecrf2's lattice, our features and solve) inside. "
+        "The s / image column of the test table is the mean over the test scenes, measured "
+        "during evaluation.",
         "",
         "### Target",
         *_verdict(results),
