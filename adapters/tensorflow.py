@@ -56,9 +56,11 @@ from tensorflow.python.ops import control_flow_util
 
 from lowrank_gcrf.adapters.bridge import (
     CoreSolve,
+    SignedStack,
     check_lam,
     check_solver_kwargs,
     layer_settings,
+    signed_stack,
     softplus_inverse,
     solve_dtype_names,
     to_core,
@@ -70,8 +72,10 @@ from lowrank_gcrf.adapters.layout import (
     embeddings_layout,
     layer_shapes,
     layout,
+    repulsive_channels,
     spatial_rank,
 )
+from lowrank_gcrf.dtypes import overflow_message
 from lowrank_gcrf.errors import GCRFError
 from lowrank_gcrf.options import SolverOptions
 
@@ -82,6 +86,7 @@ __all__ = [
     "gcrf_solve",
     "pd_scaled",
     "potts_solve",
+    "signed_solve",
 ]
 
 # TensorFlow's CPU kernels assume 64-byte aligned buffers (EIGEN_MAX_ALIGN_BYTES).
@@ -239,7 +244,9 @@ def _graph_solve(
     return x, grad
 
 
-def _solve(model: str, embeddings: Any, b: Any, lam: Any, options: SolverOptions) -> tf.Tensor:
+def _solve(
+    model: str | SignedStack, embeddings: Any, b: Any, lam: Any, options: SolverOptions
+) -> tf.Tensor:
     _reject_xla()
     # Before any cast (a complex λ would lose its imaginary part), and while tracing, so that
     # graph mode reports a bad float λ with its own type.
@@ -254,7 +261,18 @@ def _solve(model: str, embeddings: Any, b: Any, lam: Any, options: SolverOptions
         run = _eager_solve if tf.executing_eagerly() else _graph_solve
         return run(model, options, U, b_, lam_)
 
-    return tf.cast(solve(tf.cast(embeddings, compute), tf.cast(b, compute), lam), output)
+    x = tf.cast(solve(tf.cast(embeddings, compute), tf.cast(b, compute), lam), output)
+    return x if output == compute else _checked_fit(x)
+
+
+def _checked_fit(x: tf.Tensor) -> tf.Tensor:
+    """``x`` after its cast to half precision, with the core's error where it overflowed."""
+    message = overflow_message(x.dtype.name, "x")
+    if tf.executing_eagerly():
+        if not bool(tf.reduce_all(tf.math.is_finite(x))):
+            raise GCRFError(message)
+        return x
+    return tf.debugging.assert_all_finite(x, message)
 
 
 def gcrf_solve(A: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
@@ -316,6 +334,44 @@ def potts_solve(Ahat: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
     return _solve("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
 
 
+def signed_solve(A: Any, Gamma: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
+    """Solve the signed dense G-CRF ``(λI + AᵀA − ΓᵀΓ) x = b``, differentiably.
+
+    Parameters
+    ----------
+    A : Tensor (..., D, N) or None
+        Repulsive embeddings of the N = L·P variables, label-major (n = l·P + p).
+    Gamma : Tensor (..., E, N) or None
+        Attractive embeddings; not both None. An absent factor gets no gradient.
+    b : Tensor (..., N)
+    lam : float or Tensor
+        λ > 0 with M positive definite (``λ > ‖Γ‖₂²`` suffices; otherwise
+        :class:`lowrank_gcrf.IndefiniteSystemError`).
+    **solver_kwargs
+        As for :func:`lowrank_gcrf.solve_signed`.
+
+    Returns
+    -------
+    Tensor (..., N)
+        x, in the promoted dtype of A, Gamma and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        As for :func:`gcrf_solve`.
+    """
+    A, Gamma = (None if t is None else tf.convert_to_tensor(t) for t in (A, Gamma))
+    # Static shapes: D must be known while tracing (it splits the stacked gradient).
+    stack = signed_stack(*(None if t is None else t.shape.as_list() for t in (A, Gamma)))
+    parts = [t for t in (A, Gamma) if t is not None]
+    if len(parts) == 2:
+        _, common = solve_dtype_names(parts[0].dtype, parts[1].dtype)
+        parts = [tf.cast(t, common) for t in parts]
+    # One tensor carries both factors: the gradient of tf.concat splits between them.
+    U = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-2)
+    return _solve(stack, U, b, lam, check_solver_kwargs(solver_kwargs))
+
+
 # -- the Keras layer ---------------------------------------------------------------------------
 
 
@@ -325,7 +381,8 @@ def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float) -> tf.Tensor:
     As :func:`lowrank_gcrf.adapters.torch.pd_scaled`: the exact ``‖Â‖₂²`` from the D×D Gram
     (``eigvalsh`` in float64), factor ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``.
     """
-    gram = tf.cast(tf.matmul(Ahat, Ahat, transpose_b=True), tf.float64)
+    wide = tf.cast(Ahat, tf.float64)  # a half-precision or huge float32 Gram would overflow
+    gram = tf.matmul(wide, wide, transpose_b=True)
     mu = tf.linalg.eigvalsh(gram)[..., -1]
     target = bound * tf.cast(lam, tf.float64)
     factor = tf.sqrt(target / tf.maximum(mu, target))
@@ -336,7 +393,7 @@ def _paired_axes(model: str, rank: int) -> list[tuple[int, int]]:
     """(unary axis, embeddings axis) pairs that must have one size: B, (L), the spatial axes."""
     channels = len(EMBEDDING_CHANNELS[model])
     pairs = [(0, 0)] + [(2 + i, 1 + channels + i) for i in range(rank)]
-    return pairs + ([(1, 2)] if model == "general" else [])
+    return pairs + ([(1, 2)] if model != "potts" else [])
 
 
 def _check_static_layout(unary_shape: Any, embeddings_shape: Any, model: str) -> list:
@@ -429,14 +486,17 @@ class DenseGCRF(keras.layers.Layer):
     Parameters
     ----------
     lam, model, potts, learn_lam, pd_bound, method, rtol, atol, maxiter, on_failure
+    attractive_dim
         As for :class:`lowrank_gcrf.adapters.torch.DenseGCRF` (the same signature and
         defaults): λ, the model name (``potts=True`` is an alias of ``model="potts"``), a
-        learnt λ, the Potts layer's positive-definiteness bound, the solver and its
-        tolerances, and the failure policy.
+        learnt λ, the positive-definiteness bound of the Potts and signed layers, the solver
+        and its tolerances, the failure policy, and the signed model's number E of
+        attractive (trailing) embedding channels.
     data_format : {"channels_last", "channels_first"}, optional
         Default: ``keras.config.image_data_format()``. Channels last: unary
-        (B, *spatial, L), embeddings (B, *spatial, D) (Potts) or (B, *spatial, D, L)
-        (general), output (B, *spatial, L); channels first as the PyTorch module.
+        (B, *spatial, L), embeddings (B, *spatial, D) (Potts), (B, *spatial, D, L)
+        (general) or (B, *spatial, D + E, L) (signed), output (B, *spatial, L); channels
+        first as the PyTorch module.
     **kwargs
         Keras layer arguments (``name``, ``dtype``, ...).
 
@@ -461,6 +521,7 @@ class DenseGCRF(keras.layers.Layer):
         maxiter: int | None = None,
         on_failure: str = "warn",
         data_format: str | None = None,
+        attractive_dim: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -475,6 +536,7 @@ class DenseGCRF(keras.layers.Layer):
             atol=atol,
             maxiter=maxiter,
             on_failure=on_failure,
+            attractive_dim=attractive_dim,
         )
         self.data_format = data_format or keras.config.image_data_format()
         if self.data_format not in ("channels_last", "channels_first"):
@@ -557,10 +619,17 @@ class DenseGCRF(keras.layers.Layer):
         first_unary, first_embeddings = self._channels_first(unary, embeddings)
         b, A = _core_layout(first_unary, first_embeddings, self.model)
         lam = self.lam
-        if self.model == "potts" and self.settings.pd_bound is not None:
-            A = pd_scaled(A, lam, self.settings.pd_bound)
+        model: str | SignedStack = self.model
+        bound = self.settings.pd_bound
+        if model == "potts" and bound is not None:
+            A = pd_scaled(A, lam, bound)
+        elif model == "signed":
+            d = repulsive_channels(A.shape[1], self.settings.attractive_dim)
+            model = SignedStack(d)
+            if bound is not None:
+                A = tf.concat([A[:, :d], pd_scaled(A[:, d:], lam, bound)], axis=1)
         compute, _ = solve_dtype_names(A.dtype, b.dtype)
-        x = _solve(self.model, A, b, lam, self.settings.options(compute))
+        x = _solve(model, A, b, lam, self.settings.options(compute))
         x = tf.reshape(x, _dims(first_unary))
         return x if self.data_format == "channels_first" else _to_channels_last(x)
 

@@ -22,19 +22,22 @@ from torch.autograd.function import once_differentiable
 
 from lowrank_gcrf.adapters.bridge import (
     CoreSolve,
+    SignedStack,
     check_lam,
     check_solver_kwargs,
     layer_settings,
+    signed_stack,
     softplus_inverse,
     solve_dtype_names,
     to_core,
 )
 from lowrank_gcrf.adapters.heads import check_spatial_dims, head_sizes, positive_size
-from lowrank_gcrf.adapters.layout import layer_shapes, layout
+from lowrank_gcrf.adapters.layout import layer_shapes, layout, repulsive_channels
+from lowrank_gcrf.dtypes import dtype_name, overflow_message
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
 from lowrank_gcrf.options import SolverOptions
 
-__all__ = ["DenseGCRF", "GCRFHead", "gcrf_solve", "pd_scaled", "potts_solve"]
+__all__ = ["DenseGCRF", "GCRFHead", "gcrf_solve", "pd_scaled", "potts_solve", "signed_solve"]
 
 
 def _cupy() -> Any:
@@ -115,7 +118,11 @@ class _SolveFunction(torch.autograd.Function):
 
 @torch.compiler.disable
 def _solve(
-    model: str, embeddings: Tensor, b: Tensor, lam: Tensor | float, options: SolverOptions
+    model: str | SignedStack,
+    embeddings: Tensor,
+    b: Tensor,
+    lam: Tensor | float,
+    options: SolverOptions,
 ) -> Tensor:
     # Dynamo cannot trace DLPack and NumPy: a compiled model graph-breaks around the solve.
     if not (isinstance(embeddings, Tensor) and isinstance(b, Tensor)):
@@ -133,7 +140,10 @@ def _solve(
     x = _SolveFunction.apply(
         model, embeddings.to(compute).contiguous(), b.to(compute).contiguous(), lam, options
     )
-    return x.to(output)
+    result = x.to(output)
+    if output != compute and not bool(torch.isfinite(result).all()):
+        raise GCRFError(overflow_message(dtype_name(output), "x"))
+    return result
 
 
 def gcrf_solve(A: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: Any) -> Tensor:
@@ -195,6 +205,48 @@ def potts_solve(Ahat: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: A
     return _solve("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
 
 
+def signed_solve(
+    A: Tensor | None, Gamma: Tensor | None, b: Tensor, lam: Tensor | float, **solver_kwargs: Any
+) -> Tensor:
+    """Solve the signed dense G-CRF ``(λI + AᵀA − ΓᵀΓ) x = b``, differentiably.
+
+    Parameters
+    ----------
+    A : Tensor (..., D, N) or None
+        Repulsive embeddings of the N = L·P variables, label-major (n = l·P + p).
+    Gamma : Tensor (..., E, N) or None
+        Attractive embeddings; not both None. An absent factor gets no gradient.
+    b : Tensor (..., N)
+    lam : float or Tensor
+        λ > 0 with M positive definite (``λ > ‖Γ‖₂²`` suffices; otherwise
+        :class:`lowrank_gcrf.IndefiniteSystemError`); a tensor that requires grad receives
+        ``∂L/∂λ``.
+    **solver_kwargs
+        ``method``, ``rtol``, ``atol``, ``maxiter``, ``on_failure``, as for
+        :func:`lowrank_gcrf.solve_signed`.
+
+    Returns
+    -------
+    Tensor (..., N)
+        x, in the promoted dtype of A, Gamma and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        The core's errors, unchanged.
+    """
+    parts = [t for t in (A, Gamma) if t is not None]
+    if not all(isinstance(t, Tensor) for t in parts):
+        raise GCRFTypeError(
+            "expected torch tensors (or None) for A and Gamma; use lowrank_gcrf.solve_signed "
+            "for NumPy or CuPy arrays"
+        )
+    stack = signed_stack(*(None if t is None else t.shape for t in (A, Gamma)))
+    U = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+    # One tensor carries both factors: torch.cat splits its gradient between them.
+    return _solve(stack, U, b, lam, check_solver_kwargs(solver_kwargs))
+
+
 def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float) -> Tensor:
     """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
 
@@ -202,7 +254,8 @@ def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float) -> Tensor:
     float64); the factor is ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``, the identity (with zero
     gradient) where the bound already holds.
     """
-    gram = (Ahat @ Ahat.mT).double()
+    wide = Ahat.double()  # a half-precision or huge float32 Gram would overflow
+    gram = wide @ wide.mT
     mu = torch.linalg.eigvalsh(gram)[..., -1]
     target = bound * (lam.double() if isinstance(lam, Tensor) else lam)
     factor = torch.sqrt(target / torch.maximum(mu, torch.as_tensor(target, dtype=mu.dtype)))
@@ -216,9 +269,10 @@ class DenseGCRF(nn.Module):
     ----------
     lam : float, default 1.0
         λ > 0, the weight of the identity (a float or a one-element tensor).
-    model : {"general", "potts"}, default "general"
-        General model (one embedding per pixel and label) or Potts (one per pixel, shared
-        by the labels).
+    model : {"general", "potts", "signed"}, default "general"
+        General model (one embedding per pixel and label), Potts (one per pixel, shared by
+        the labels) or signed (``λI + AᵀA − ΓᵀΓ``: repulsive and attractive embeddings per
+        pixel and label, :func:`signed_solve`).
     potts : bool, optional
         Alias of ``model``: ``potts=True`` is ``model="potts"``.
     learn_lam : bool, default False
@@ -228,6 +282,8 @@ class DenseGCRF(nn.Module):
         ``‖Â‖₂² ≤ pd_bound·λ`` — positive definite by construction, whatever the network
         outputs (:func:`pd_scaled`); the identity when the bound already holds. ``None``
         turns it off (then λ ≤ ‖Â‖₂² raises :class:`lowrank_gcrf.IndefiniteSystemError`).
+        Signed: the attractive embeddings are rescaled so that ``‖Γ‖₂² ≤ pd_bound·λ``,
+        sufficient for definiteness whatever A is.
     method : {"auto", "cg", "direct"}, default "auto"
         Solver for the forward and backward passes.
     rtol : float, optional
@@ -239,6 +295,9 @@ class DenseGCRF(nn.Module):
     on_failure : {"raise", "warn", "ignore"}, default "warn"
         A batch above tolerance warns (:class:`lowrank_gcrf.ConvergenceWarning`) and the
         best iterate is used, so that one hard batch does not stop a training run.
+    attractive_dim : int, optional
+        Signed model only (and required there): E ≥ 1, the number of trailing embedding
+        channels that are the attractive embeddings Γ; the first D channels are A.
 
     Attributes
     ----------
@@ -250,7 +309,8 @@ class DenseGCRF(nn.Module):
     Notes
     -----
     Shapes, channels first with 1 to 3 spatial dimensions: unary (B, L, *spatial);
-    embeddings (B, D, *spatial) for Potts or (B, D, L, *spatial) general; output
+    embeddings (B, D, *spatial) for Potts, (B, D, L, *spatial) general or
+    (B, D + E, L, *spatial) signed (A then Γ along the channels); output
     (B, L, *spatial). The embeddings reshape to the core's label-major layout without a copy.
     """
 
@@ -267,6 +327,7 @@ class DenseGCRF(nn.Module):
         atol: float = 0.0,
         maxiter: int | None = None,
         on_failure: str = "warn",
+        attractive_dim: int | None = None,
     ):
         super().__init__()
         self.settings = layer_settings(
@@ -280,6 +341,7 @@ class DenseGCRF(nn.Module):
             atol=atol,
             maxiter=maxiter,
             on_failure=on_failure,
+            attractive_dim=attractive_dim,
         )
         if self.settings.learn_lam:
             self.raw_lam = nn.Parameter(torch.tensor(softplus_inverse(self.settings.lam)))
@@ -301,11 +363,18 @@ class DenseGCRF(nn.Module):
         shapes = layer_shapes(tuple(unary.shape), tuple(embeddings.shape), self.model)
         lam = self.lam
         A = embeddings.reshape(shapes.core_embeddings)
-        if self.model == "potts" and self.settings.pd_bound is not None:
-            A = pd_scaled(A, lam, self.settings.pd_bound)
+        model: str | SignedStack = self.model
+        bound = self.settings.pd_bound
+        if model == "potts" and bound is not None:
+            A = pd_scaled(A, lam, bound)
+        elif model == "signed":
+            d = repulsive_channels(shapes.dim, self.settings.attractive_dim)
+            model = SignedStack(d)
+            if bound is not None:
+                A = torch.cat([A[:, :d], pd_scaled(A[:, d:], lam, bound)], dim=1)
         compute, _ = solve_dtype_names(embeddings.dtype, unary.dtype)
         options = self.settings.options(compute)
-        x = _solve(self.model, A, unary.reshape(shapes.core_unary), lam, options)
+        x = _solve(model, A, unary.reshape(shapes.core_unary), lam, options)
         return x.reshape(shapes.output)
 
     def extra_repr(self) -> str:

@@ -107,12 +107,18 @@ def cast_result(xp: Any, value: Any, dtype: Any, what: str) -> Any:
     output dtype (a float16 result above 65504) or of the compute dtype itself (a float32
     solution of a system with tiny λ and a huge right-hand side).
     """
-    out = xp.astype(value, dtype, copy=False)
+    # asarray: NumPy turns arithmetic on 0-d arrays into scalars, which are not arrays.
+    out = xp.asarray(xp.astype(value, dtype, copy=False))
     if not bool(xp.all(xp.isfinite(out))):
-        name = dtype_name(dtype)
-        raise GCRFError(
-            f"{what} overflows {name} (its largest finite value is {largest(name):.4g}): "
-            "solve in a wider dtype (float64), or rescale the inputs (the solution scales "
-            "linearly with b and as 1/lam)"
-        )
+        raise GCRFError(overflow_message(dtype_name(dtype), what))
     return out
+
+
+def overflow_message(name: str, what: str) -> str:
+    """The message of a result too large for the dtype ``name`` (shared with the adapters,
+    which cast half-precision results themselves)."""
+    return (
+        f"{what} overflows {name} (its largest finite value is {largest(name):.4g}): solve in "
+        "a wider dtype (float64), or rescale the inputs (the solution scales linearly with b "
+        "and as 1/lam)"
+    )
