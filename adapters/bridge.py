@@ -146,6 +146,7 @@ class LayerSettings:
     atol: float
     maxiter: int | None
     on_failure: str
+    attractive_dim: int | None = None
 
     def options(self, compute_dtype: str) -> SolverOptions:
         """The solver options for a solve in ``compute_dtype`` (float32 or float64)."""
@@ -159,8 +160,12 @@ class LayerSettings:
         )
 
     def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild the layer."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The constructor arguments that rebuild the layer (``attractive_dim`` only for the
+        signed model, whose layers alone take it)."""
+        config = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        if self.attractive_dim is None:
+            del config["attractive_dim"]
+        return config
 
     def changed(self) -> dict[str, Any]:
         """The settings that differ from the defaults (for ``repr``)."""
@@ -180,15 +185,30 @@ def layer_settings(
     atol: float = 0.0,
     maxiter: int | None = None,
     on_failure: str = "warn",
+    attractive_dim: int | None = None,
 ) -> LayerSettings:
     """Validate a layer's arguments (the ``DenseGCRF`` docstrings describe them)."""
+    name = layer_model(model, potts)
+    if (name == "signed") != (attractive_dim is not None) or not (
+        attractive_dim is None
+        or (
+            isinstance(attractive_dim, numbers.Integral)
+            and not isinstance(attractive_dim, bool)
+            and attractive_dim >= 1
+        )
+    ):
+        raise GCRFError(
+            "attractive_dim (E ≥ 1, the last E embedding channels are the attractive "
+            f"embeddings Γ) goes with model='signed' and only with it; got model={name!r}, "
+            f"attractive_dim={attractive_dim!r}"
+        )
     if pd_bound is not None and not (
         isinstance(pd_bound, numbers.Real) and not isinstance(pd_bound, bool) and 0 < pd_bound < 1
     ):
         raise GCRFError(f"pd_bound must be a number in (0, 1) or None, got {pd_bound!r}")
     settings = LayerSettings(
         lam=initial_lam(lam),
-        model=layer_model(model, potts),
+        model=name,
         learn_lam=bool(learn_lam),
         pd_bound=None if pd_bound is None else float(pd_bound),
         method=method,
@@ -196,13 +216,43 @@ def layer_settings(
         atol=atol,
         maxiter=maxiter,
         on_failure=on_failure,
+        attractive_dim=None if attractive_dim is None else int(attractive_dim),
     )
     settings.options("float32")  # validates the solver keywords now, not at the first batch
     return settings
 
 
-def core_operator(model: str, embeddings: Any, lam: Any, b: Any) -> GCRFOperator:
+@dataclass(frozen=True)
+class SignedStack:
+    """The signed model on stacked embeddings ``[A; Γ]`` (..., D + E, N), A the first
+    ``repulsive_rank`` rows: one framework tensor then carries the gradients of both (the
+    framework's concatenation splits them), so the adapters pass it where a model name goes.
+    """
+
+    repulsive_rank: int
+
+
+def signed_stack(A_shape: Any, Gamma_shape: Any) -> SignedStack:
+    """The stacking of A (..., D, N) and Γ (..., E, N), either None (its shape None)."""
+    if A_shape is None and Gamma_shape is None:
+        raise GCRFError("the signed model needs A, Gamma or both; both are None")
+    if A_shape is not None and Gamma_shape is not None:
+        A_shape, Gamma_shape = tuple(A_shape), tuple(Gamma_shape)
+        if len(A_shape) < 2 or A_shape[:-2] != Gamma_shape[:-2] or A_shape[-1:] != Gamma_shape[-1:]:
+            raise GCRFError(
+                f"A (..., D, N) and Gamma (..., E, N) must share the batch shape and N, got "
+                f"shapes {A_shape} and {Gamma_shape}"
+            )
+    return SignedStack(0 if A_shape is None else int(tuple(A_shape)[-2]))
+
+
+def core_operator(model: str | SignedStack, embeddings: Any, lam: Any, b: Any) -> GCRFOperator:
     """The core operator of a solve whose right-hand side (or solution) is ``b``."""
+    if isinstance(model, SignedStack):
+        d = model.repulsive_rank
+        A = embeddings[..., :d, :] if d else None
+        Gamma = embeddings[..., d:, :] if d < embeddings.shape[-2] else None
+        return make_operator("signed", A, lam, attractive=Gamma)
     if model == "potts" and b.ndim < 2:
         raise GCRFError(f"b must have shape (..., L, P) for Potts, got {tuple(b.shape)}")
     labels = int(b.shape[-2]) if model == "potts" else None
@@ -214,8 +264,8 @@ class CoreSolve:
 
     Parameters
     ----------
-    model : {"general", "potts"}
-        A name of the core's model registry.
+    model : {"general", "potts"} or SignedStack
+        A name of the core's model registry, or the signed model on stacked embeddings.
     embeddings, b : NumPy or CuPy arrays
     lam : float or array of the batch shape (or 0-d, shared by the batch)
     options : SolverOptions

@@ -2,10 +2,12 @@
 
 Channels first, with 1 to 3 spatial dimensions: unary ``(B, L, *spatial)``; embeddings
 ``(B, D, *spatial)`` (Potts, one per pixel) or ``(B, D, L, *spatial)`` (general, one per
-pixel and label). The core's node order is label-major over row-major pixels
-(``docs/maths.md#notation``), so both reshape to the core's layout without a copy: unary →
-``(B, L·P)`` (general) or ``(B, L, P)`` (Potts), embeddings → ``(B, D, L·P)`` or
-``(B, D, P)``, with P the product of the spatial sizes.
+pixel and label), or ``(B, D + E, L, *spatial)`` (signed: the repulsive embeddings A in the
+first D channels, the attractive Γ in the last E = ``attractive_dim``). The core's node
+order is label-major over row-major pixels (``docs/maths.md#notation``), so both reshape to
+the core's layout without a copy: unary → ``(B, L·P)`` (general, signed) or ``(B, L, P)``
+(Potts), embeddings → ``(B, D, L·P)`` (``(B, D + E, L·P)``) or ``(B, D, P)``, with P the
+product of the spatial sizes.
 
 The Keras layer's ``data_format="channels_last"`` moves the channel axes to the end, in the
 same order: unary ``(B, *spatial, L)``, embeddings ``(B, *spatial, D)`` or
@@ -23,7 +25,7 @@ from lowrank_gcrf.errors import GCRFError
 SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("Z", "H", "W")}
 
 #: The channel axes of the embeddings, after the batch axis.
-EMBEDDING_CHANNELS = {"potts": ("D",), "general": ("D", "L")}
+EMBEDDING_CHANNELS = {"potts": ("D",), "general": ("D", "L"), "signed": ("D+E", "L")}
 
 
 def layout(channels: tuple[str, ...], spatial_rank: int, channels_last: bool = False) -> str:
@@ -103,7 +105,7 @@ def layer_shapes(
         sizes = ", ".join(
             f"{name}={size}"
             for name, size in zip(
-                ("B", *(("L",) if model == "general" else ()), *SPATIAL_NAMES[rank]),
+                ("B", *(("L",) if model != "potts" else ()), *SPATIAL_NAMES[rank]),
                 want,
                 strict=True,
             )
@@ -113,3 +115,13 @@ def layer_shapes(
             f"{unary_shape}: expected {expected} with {sizes}"
         )
     return LayerShapes(batch, labels, tuple(spatial), int(embeddings_shape[1]), model)
+
+
+def repulsive_channels(channels: int, attractive_dim: int) -> int:
+    """D, the repulsive channels of signed embeddings with ``channels`` = D + E channels."""
+    if attractive_dim > channels:
+        raise GCRFError(
+            f"attractive_dim={attractive_dim} exceeds the {channels} embedding channels (D + E) "
+            "of the signed model: the last attractive_dim channels are the attractive embeddings"
+        )
+    return channels - attractive_dim
