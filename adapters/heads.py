@@ -12,8 +12,11 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from lowrank_gcrf.adapters.layout import EMBEDDING_CHANNELS, SPATIAL_NAMES
+from lowrank_gcrf.adapters.layout import SPATIAL_NAMES
 from lowrank_gcrf.errors import GCRFError
+
+#: The models a head builds: their embeddings come from one branch without a split.
+HEAD_MODELS = ("potts", "general")
 
 
 def positive_size(value: Any, name: str) -> int:
@@ -40,10 +43,10 @@ class HeadSizes:
 def head_sizes(num_labels: Any, embed_dim: Any, model: Any) -> HeadSizes:
     """Check a head's label count, embedding dimension and model (``"potts"`` or
     ``"general"``)."""
-    if model not in EMBEDDING_CHANNELS:
+    if model not in HEAD_MODELS:
         raise GCRFError(
-            f"a GCRFHead's model must be one of {', '.join(map(repr, EMBEDDING_CHANNELS))}, "
-            f"got {model!r}"
+            f"a GCRFHead's model must be one of {', '.join(map(repr, HEAD_MODELS))}, "
+            f"got {model!r}; build other models from DenseGCRF"
         )
     return HeadSizes(
         positive_size(num_labels, "num_labels"), positive_size(embed_dim, "embed_dim"), model
