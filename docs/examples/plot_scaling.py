@@ -1,0 +1,72 @@
+"""
+Scaling with the image size
+===========================
+
+Time one forward solve against the number of pixels P, for both methods and both models, at
+a fixed embedding dimension. Both methods are linear in P: CG costs about 4·D·N flops per
+iteration, the direct solve one D×D Gram matrix (2·D²·N flops) and a few matvecs.
+
+These are small sizes timed on the machine that built this page, with one thread; the
+benchmark ``python -m benchmarks.speed`` measures the paper's sizes with every contender side
+by side (see the Benchmarks page).
+"""
+
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import lowrank_gcrf as lg
+from lowrank_gcrf import testing
+
+L, D, KAPPA = 5, 32, 1e3
+sides = [32, 64, 96, 128, 160]
+
+
+def best_time(fn, *args, repeats=3, **kwargs):
+    """The fastest of a few calls, in milliseconds (the least disturbed by other work)."""
+    fn(*args, **kwargs)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return 1e3 * min(times)
+
+
+timings = {}
+for side in sides:
+    P = side * side
+    general = testing.make_general_system(0, rank=D, n=L * P, kappa=KAPPA, dtype=np.float32)
+    potts = testing.make_potts_system(0, rank=D, pixels=P, labels=L, kappa=KAPPA, dtype=np.float32)
+    for method in ("cg", "direct"):
+        timings.setdefault(("general", method), []).append(
+            best_time(lg.solve, general.embeddings, general.b, general.lam, method=method)
+        )
+        timings.setdefault(("potts", method), []).append(
+            best_time(lg.solve_potts, potts.embeddings, potts.b, potts.lam, method=method)
+        )
+
+print(f"forward solve, ms (L = {L}, D = {D}, κ = {KAPPA:g}, float32)")
+print("pixels  " + "  ".join(f"{m}-{k:6s}" for m, k in timings))
+for i, side in enumerate(sides):
+    print(f"{side * side:6d}  " + "  ".join(f"{v[i]:12.2f}" for v in timings.values()))
+
+# %%
+# Time against pixels
+# -------------------
+# On log-log axes a slope of one is linear scaling. Timings of a few milliseconds on a shared
+# machine are noisy; at the paper's size (41×41 pixels, L = 21, D = 128, κ = 10³) the speed
+# benchmark measured the direct solve 4–12× faster than CG, which is why ``method="auto"``
+# picks it for D ≤ 1024.
+
+fig, ax = plt.subplots(figsize=(6, 4))
+pixels = np.array(sides) ** 2
+for (model, method), values in timings.items():
+    style = "-" if method == "direct" else "--"
+    ax.loglog(pixels, values, style, marker="o", label=f"{model}, {method}")
+ax.set_xlabel("pixels P")
+ax.set_ylabel("forward solve (ms)")
+ax.set_title(f"L = {L}, D = {D}, κ = {KAPPA:g}, float32, one thread")
+ax.legend()
+fig.tight_layout()
