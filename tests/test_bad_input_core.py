@@ -377,6 +377,16 @@ def test_operator_promotes_to_float64_as_solve_does(model):
     np.testing.assert_allclose(g_b, x, rtol=1e-8)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_unbatched_gradients_are_arrays(model):
+    """The cause of D2: an unbatched ∂L/∂λ came back as a NumPy scalar (the negation of a
+    0-d array), which DLPack cannot export."""
+    U, b, lam = system(model)
+    grads = VJP[model](U, b, b, lam)
+    assert all(isinstance(g, np.ndarray) for g in grads), [type(g) for g in grads]
+    assert grads[2].shape == ()
+
+
 # -- mixed libraries ---------------------------------------------------------------------
 
 
