@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -241,9 +242,11 @@ def tuning_section(cfg: Config, val: list, test: list, bar: tqdm) -> dict[str, A
     return out
 
 
-def _interleaved_medians(methods: dict[str, Any], scene: Any, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each method, the methods taking turns in every round (in
-    a rotating order) so that a burst of foreign load on a shared machine hits all alike."""
+def _interleaved_times(
+    methods: dict[str, Any], scene: Any, repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median and fastest seconds per call of each method, the methods taking turns in every
+    round (in a rotating order) so that foreign load on a shared machine hits all alike."""
     probs, image = scene.unaries["coarse"], scene.image
     names = list(methods)
     for name in names:
@@ -254,7 +257,8 @@ def _interleaved_medians(methods: dict[str, Any], scene: Any, repeats: int) -> d
             start = time.perf_counter()
             methods[name](probs, image)
             times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    medians = {name: float(np.median(t)) for name, t in times.items()}
+    return medians, {name: float(np.min(t)) for name, t in times.items()}
 
 
 def timing_section(cfg: Config, tuned: dict[str, Any], bar: tqdm) -> list[dict[str, Any]]:
@@ -269,12 +273,8 @@ def timing_section(cfg: Config, tuned: dict[str, Any], bar: tqdm) -> list[dict[s
     }
     rows = []
     for side in cfg.timing_sides:
-        rows.append(
-            {
-                "side": side,
-                **_interleaved_medians(methods, make_scene("test", side, 0), cfg.repeats),
-            }
-        )
+        medians, fastest = _interleaved_times(methods, make_scene("test", side, 0), cfg.repeats)
+        rows.append({"side": side, **medians, "fastest": fastest})
         bar.update(len(methods))
     return rows
 
@@ -300,6 +300,15 @@ def memory_section(cfg: Config, bar: tqdm) -> dict[str, Any]:
     return out
 
 
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     import pydensecrf
     import scipy
@@ -316,7 +325,8 @@ def machine() -> dict[str, Any]:
         dcrf_version = getattr(pydensecrf, "__version__", "?")
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "scipy": scipy.__version__,
@@ -356,6 +366,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
     start = time.perf_counter()
     with threadpool_limits(1), tqdm(total=steps, desc="refine benchmark") as bar:
         info = machine()
+        info["load_start"] = os.getloadavg()
         val = make_scenes("val", cfg.side, cfg.val)
         test = make_scenes("test", cfg.side, cfg.test)
         bar.set_postfix_str("kernel errors")
@@ -368,6 +379,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         timing = timing_section(cfg, tuned, bar)
         bar.set_postfix_str("memory")
         memory = memory_section(cfg, bar) if cfg.memory else None
+    info["load_end"] = os.getloadavg()
     results = {
         "config": asdict(cfg),
         "quick": quick,
