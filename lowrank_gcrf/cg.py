@@ -4,6 +4,11 @@ Vectors have shape ``batch + (k, n)``: one SPD system per batch index, its unkno
 as k rows of n (k = 1 for the general G-CRF, k = L labels for Potts). Every system has its
 own α, β and stopping test; converged systems stop changing while the others go on. The
 restarts on the true residual live in :mod:`lowrank_gcrf.refinement`.
+
+Per iteration the loop costs one matvec, two inner products and three vector updates. The
+updates come from :func:`lowrank_gcrf.fused.cg_kernels`: in place on NumPy (no temporaries
+beyond one scratch vector), one fused kernel each on CuPy, plain array-API expressions
+elsewhere.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ from array_api_compat import device as _device
 
 from .dtypes import dtype_name
 from .errors import GCRFError, IndefiniteSystemError
+from .fused import cg_kernels, to_host
 
 
 def inner(xp: Any, u: Any, v: Any) -> Any:
     """Per-system inner product over the trailing (k, n) axes, as an array.
 
-    NumPy reduces an unbatched system to a NumPy scalar, which is not an array: DLPack and
-    the array API need a 0-d array, hence the ``asarray``.
+    One ``vecdot`` per row (a BLAS dot on NumPy, no ``u * v`` temporary), summed over the k
+    rows. NumPy reduces an unbatched system to a NumPy scalar, which is not an array: DLPack
+    and the array API need a 0-d array, hence the ``asarray``.
     """
-    return xp.asarray(xp.sum(u * v, axis=(-2, -1)))
+    return xp.asarray(xp.sum(xp.vecdot(u, v, axis=-1), axis=-1))
 
 
 def power_of_two_scale(xp: Any, v: Any) -> Any:
@@ -62,6 +69,7 @@ def cg_sweep(
     matvec : callable
         ``v ↦ M v`` for arrays of shape ``batch + (k, n)`` (Eq. 13 or Eq. 15–16).
     x, r : arrays of shape ``batch + (k, n)``
+        Not modified (the sweep works on its own copies).
     rr : array of the batch shape
         ``‖r‖²`` per system.
     active : bool array of the batch shape
@@ -87,49 +95,52 @@ def cg_sweep(
     GCRFError
         When ``pᵀMp`` overflowed the working dtype.
     """
-    p = r
+    kernels = cg_kernels(xp, x)
+    # The per-system scalars (α, β, flags) are tiny arrays: each operation on them costs a
+    # call, not a pass, so the loop keeps them few and calls the library's own namespace.
+    xp = kernels.xp
+    x, r = kernels.own(x), kernels.own(r)
+    p = kernels.own(r)
     steps = xp.zeros(rr.shape, dtype=xp.int64, device=_device(x))
-    broken = xp.zeros(rr.shape, dtype=xp.bool, device=_device(x))
-    overflow = xp.zeros(rr.shape, dtype=xp.bool, device=_device(x))
-    zero = xp.zeros_like(rr)
-    one = xp.ones_like(rr)
+    # Systems whose pᵀMp is not a positive finite number are frozen, and that pᵀMp kept to
+    # tell an overflow from a breakdown at the next check.
+    failed = xp.zeros(rr.shape, dtype=xp.bool, device=_device(x))
+    failed_pq = xp.zeros_like(rr)
     for it in range(budget):
         q = matvec(p)
-        pq = inner(xp, p, q)
-        overflow = overflow | (active & ~xp.isfinite(pq))
-        broken = broken | (active & ~(pq > 0))
-        alpha = xp.where(active & (pq > 0), rr / xp.where(pq > 0, pq, one), zero)
-        x = x + alpha[..., None, None] * p
-        r = r - alpha[..., None, None] * q
-        rr_new = inner(xp, r, r)
-        beta = xp.where(active, rr_new / xp.where(rr > 0, rr, one), zero)
-        p = r + beta[..., None, None] * p
-        steps = steps + xp.astype(active, xp.int64)
-        rr = xp.where(active, rr_new, rr)
-        active = active & (rr_new > tol2) & ~broken
+        pq = kernels.inner(p, q)
+        good = active & (pq > 0) & (pq < math.inf)
+        bad = active ^ good
+        failed = failed | bad
+        failed_pq = xp.where(bad, pq, failed_pq)
+        alpha = kernels.ratio(rr, pq, good)
+        x, r = kernels.step(x, r, p, q, alpha[..., None, None])
+        rr_new = kernels.inner(r, r)
+        beta = kernels.ratio(rr_new, rr, good)
+        p = kernels.direction(p, r, beta[..., None, None])
+        steps = steps + xp.astype(good, xp.int64)
+        rr = xp.where(good, rr_new, rr)
+        active = good & (rr_new > tol2)
         if (it + 1) % check_every == 0 or it + 1 == budget:
-            if bool(xp.any(overflow)):
-                _raise_overflow(x.dtype)
-            if bool(xp.any(broken)):
-                _raise_breakdown(xp, broken, steps)
-            if not bool(xp.any(active)):
+            if bool(to_host(xp, xp.any(failed))):
+                _raise_failure(xp, failed, failed_pq, steps, x.dtype)
+            if not bool(to_host(xp, xp.any(active))):
                 break
     return x, steps
 
 
-def _raise_overflow(dtype: Any) -> None:
-    raise GCRFError(
-        f"the matrix-vector product overflowed {dtype_name(dtype)} during conjugate gradient: "
-        "the embeddings are too large for this dtype (their squared norm exceeds its range); "
-        "rescale them or use float64"
-    )
-
-
-def _raise_breakdown(xp: Any, broken: Any, steps: Any) -> None:
-    count = int(xp.sum(xp.astype(broken, xp.int64)))
+def _raise_failure(xp: Any, failed: Any, failed_pq: Any, steps: Any, dtype: Any) -> None:
+    """An overflow of pᵀMp (inf or NaN) or a breakdown (pᵀMp ≤ 0), as a clear error."""
+    if bool(to_host(xp, xp.any(failed & ~(failed_pq <= 0)))):
+        raise GCRFError(
+            f"the matrix-vector product overflowed {dtype_name(dtype)} during conjugate "
+            "gradient: the embeddings are too large for this dtype (their squared norm exceeds "
+            "its range); rescale them or use float64"
+        )
+    count = int(to_host(xp, xp.sum(xp.astype(failed, xp.int64))))
     raise IndefiniteSystemError(
         f"conjugate gradient broke down (pᵀMp ≤ 0) in {count} system(s) after "
-        f"{int(xp.max(steps))} iteration(s): the system matrix is not positive definite in "
-        "the working precision. Increase lam, or use float64 inputs if lam is tiny compared "
-        "with the squared norm of the embeddings."
+        f"{int(to_host(xp, xp.max(steps)))} iteration(s): the system matrix is not positive "
+        "definite in the working precision. Increase lam, or use float64 inputs if lam is tiny "
+        "compared with the squared norm of the embeddings."
     )

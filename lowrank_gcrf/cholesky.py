@@ -7,8 +7,10 @@ between them (measured on 2 cores: 10 ms per Potts Woodbury apply with a SciPy t
 solve inside, 0.3 ms with matrix products only). The explicit inverse costs D³/3 once and
 errs by about κ(L)·ε = √κ(C)·ε, which the iterative refinement downstream corrects.
 
-The array API has a Cholesky but no triangular inverse: on NumPy it comes from LAPACK's
-``trtri`` through SciPy (once per factorization, in place); elsewhere from ``xp.linalg.inv``.
+The array API has a Cholesky but no triangular inverse: on NumPy both come from LAPACK
+through SciPy (``potrf`` and ``trtri``, once per factorization, in place: a D = 1024 float64
+factor is 8 MB, and a copy per step would double the memory of a large-D Potts solve);
+elsewhere from ``xp.linalg.cholesky`` and ``xp.linalg.inv``.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import scipy.linalg.lapack
 
+from .fused import to_host
 from .validation import is_numpy
 
 
@@ -38,20 +40,53 @@ class CholeskyFactor:
         return self.xp.matrix_transpose(inv) @ (inv @ rhs)
 
 
-def cholesky_factor(xp: Any, matrix: Any) -> CholeskyFactor | None:
-    """Factor ``matrix`` (..., n, n); ``None`` when some matrix of the batch is not PD.
+def cholesky_lower(xp: Any, matrix: Any) -> Any | None:
+    """The lower Cholesky factor of ``matrix`` (..., n, n); ``None`` when one is not PD.
 
-    Failure is detected both by an exception (NumPy) and by a non-finite factor (CuPy,
-    which by default returns NaNs instead of raising).
+    ``matrix`` is consumed: on NumPy, when it owns its C-contiguous memory (a temporary), the
+    factor is built in it. Failure is detected both by LAPACK's ``info`` (NumPy) and by a
+    non-finite factor (CuPy, which by default returns NaNs instead of raising).
     """
+    if is_numpy(xp):
+        if not (matrix.flags.owndata and matrix.flags.c_contiguous and matrix.flags.writeable):
+            matrix = np.array(matrix, order="C")
+        return _numpy_cholesky(matrix)
     try:
         lower = xp.linalg.cholesky(matrix)
     except (ValueError, ArithmeticError, RuntimeError):
         return None
-    if not bool(xp.all(xp.isfinite(lower))):
+    return lower if bool(to_host(xp, xp.all(xp.isfinite(lower)))) else None
+
+
+def cholesky_factor(xp: Any, matrix: Any) -> CholeskyFactor | None:
+    """Factor ``matrix`` (..., n, n); ``None`` when some matrix of the batch is not PD.
+
+    ``matrix`` is consumed as by :func:`cholesky_lower` (on NumPy the inverse factor then
+    takes its memory: no n×n array beyond it).
+    """
+    lower = cholesky_lower(xp, matrix)
+    if lower is None:
         return None
     inverse = _invert_lower(xp, lower)
     return None if inverse is None else CholeskyFactor(xp, inverse)
+
+
+def _numpy_cholesky(matrix: np.ndarray) -> np.ndarray | None:
+    """LAPACK ``potrf`` in place on each matrix of a C-contiguous batch.
+
+    A row-major symmetric C is its own column-major transpose: ``potrf`` of that view as an
+    upper factor U (UᵀU = C) leaves ``L = Uᵀ`` in the lower triangle of the row-major array,
+    the other triangle cleared.
+    """
+    for index in np.ndindex(matrix.shape[:-2]):
+        view = matrix[index].T
+        potrf = scipy.linalg.lapack.get_lapack_funcs("potrf", (view,))
+        factor, info = potrf(view, lower=0, clean=1, overwrite_a=1)
+        if info != 0 or not np.all(np.isfinite(np.diagonal(factor))):
+            return None
+        if not np.shares_memory(factor, view):
+            matrix[index] = factor.T
+    return matrix
 
 
 def _invert_lower(xp: Any, lower: Any) -> Any | None:

@@ -45,9 +45,22 @@ class GeneralOperator(GCRFOperator):
     def _couple(self, Q: Any) -> Any:
         return Q
 
+    def matvec(self, v: Any) -> Any:
+        """``M v = Aᵀ(A v) + λv`` (Eq. 13) for v of shape (..., 1, N), never forming M.
+
+        ``A v`` as ``A @ vᵀ`` runs along A's contiguous rows (a matrix-vector product),
+        measurably faster at the paper's size than the row-vector product ``v @ Aᵀ``.
+        """
+        xp = self.xp
+        Av = self.U @ xp.matrix_transpose(v)
+        return self._lam_rows * v + xp.matrix_transpose(Av) @ self.U
+
     def _factorize(self) -> ShiftedLowRankInverse:
+        # The capacitance's κ = 1 + ‖A‖₂²/λ is unbounded: float64, factored in the Gram's memory.
         gram = small_gram(self.xp, self.U, self.embedding_name)
-        inverse = ShiftedLowRankInverse.factor_from_gram(self.xp, self.U, self.lam, 1.0, gram)
+        inverse = ShiftedLowRankInverse.factor_from_gram(
+            self.xp, self.U, self.lam, 1.0, gram, overwrite=True
+        )
         if inverse is None:
             raise IndefiniteSystemError(
                 "the capacitance λI + AAᵀ could not be factored although it is positive "

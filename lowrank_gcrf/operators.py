@@ -26,6 +26,7 @@ from array_api_compat import device as _device
 from .cg import cg_sweep, inner, power_of_two_scale
 from .dtypes import cast_result, check_floating, dtype_name, floating_dtypes, promote
 from .errors import ConvergenceError, ConvergenceWarning, GCRFError
+from .fused import to_host
 from .info import SolveInfo
 from .method import choose_method, default_maxiter
 from .options import SolverOptions, solver_options
@@ -53,7 +54,8 @@ class Factorization:
         Applies ``M⁻¹`` (``solver.apply(v)``); None when only positive definiteness was
         established (a Potts solve by CG factors the deviation capacitance alone).
     certificate : object or None
-        The factor that proved M positive definite (Potts), reused by later CG solves.
+        How M was proved positive definite (Potts: ``"frobenius"`` or ``"cholesky"``), so
+        that later CG solves with this factorization need not prove it again.
     """
 
     owner: object = field(repr=False)
@@ -355,7 +357,7 @@ class GCRFOperator:
     def _report_failure(self, x: Any, info: SolveInfo, options: SolverOptions) -> None:
         """Apply the ``on_failure`` policy to systems above tolerance."""
         xp = self.xp
-        if bool(xp.all(info.converged)):
+        if bool(to_host(xp, xp.all(info.converged))):
             return
         self._diagnose_failure(info)
         failed = ~info.converged

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cholesky import cholesky_lower
 from .errors import GCRFError, IndefiniteSystemError
+from .fused import to_host
 from .info import SolveInfo
 from .operators import Factorization, GCRFOperator
-from .woodbury import ShiftedLowRankInverse, small_gram
+from .woodbury import ShiftedLowRankInverse, shifted_gram, small_gram, working_gram
 
 
 class PottsFactorization:
@@ -37,8 +39,10 @@ class PottsOperator(GCRFOperator):
     """``M = λI + (J_L − I_L) ⊗ ÂᵀÂ`` (Eq. 12), matvec Eq. 15–16.
 
     Positive definite iff ``λ > μ_max = ‖Â‖₂²`` (the eigenvalues of M are
-    ``λ + (L−1)μᵢ`` and ``λ − μᵢ``); every solve proves this first, by factoring the
-    deviation capacitance ``λI − ÂÂᵀ``, and raises :class:`IndefiniteSystemError` otherwise.
+    ``λ + (L−1)μᵢ`` and ``λ − μᵢ``); every solve proves this first and raises
+    :class:`IndefiniteSystemError` otherwise: a direct solve by factoring the deviation
+    capacitance ``λI − ÂÂᵀ`` (float64), a CG solve by ``‖Â‖_F² < λ`` where that bound
+    suffices, else by the Cholesky factor of the same capacitance alone.
     Immutable: build a new operator for new embeddings.
 
     Parameters
@@ -76,31 +80,58 @@ class PottsOperator(GCRFOperator):
         # (J − I) Q: every label receives the other labels' products (Eq. 16).
         return self.xp.sum(Q, axis=-2, keepdims=True) - Q
 
-    def _deviation_inverse(self, gram: Any) -> ShiftedLowRankInverse | None:
-        """The factored ``λI − ÂᵀÂ``: it exists iff λ > ‖Â‖₂² (None for L = 1)."""
-        if self.num_rows == 1:
-            return None
-        inverse = ShiftedLowRankInverse.factor_from_gram(self.xp, self.U, self.lam, -1.0, gram)
-        if inverse is None:
-            self._raise_indefinite(gram)
-        return inverse
-
     def _factorize(self) -> PottsFactorization:
-        gram = small_gram(self.xp, self.U, self.embedding_name)
-        deviation = self._deviation_inverse(gram)
+        # Memory: the working Gram, one float64 D×D array while factoring, and two factors in
+        # the working dtype. The deviation goes first, factored in float64 (its
+        # κ = λ/(λ − μ_max) is unbounded, and the factor must decide λ > μ_max): that bounds
+        # the class sum's κ = (λ + (L−1)μ_max)/λ below L, safe to factor in the working
+        # dtype, in the Gram's own memory.
+        xp = self.xp
+        gram = working_gram(xp, self.U, self.embedding_name)
+        deviation = None
+        if self.num_rows > 1:
+            deviation = ShiftedLowRankInverse.factor_from_gram(
+                xp,
+                self.U,
+                self.lam,
+                -1.0,
+                xp.astype(gram, xp.float64),
+                overwrite=True,
+                hold=self.dtype,
+            )
+            if deviation is None:
+                self._raise_indefinite(gram)
         total = ShiftedLowRankInverse.factor_from_gram(
-            self.xp, self.U, self.lam, float(self.num_rows - 1), gram
+            xp, self.U, self.lam, float(self.num_rows - 1), gram, overwrite=True
         )
         if total is None:
-            self._raise_indefinite(gram)
-        return PottsFactorization(self.xp, total, deviation, self.num_rows)
+            self._raise_indefinite(working_gram(xp, self.U, self.embedding_name))
+        return PottsFactorization(xp, total, deviation, self.num_rows)
 
     def _certify(self) -> Factorization:
-        gram = small_gram(self.xp, self.U, self.embedding_name)
-        return Factorization(self._token, certificate=self._deviation_inverse(gram))
+        """Prove λ > ‖Â‖₂² for a CG solve: by ``‖Â‖_F² < λ`` where that bound suffices (one
+        pass over Â), else by the Cholesky factor of ``λI − ÂÂᵀ`` alone (no inverse)."""
+        xp = self.xp
+        if self.num_rows == 1 or self._frobenius_certifies():
+            return Factorization(self._token, certificate="frobenius")
+        gram = working_gram(xp, self.U, self.embedding_name)
+        capacitance = shifted_gram(xp, xp.astype(gram, xp.float64), self.lam, -1.0, overwrite=True)
+        if cholesky_lower(xp, capacitance) is None:
+            self._raise_indefinite(gram)
+        return Factorization(self._token, certificate="cholesky")
+
+    def _frobenius_certifies(self) -> bool:
+        """Whether ``‖Â‖_F² (1 + γ) < λ`` for every system, with γ = 2(D + P)ε bounding the
+        rounding of the sum of squares in the working dtype: then ``‖Â‖₂² ≤ ‖Â‖_F² < λ``."""
+        xp = self.xp
+        U = self.U
+        frobenius = xp.sum(xp.vecdot(U, U, axis=-1), axis=-1)
+        gamma = 2.0 * (U.shape[-2] + U.shape[-1]) * float(xp.finfo(U.dtype).eps)
+        return bool(to_host(xp, xp.all(frobenius * (1.0 + gamma) < self.lam)))
 
     def _mu_max(self, gram: Any) -> Any:
-        return self.xp.max(self.xp.linalg.eigvalsh(gram), axis=-1)
+        xp = self.xp
+        return xp.max(xp.linalg.eigvalsh(xp.astype(gram, xp.float64)), axis=-1)
 
     def _raise_indefinite(self, gram: Any) -> None:
         xp = self.xp

@@ -20,6 +20,7 @@ from typing import Any
 from array_api_compat import device
 
 from .cg import inner
+from .fused import to_host
 
 #: ``correct(x, r, rr, active, budget, first) -> (x, steps)``: improve the active systems.
 Correction = Callable[[Any, Any, Any, Any, int, bool], tuple[Any, Any]]
@@ -66,12 +67,14 @@ def residual_correction(
             r = b - matvec(x)
         rr = inner(xp, r, r)
         active = rr > tol2
-        if used >= budget or not bool(xp.any(active)):
+        if used >= budget or not bool(to_host(xp, xp.any(active))):
             break
-        if previous is not None and not bool(xp.any(active & (rr < 0.25 * previous))):
-            break
+        if previous is not None:
+            progress = xp.any(active & (rr < 0.25 * previous))
+            if not bool(to_host(xp, progress)):
+                break
         x, steps = correct(x, r, rr, active, budget - used, previous is None)
         iterations = iterations + steps
-        used += int(xp.max(steps))
+        used += int(to_host(xp, xp.max(steps)))
         previous = rr
     return x, iterations, rr

@@ -76,3 +76,36 @@ def test_cupy_potts_indefinite_is_detected(method):
         lg.solve_potts(
             cp.asarray(Ahat), cp.asarray(rng.standard_normal((3, 10))), 0.5 * mu, method=method
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["cg", "direct"])
+@pytest.mark.parametrize("potts", [False, True], ids=["general", "potts"])
+def test_cupy_solve_makes_no_implicit_transfer(method, potts):
+    """Every device→host read of a solve and its VJP is explicit (lowrank_gcrf.fused.to_host:
+    convergence flags, iteration counts), so they run under CuPy's transfer guard set to
+    "disallow" and give the answers they give without it."""
+    cp = _cupy()
+    guard = getattr(cp.cuda, "transfer_guard", None)
+    if guard is None:
+        pytest.skip("this CuPy has no cupy.cuda.transfer_guard")
+    if potts:
+        system = make_potts_system(
+            1, rank=16, pixels=100, labels=5, kappa=100.0, batch_shape=(2,), per_batch_lam=True
+        )
+        solve, vjp = lg.solve_potts, lg.solve_potts_vjp
+    else:
+        system = make_general_system(
+            1, rank=16, n=300, kappa=100.0, batch_shape=(2,), per_batch_lam=True
+        )
+        solve, vjp = lg.solve, lg.solve_vjp
+    U, b, lam = (cp.asarray(a) for a in (system.embeddings, system.b, system.lam))
+    gx = cp.ones_like(b)
+    x_free = solve(U, b, lam, method=method, rtol=1e-10)
+    with guard("disallow"):
+        x, info = solve(U, b, lam, method=method, rtol=1e-10, return_info=True)
+        grads = vjp(U, x, gx, lam, method=method, rtol=1e-10)
+    assert bool(cp.all(info.converged).get())
+    np.testing.assert_array_equal(x.get(), x_free.get())
+    for g, g_free in zip(grads, vjp(U, x_free, gx, lam, method=method, rtol=1e-10), strict=True):
+        np.testing.assert_array_equal(g.get(), g_free.get())
