@@ -60,8 +60,11 @@ def test_scene_shapes_and_label_ranges(kind):
         digits = set(np.unique(labels)) - {0}
         if kind == "digits":
             assert 1 <= len(digits) <= 4  # distinct classes, one per digit
-        else:
+        elif kind == "consensus":
             assert len(digits) == 1  # every digit of a consensus scene shares its class
+        else:
+            classes = {int(d) - 1 for d in digits}  # partner classes come in pairs
+            assert len(classes) in (2, 4) and {scenes.partner(c) for c in classes} == classes
     assert 0.0 < (batch.labels > 0).mean() < 0.2  # thin strokes on a large background
 
 
@@ -102,6 +105,8 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch):
     assert {"unary", "control"} < set(names)
     assert any(n.startswith("general-") for n in names)
     assert any(n.startswith("potts-") for n in names)
+    assert any(n.startswith("attractive-") for n in names)
+    assert any(n.startswith("signed-") for n in names)
     for kind in config.QUICK.datasets:
         rows = run["summary"][kind]
         assert list(rows) == names
@@ -110,8 +115,11 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch):
             assert all(0.0 <= v <= 100.0 and math.isfinite(v) for v in row["miou"])
             assert row["params"] > 0
     assert rows["control"]["params"] >= max(
-        rows[n]["params"] for n in names if n.startswith(("general", "potts"))
+        rows[n]["params"] for n in names if n.startswith(config.GCRF_KINDS)
     )
+    targets = run["attractive_targets"]
+    assert set(targets) == {"consensus", "tied"}
+    assert targets["consensus"]["met"] == (targets["consensus"]["worst_seed_gain"] >= 5.0)
     for kind in config.QUICK.datasets:
         oracles = run["oracles"][kind]
         assert list(oracles) == list(report.ORACLE_NAMES)
@@ -124,6 +132,7 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch):
     begin, _ = results_writer.markers(cli.JOB)
     assert text.count(begin) == 1
     assert "### DigitScenes" in text and "### ConsensusScenes" in text
+    assert "### TiedScenes" in text and "attractive beats Potts on TiedScenes" in text
     assert "| unary |" in text and "smoke run" in text
     assert "](results/reproduce_pairwise.png)" in text  # figures linked beside the section
     assert "ground-truth embeddings" in text and "target, dense general" in report.console_summary(

@@ -21,7 +21,15 @@ from tqdm import tqdm
 
 from ..results_writer import Destination, destination, write_section
 from .config import DATASET_NAMES, DEFAULT, GCRF_KINDS, QUICK, Config, variants
-from .evaluation import mean_iou, oracle_miou, predict, summarise, target_met, time_variant
+from .evaluation import (
+    attractive_targets,
+    mean_iou,
+    oracle_miou,
+    predict,
+    summarise,
+    target_met,
+    time_variant,
+)
 from .figures import pairwise_figure, qualitative_figure
 from .networks import parameter_count
 from .report import console_summary, markdown_section
@@ -100,6 +108,7 @@ def _run(config: Config, where: Destination, quick: bool, progress: bool) -> dic
         "threads": torch.get_num_threads(),
         "summary": summary,
         "target": {kind: target_met(summary, kind) for kind in GCRF_KINDS},
+        "attractive_targets": attractive_targets(summary),
         "timings": timings,
         "oracles": oracles,
         "figures": FIGURES,

@@ -152,3 +152,49 @@ def best_variant(summary: dict[str, dict], kind: str) -> tuple[str, str, dict]:
         ),
         key=lambda item: item[2]["margin"],
     )
+
+
+def attractive_targets(summary: dict[str, dict]) -> dict[str, dict]:
+    """The attractive model's two targets, with the numbers that decide them.
+
+    ``consensus``: some attractive variant beats the unary network and the control in every
+    seed by ≥ :data:`TARGET_MARGIN` mIoU on ConsensusScenes (per seed, over the better
+    baseline). ``tied``: the best attractive variant beats the best Potts variant on
+    TiedScenes on average (and the seeds it wins are counted). Absent datasets are skipped.
+    """
+    targets: dict[str, dict] = {}
+    if "consensus" in summary:
+        rows = summary["consensus"]
+        pairs = zip(rows["unary"]["miou"], rows["control"]["miou"], strict=True)
+        baseline = [max(u, c) for u, c in pairs]
+        gains = {
+            name: min(v - b for v, b in zip(row["miou"], baseline, strict=True))
+            for name, row in rows.items()
+            if name.startswith("attractive")
+        }
+        name = max(gains, key=gains.get)
+        targets["consensus"] = {
+            "variant": name,
+            "worst_seed_gain": gains[name],
+            "met": gains[name] >= TARGET_MARGIN,
+        }
+    if "tied" in summary:
+        rows = summary["tied"]
+
+        def best(kind: str) -> str:
+            return max((n for n in rows if n.startswith(kind)), key=lambda n: rows[n]["mean"])
+
+        attractive, potts = best("attractive"), best("potts")
+        wins = sum(
+            a > p for a, p in zip(rows[attractive]["miou"], rows[potts]["miou"], strict=True)
+        )
+        gain = rows[attractive]["mean"] - rows[potts]["mean"]
+        targets["tied"] = {
+            "variant": attractive,
+            "potts": potts,
+            "gain": gain,
+            "seeds_won": wins,
+            "seeds": len(rows[potts]["miou"]),
+            "met": gain > 0,
+        }
+    return targets

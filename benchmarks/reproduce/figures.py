@@ -120,24 +120,25 @@ def _largest(models: dict[str, SegmentationNet], kind: str) -> SegmentationNet:
 def qualitative_figure(
     models: dict[str, dict[str, SegmentationNet]], data: dict[str, Data], count: int, path: Path
 ) -> None:
-    """Fig. 5: image, unary, general G-CRF, Potts G-CRF and ground truth on test scenes."""
+    """Fig. 5: image, unary, general, Potts and attractive G-CRFs and ground truth."""
     import matplotlib.pyplot as plt
 
     rows = [(kind, i) for kind in models for i in range(count)]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(9, 1.9 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 6, figsize=(10.8, 1.9 * len(rows)), squeeze=False)
     for axis_row, (kind, i) in zip(axes, rows, strict=True):
         image = data[kind].test_images[i : i + 1]
         shown = [
             models[kind]["unary"],
             _largest(models[kind], "general"),
             _largest(models[kind], "potts"),
+            _largest(models[kind], "attractive"),
         ]
         axis_row[0].imshow(image[0].permute(1, 2, 0).numpy())
         axis_row[0].set_title(DATASET_NAMES[kind], fontsize=8)
         axis_row[0].axis("off")
-        for axis, model in zip(axis_row[1:4], shown, strict=True):
+        for axis, model in zip(axis_row[1:5], shown, strict=True):
             _show_labels(axis, model(image).argmax(1)[0].numpy(), model.variant.name)
-        _show_labels(axis_row[4], data[kind].test_labels[i].numpy(), "ground truth")
+        _show_labels(axis_row[5], data[kind].test_labels[i].numpy(), "ground truth")
     _legend(fig)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=110)

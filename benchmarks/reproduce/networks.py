@@ -1,8 +1,9 @@
 """The networks: a small convolutional unary network plus a control branch or a G-CRF.
 
 A unary network gives scores b, a parallel embedding network (the paper's "resnet-pw")
-gives the embeddings, and the dense G-CRF layer outputs x = M⁻¹ b (general or Potts model).
-The embeddings are rescaled so that every system stays well conditioned.
+gives the embeddings, and the dense G-CRF layer outputs x = M⁻¹ b: general ``λI + AᵀA``,
+Potts, attractive ``λI − ΓᵀΓ`` (label-dependent Γ) or signed ``λI + AᵀA − ΓᵀΓ``. The
+embeddings are rescaled so that every system stays positive definite and well conditioned.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def potts_embeddings(raw: Tensor, lam: float, margin: float) -> Tensor:
-    """Rescale Potts embeddings (B, D, H, W) so that ‖Â‖₂² < ``margin``·λ, differentiably.
+def spectral_bounded(raw: Tensor, lam: float, margin: float) -> Tensor:
+    """Rescale embeddings (B, D, ...) so that ‖Â‖₂² < ``margin``·λ, differentiably.
+
+    Â is the (D, n) matrix of one image's embeddings: Potts (B, D, H, W) or attractive
+    (B, E, L, H, W), whose Γ must satisfy the same bound.
 
     With μ = ‖Â‖₂² (top eigenvalue of the D×D Gram ÂÂᵀ), Â ← Â / √(1 + μ/(ρλ)) maps μ to
     ρλ·μ/(ρλ + μ) < ρλ: small embeddings pass unchanged and the layer never meets an
@@ -64,11 +68,10 @@ def potts_embeddings(raw: Tensor, lam: float, margin: float) -> Tensor:
     within one object is amplified by 1/(λ − μ_object): a Frobenius bound would make the
     objects of one scene share a single budget and weaken pooling in every one of them.
     """
-    batch, dim, height, width = raw.shape
-    flat = raw.reshape(batch, dim, height * width)
+    flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
     top = torch.linalg.eigvalsh(flat @ flat.transpose(1, 2))[:, -1]
     scale = torch.rsqrt(1.0 + top.clamp_min(0.0) / (margin * lam))
-    return raw * scale[:, None, None, None]
+    return raw * scale.reshape(-1, *[1] * (raw.ndim - 1))
 
 
 def general_embeddings(raw: Tensor, lam: float, kappa: float) -> Tensor:
@@ -112,19 +115,30 @@ class SegmentationNet(nn.Module):
             shrink_last_layer(self.branch, EMBEDDING_INIT)
             self.crf = DenseGCRF(
                 lam=config.lam,
-                potts=variant.kind == "potts",
+                # the attractive model is the signed one without A
+                model="signed" if variant.kind == "attractive" else variant.kind,
+                attractive_dim=attractive_dim(variant),
                 method="auto",
                 rtol=config.solver_rtol,
             )
 
     def embeddings(self, features: Tensor) -> Tensor:
-        """Rescaled embeddings: (B, D, h, w) Potts, (B, D, L, h, w) general."""
+        """Rescaled embeddings: (B, D, h, w) Potts, (B, C, L, h, w) otherwise (C = D general,
+        E attractive, D + E signed, the repulsive channels first)."""
         raw = self.branch(features)
+        config = self.config
         if self.variant.kind == "potts":
-            return potts_embeddings(raw, self.config.lam, self.config.potts_margin)
-        batch, _, height, width = raw.shape
-        raw = raw.reshape(batch, self.variant.dim, NUM_CLASSES, height, width)
-        return general_embeddings(raw, self.config.lam, self.config.general_kappa)
+            return spectral_bounded(raw, config.lam, config.potts_margin)
+        batch, channels, height, width = raw.shape
+        raw = raw.reshape(batch, channels // NUM_CLASSES, NUM_CLASSES, height, width)
+        attractive = attractive_dim(self.variant) or 0
+        repulsive = raw.shape[1] - attractive
+        parts = []
+        if repulsive:
+            parts.append(general_embeddings(raw[:, :repulsive], config.lam, config.general_kappa))
+        if attractive:
+            parts.append(spectral_bounded(raw[:, repulsive:], config.lam, config.potts_margin))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def low_res(self, images: Tensor) -> dict[str, Tensor]:
         """Unary scores, embeddings (G-CRF) and final scores at stride 2."""
@@ -154,8 +168,16 @@ def branch_parameters(variant: Variant, config: Config) -> int:
 
 
 def embedding_channels(variant: Variant) -> int:
-    """Output channels of a G-CRF variant's embedding branch: D (Potts) or D·L (general)."""
-    return variant.dim if variant.kind == "potts" else variant.dim * NUM_CLASSES
+    """Output channels of a G-CRF variant's embedding branch: D (Potts), D·L (general),
+    E·L (attractive) or 2D·L (signed, D = E)."""
+    if variant.kind == "potts":
+        return variant.dim
+    return (2 if variant.kind == "signed" else 1) * variant.dim * NUM_CLASSES
+
+
+def attractive_dim(variant: Variant) -> int | None:
+    """E, the attractive channels of the layer (None for the general and Potts models)."""
+    return variant.dim if variant.kind in ("attractive", "signed") else None
 
 
 def control_width(config: Config) -> int:

@@ -3,15 +3,20 @@
 Real handwritten digits (``sklearn.datasets.load_digits``, 8×8 sprites) are upsampled and
 pasted in colour over real grayscale textures (``skimage.data.grass``, ``gravel``,
 ``brick``). Every pixel of a digit stroke carries the digit's class (1–10); everything else,
-including distractors, is background (0). Two datasets:
+including distractors, is background (0). Three datasets:
 
 * **DigitScenes** — 2–4 digits of different classes, each in its own colour. A unary network
   with a receptive field of a few pixels sees only a piece of a stroke, which fits many
   digits; the class is legible only from the whole digit.
 * **ConsensusScenes** — 3–4 digits that all share one class, two of them degraded (blurred,
   faded to low contrast, half erased): only pooling evidence across objects recovers them.
+* **TiedScenes** — one or two pairs of *partner* classes (0–1, 2–3, 4–5, 6–7, 8–9: the
+  classes of a pair always appear together, one digit each), one digit of every pair
+  degraded. Evidence for one class is evidence for its partner elsewhere in the scene; the
+  digits of a scene have different classes, so a model that pools evidence per label (Potts)
+  finds nothing to pool across digits, while label-dependent embeddings can tie the labels.
 
-Both add clutter (small stroke fragments cut from other digits, in random colours) and
+All add clutter (small stroke fragments cut from other digits, in random colours) and
 occluding bars, labelled background, and Gaussian noise. Train and test scenes use disjoint
 digit sprites and disjoint halves of each texture, so test scores measure generalisation
 to unseen handwriting. Everything is generated from a seed, in seconds.
@@ -31,8 +36,8 @@ from sklearn.datasets import load_digits
 
 #: background + the ten digit classes
 NUM_CLASSES = 11
-#: the two datasets
-KINDS = ("digits", "consensus")
+#: the three datasets
+KINDS = ("digits", "consensus", "tied")
 #: fraction of each digit class's sprites reserved for training (the rest are test sprites)
 TRAIN_FRACTION = 0.6
 #: fixed seed of the sprite split, so that every run shares one train/test partition
@@ -277,6 +282,26 @@ def _consensus_scene(builder: _SceneBuilder) -> None:
         builder.add_digit(digit, hue, degradation.get(index))
 
 
+def partner(digit: int) -> int:
+    """The class tied to ``digit`` in TiedScenes: 0–1, 2–3, 4–5, 6–7, 8–9."""
+    return digit ^ 1
+
+
+def _tied_scene(builder: _SceneBuilder) -> None:
+    pairs = int(builder.rng.integers(1, 3))
+    firsts = 2 * builder.rng.choice(5, size=pairs, replace=False)
+    hues = builder._hues(2 * pairs)
+    kinds = builder.rng.choice(["blur", "faint", "erased"], size=pairs)
+    for index, first in enumerate(firsts.tolist()):
+        degraded = int(builder.rng.integers(2))
+        for member, digit in enumerate((first, partner(first))):
+            degradation = str(kinds[index]) if member == degraded else None
+            builder.add_digit(digit, hues[2 * index + member], degradation)
+
+
+_COMPOSERS = {"digits": _digit_scene, "consensus": _consensus_scene, "tied": _tied_scene}
+
+
 def make_scenes(
     kind: str, count: int, split: str, seed: int, config: SceneConfig | None = None
 ) -> Scenes:
@@ -284,8 +309,8 @@ def make_scenes(
 
     Parameters
     ----------
-    kind : {"digits", "consensus"}
-        DigitScenes or ConsensusScenes.
+    kind : {"digits", "consensus", "tied"}
+        DigitScenes, ConsensusScenes or TiedScenes.
     count : int
         Number of scenes.
     split : {"train", "test"}
@@ -304,7 +329,7 @@ def make_scenes(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     config = config or SceneConfig()
     rng = np.random.default_rng([seed, KINDS.index(kind), split == "test"])
-    compose = _digit_scene if kind == "digits" else _consensus_scene
+    compose = _COMPOSERS[kind]
     images, labels, ids = [], [], []
     for _ in range(count):
         builder = _SceneBuilder(rng, split, config)
