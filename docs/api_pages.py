@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pathlib
+import sys
 from types import ModuleType
+
+from sphinx.pycode import ModuleAnalyzer
 
 KINDS = ("Functions", "Classes", "Exceptions and warnings", "Constants")
 
@@ -39,6 +42,20 @@ def kind_of(obj: object) -> str:
     return "Constants"
 
 
+def constant_doc(module: ModuleType, name: str) -> list[str]:
+    """The ``#:`` comment above the assignment of constant ``name`` in the package's modules
+    (autosummary would show the docstring of the value's type instead)."""
+    package = module.__name__.split(".")[0]
+    for candidate in sorted(m for m in sys.modules if m.split(".")[0] == package):
+        try:
+            docs = ModuleAnalyzer.for_module(candidate).find_attr_docs()
+        except Exception:  # compiled or source-less modules have no attribute comments
+            continue
+        if ("", name) in docs:
+            return [line for line in docs[("", name)] if line]
+    raise LookupError(f"public constant {module.__name__}.{name} has no #: doc comment")
+
+
 def module_page(module: ModuleType) -> str:
     """reST of one module's page: its docstring, then an autosummary table per kind."""
     name = module.__name__
@@ -51,7 +68,14 @@ def module_page(module: ModuleType) -> str:
     for kind, names in groups.items():
         if not names:
             continue
-        lines += [kind, "-" * len(kind), "", ".. autosummary::", "   :toctree: generated", ""]
+        lines += [kind, "-" * len(kind), ""]
+        if kind == "Constants":
+            for public in names:
+                value = repr(getattr(module, public))
+                lines += [f".. data:: {public}", f"   :value: {value}", ""]
+                lines += [f"   {line}" for line in constant_doc(module, public)] + [""]
+            continue
+        lines += [".. autosummary::", "   :toctree: generated", ""]
         lines += [f"   {public}" for public in names]
         lines.append("")
     return "\n".join(lines)

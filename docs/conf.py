@@ -24,6 +24,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS))
 
+import sphinx.ext.autosummary  # noqa: E402
 from api_pages import write_api_pages  # noqa: E402
 
 import lowrank_gcrf  # noqa: E402
@@ -87,6 +88,9 @@ PUBLIC_MODULES = (
 )
 write_api_pages(DOCS / "api", PUBLIC_MODULES)
 
+# The summary tables cut a docstring's first sentence at ". "; the docstrings cite the paper
+# ("Eq. 4–5"), which must not end a sentence.
+sphinx.ext.autosummary.WELL_KNOWN_ABBREVIATIONS += ("Eq.", "Eqs.", "Sec.", "Fig.", "Figs.")
 autosummary_generate = True
 autosummary_imported_members = True
 autodoc_typehints = "none"  # the numpydoc sections state the types
