@@ -16,7 +16,6 @@ from .general import GeneralOperator
 from .info import SolveInfo
 from .operators import Factorization, GCRFOperator
 from .validation import array_namespace, check_embeddings, check_finite
-from .woodbury import small_gram
 
 
 class SignedInverse:
@@ -170,7 +169,7 @@ class SignedOperator(GCRFOperator):
             if dense is None:
                 self._raise_indefinite()
             return SignedInverse(xp, self.U, self.lam, d, None, None, None, dense=dense)
-        gram = small_gram(xp, self.U, self.embedding_name)
+        gram = self._gram()
         repulsive = schur = cross = None
         if d:
             repulsive = cholesky_factor(xp, lam64 * xp.eye(d, dtype=xp.float64) + gram[..., :d, :d])
@@ -191,6 +190,17 @@ class SignedOperator(GCRFOperator):
             if schur is None:
                 self._raise_indefinite()
         return SignedInverse(xp, self.U, self.lam, d, repulsive, schur, cross)
+
+    def _gram(self) -> Any:
+        """``UUᵀ`` in float64, formed from float64 embeddings.
+
+        The Schur complement λH is a difference of nearly equal terms near the definiteness
+        boundary: a Gram rounded to float32 would blur the definiteness test there, and it
+        dominates the error of a float32 exact solve (a float64 Gram cut that error several
+        times over on ill-conditioned float32 systems, see ``docs/maths.md``).
+        """
+        Us = self.xp.astype(self.U, self.xp.float64)
+        return Us @ self.xp.matrix_transpose(Us)
 
     def _dense_term(self) -> Any:
         """``UᵀSU`` (N×N, float64), for D + E ≥ N where it is the smaller matrix."""
@@ -216,7 +226,7 @@ class SignedOperator(GCRFOperator):
             signed = self._dense_term()
         else:
             signature = xp.astype(self._signature, xp.float64)
-            mu, V = xp.linalg.eigh(small_gram(xp, self.U, self.embedding_name))
+            mu, V = xp.linalg.eigh(self._gram())
             R = V * xp.sqrt(xp.clip(mu, 0.0, None))[..., None, :]
             signed = xp.matrix_transpose(R) @ (R * signature[:, None])
         shifts = xp.linalg.eigvalsh(signed)
