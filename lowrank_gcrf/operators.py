@@ -203,9 +203,9 @@ class GCRFOperator:
     # -- solves ----------------------------------------------------------------------------
 
     def _check_array(self, v: Any, name: str) -> None:
-        """``v`` is a floating array of the operator's array library."""
-        if array_namespace(self._U, v) is not self.xp:
-            raise GCRFError(f"{name} must come from the same array library as the embeddings")
+        """``v`` is a floating array of the operator's array library (``array_namespace``
+        raises a GCRFTypeError for a foreign one)."""
+        array_namespace(self._U, v)
         check_floating(dtype_name(v.dtype), name)
 
     def _prepare(self, v: Any, name: str) -> Any:
@@ -316,9 +316,10 @@ class GCRFOperator:
         residual = xp.where(bnorm > 0, rnorm / xp.where(bnorm > 0, bnorm, 1.0), rnorm * scale)
         info = SolveInfo(
             method=method,
-            iterations=iterations,
-            residual=residual,
-            converged=rnorm <= tol,
+            # asarray: NumPy reduces unbatched results to scalars, which are not arrays.
+            iterations=xp.asarray(iterations),
+            residual=xp.asarray(residual),
+            converged=xp.asarray(rnorm <= tol),
             factorization=factorization,
         )
         return x, scale, info

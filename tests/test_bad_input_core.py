@@ -387,6 +387,15 @@ def test_unbatched_gradients_are_arrays(model):
     assert grads[2].shape == ()
 
 
+@pytest.mark.parametrize("method", ["direct", "cg"])
+def test_unbatched_info_fields_are_arrays(method):
+    """SolveInfo documents its fields as arrays of the batch shape: 0-d for one system."""
+    U, b, lam = system("general")
+    _, info = lg.solve(U, b, lam, method=method, return_info=True)
+    fields = (info.iterations, info.residual, info.converged)
+    assert all(isinstance(f, np.ndarray) and f.shape == () for f in fields), fields
+
+
 # -- mixed libraries ---------------------------------------------------------------------
 
 
