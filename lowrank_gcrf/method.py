@@ -1,19 +1,23 @@
 """Choice of solver method and iteration budgets, from shapes and dtype alone.
 
 ``method="auto"`` never looks at the data (so that a model's cost does not change from
-batch to batch). The rule, from the crossover measured by ``python -m benchmarks.speed`` (see
-benchmarks/RESULTS.md; P = 1681, L = 21, 2-core CPU):
+batch to batch). The rule, from the crossover measured by ``python -m benchmarks.speed`` (its
+"auto crossover" table in benchmarks/RESULTS.md; P = 1681, L = 21, float32, one system, one
+BLAS thread, forward+backward with the backward reusing the forward's factorization):
 
-* Potts: always ``"direct"``. Every Potts solve must establish λ > ‖Â‖₂² first, and the
-  exact check is the Cholesky factorization of the deviation capacitance λI − ÂÂᵀ: once it
-  is paid, the exact solve costs a few more matvecs. Measured: direct 1.4–17× faster than
-  CG at every D and κ.
-* General: ``"direct"`` while the embedding dimension D ≤ ``DIRECT_MAX_RANK``. Measured at
-  κ = 10³: direct 4–12× faster than CG for every D from 16 to 1024 (forward and
-  forward+backward); CG wins only on well-conditioned systems at large D (κ = 10,
-  D = 1024: up to 2.6× on the forward pass), a smaller gain than what it loses otherwise.
-  Above D = 1024 the Gram ``AAᵀ`` (2D²N flops) grows past the CG iterations of a
-  reasonably conditioned system (4DN flops each), so ``"cg"`` (not measured there).
+* Potts: always ``"direct"``. Every Potts solve must establish λ > ‖Â‖₂² first; unless the
+  cheap bound ‖Â‖_F² < λ settles it, that takes the Gram ÂÂᵀ and the Cholesky factor of
+  λI − ÂÂᵀ, after which the exact solve costs one more small factorization and a few
+  matvecs. Measured CG/direct time: 1.1 (D = 1024, κ = 10, forward) to 23; 1.7 to 26
+  forward+backward — direct is never slower.
+* General: ``"direct"`` while the embedding dimension D ≤ ``DIRECT_MAX_RANK``, else
+  ``"cg"``. Measured at κ = 10³: direct 3.8–19× faster than CG for every D from 16 to
+  1024 (float64; in float32 CG does not reach rtol = 1e-5 there above D = 256). CG wins
+  only on well-conditioned systems at large D (κ = 10, float32: CG/direct 0.69 at D = 512
+  and 0.39 at D = 1024 forward, 0.98 and 0.57 forward+backward), by less than it loses on
+  ill-conditioned ones, whose CG iterations grow with √κ up to D + 1. Above D = 1024 the
+  Gram ``AAᵀ`` (2D²N flops) outgrows the CG iterations of a reasonably conditioned system
+  (4DN flops each), so ``"cg"``.
 """
 
 from __future__ import annotations
