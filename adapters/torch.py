@@ -474,3 +474,65 @@ class GCRFHead(nn.Module):
                 batch, self.sizes.embed_dim, self.sizes.num_labels, *spatial
             )
         return self.crf(self.unary(features), embeddings)
+
+
+# --- refine: class probabilities refined with the image (lowrank_gcrf.refine) --------------
+
+
+def refine(
+    probs: Tensor,
+    image: Tensor,
+    *,
+    logits: bool = False,
+    spatial_dims: int = 2,
+    method: str = "direct",
+    **parameters: Any,
+) -> Tensor:
+    """:func:`lowrank_gcrf.refine.refine` on tensors, differentiable with respect to ``probs``.
+
+    The embeddings Â come from the image through the core, without gradient (the image is
+    data); the solve is :func:`potts_solve`, so ``∂L/∂probs`` flows through the exact Potts
+    solve and the softmax.
+
+    Parameters
+    ----------
+    probs : Tensor (..., L, *spatial)
+        Class probabilities, or scores with ``logits=True``.
+    image : Tensor (..., C, *spatial)
+        uint8, or floating on the 0–255 scale; the batch and spatial shape of ``probs``, on
+        its device.
+    logits, spatial_dims, method
+        As for :func:`lowrank_gcrf.refine.refine`.
+    **parameters
+        Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
+        ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
+        ``lam``, ``approximation``, ``normalization``).
+
+    Returns
+    -------
+    Tensor like ``probs``
+        Refined probabilities, ``softmax`` of the Potts MAP scores over the label axis.
+    """
+    from lowrank_gcrf.refine import (
+        PROB_FLOOR,
+        SOLVE_RTOL,
+        RefineParameters,
+        check_refine_inputs,
+        refine_embeddings,
+    )
+
+    params = RefineParameters(**parameters)
+    with _core_stream(probs.device):
+        core_probs, core_image = _to_core(probs), _to_core(image)
+        shape = check_refine_inputs(
+            core_probs, core_image, spatial_dims=spatial_dims, logits=logits
+        )
+        Ahat = torch.from_dlpack(
+            refine_embeddings(core_image, params, spatial_dims=spatial_dims, dtype=shape.compute)
+        )
+    scores = probs.to(torch.float64 if probs.dtype == torch.float64 else torch.float32)
+    if not logits:
+        scores = torch.log(scores.clamp_min(PROB_FLOOR))
+    b = scores.reshape(Ahat.shape[0], shape.num_labels, Ahat.shape[-1])
+    x = potts_solve(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
+    return torch.softmax(x, dim=1).reshape(probs.shape).to(probs.dtype)
