@@ -302,6 +302,18 @@ def gcrf_solve(A: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
         The core's errors: with their own type eagerly, as ``tf.errors.InvalidArgumentError``
         with the core's message inside ``tf.function``; :class:`XLAUnsupportedError` under
         ``jit_compile=True``.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import gcrf_solve
+    >>> A = tf.random.normal((4, 30)) / 4
+    >>> b = tf.random.normal((30,))
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(A)
+    ...     loss = tf.reduce_sum(gcrf_solve(A, b, 1.0))
+    >>> tape.gradient(loss, A).shape
+    TensorShape([4, 30])
     """
     return _solve("general", A, b, lam, check_solver_kwargs(solver_kwargs))
 
@@ -330,6 +342,14 @@ def potts_solve(Ahat: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
     ------
     lowrank_gcrf.GCRFError
         As for :func:`gcrf_solve`.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import potts_solve
+    >>> Ahat = tf.random.normal((4, 20)) / 10
+    >>> potts_solve(Ahat, tf.random.normal((3, 20)), 1.0).shape
+    TensorShape([3, 20])
     """
     return _solve("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
 
@@ -359,6 +379,14 @@ def signed_solve(A: Any, Gamma: Any, b: Any, lam: Any, **solver_kwargs: Any) -> 
     ------
     lowrank_gcrf.GCRFError
         As for :func:`gcrf_solve`.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import signed_solve
+    >>> A, Gamma = tf.random.normal((4, 30)) / 4, tf.random.normal((2, 30)) / 10
+    >>> signed_solve(A, Gamma, tf.random.normal((30,)), 1.0).shape
+    TensorShape([30])
     """
     A, Gamma = (None if t is None else tf.convert_to_tensor(t) for t in (A, Gamma))
     # Static shapes: D must be known while tracing (it splits the stacked gradient).
@@ -380,6 +408,15 @@ def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float) -> tf.Tensor:
 
     As :func:`lowrank_gcrf.adapters.torch.pd_scaled`: the exact ``‖Â‖₂²`` from the D×D Gram
     (``eigvalsh`` in float64), factor ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import pd_scaled
+    >>> Ahat = pd_scaled(tf.random.normal((4, 20)), 1.0, 0.9)
+    >>> bool(np.linalg.norm(Ahat.numpy(), 2) ** 2 <= 0.9 + 1e-5)
+    True
     """
     wide = tf.cast(Ahat, tf.float64)  # a half-precision or huge float32 Gram would overflow
     gram = tf.matmul(wide, wide, transpose_b=True)
@@ -505,6 +542,16 @@ class DenseGCRF(keras.layers.Layer):
     1 to 3 spatial dimensions. B and the spatial sizes may be unknown while tracing (fully
     convolutional models). The layer cannot be XLA-compiled (``supports_jit = False``); λ
     stays float32 under a mixed-precision policy.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import DenseGCRF
+    >>> crf = DenseGCRF(lam=1.0, model="potts", data_format="channels_last")
+    >>> unary = tf.random.normal((2, 8, 8, 3))          # (B, H, W, L)
+    >>> embeddings = tf.random.normal((2, 8, 8, 4))     # (B, H, W, D)
+    >>> crf(unary, embeddings).shape
+    TensorShape([2, 8, 8, 3])
     """
 
     def __init__(
@@ -681,6 +728,14 @@ class GCRFHead(keras.layers.Layer):
     -----
     Features (B, *spatial, C) in, MAP scores (B, *spatial, L) out (channels first:
     (B, C, *spatial) and (B, L, *spatial)), with 1 to 3 spatial dimensions.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import GCRFHead
+    >>> head = GCRFHead(num_labels=3, embed_dim=4, data_format="channels_last")
+    >>> head(tf.random.normal((2, 8, 8, 16))).shape    # features (B, H, W, C)
+    TensorShape([2, 8, 8, 3])
     """
 
     def __init__(
@@ -782,7 +837,7 @@ def refine(
     method: str = "direct",
     **parameters: Any,
 ) -> tf.Tensor:
-    """:func:`lowrank_gcrf.refine.refine` on tensors, differentiable with respect to ``probs``.
+    """:func:`lowrank_gcrf.refine` on tensors, differentiable with respect to ``probs``.
 
     The embeddings Â come from the image through the core, without gradient (the image is
     data): directly in eager mode, through ``tf.py_function`` in a graph (the static shape
@@ -796,7 +851,7 @@ def refine(
     image : Tensor (..., C, *spatial)
         uint8, or floating on the 0–255 scale; the batch and spatial shape of ``probs``.
     logits, spatial_dims, method
-        As for :func:`lowrank_gcrf.refine.refine`.
+        As for :func:`lowrank_gcrf.refine`.
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
@@ -806,6 +861,15 @@ def refine(
     -------
     Tensor like ``probs``
         Refined probabilities, ``softmax`` of the Potts MAP scores over the label axis.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import refine
+    >>> probs = tf.nn.softmax(tf.random.normal((4, 32, 32)), axis=0)            # (L, H, W)
+    >>> image = tf.random.uniform((3, 32, 32), maxval=256, dtype=tf.int32)
+    >>> refine(probs, tf.cast(image, tf.uint8)).shape
+    TensorShape([4, 32, 32])
     """
     from lowrank_gcrf.refine import (
         PROB_FLOOR,

@@ -172,6 +172,17 @@ def gcrf_solve(A: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: Any) 
     ------
     lowrank_gcrf.GCRFError
         The core's errors, unchanged (bad shapes, λ ≤ 0, non-convergence, ...).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import gcrf_solve
+    >>> A = (torch.randn(4, 30, dtype=torch.float64) / 4).requires_grad_()
+    >>> b = torch.randn(30, dtype=torch.float64)
+    >>> x = gcrf_solve(A, b, 1.0)
+    >>> x.sum().backward()
+    >>> A.grad.shape
+    torch.Size([4, 30])
     """
     return _solve("general", A, b, lam, check_solver_kwargs(solver_kwargs))
 
@@ -201,6 +212,17 @@ def potts_solve(Ahat: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: A
     ------
     lowrank_gcrf.GCRFError
         The core's errors, unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import potts_solve
+    >>> Ahat = torch.randn(4, 20) / 10
+    >>> lam = torch.tensor(1.0, requires_grad=True)
+    >>> x = potts_solve(Ahat, torch.randn(3, 20), lam)
+    >>> x.sum().backward()
+    >>> x.shape, lam.grad is not None
+    (torch.Size([3, 20]), True)
     """
     return _solve("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
 
@@ -234,6 +256,14 @@ def signed_solve(
     ------
     lowrank_gcrf.GCRFError
         The core's errors, unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import signed_solve
+    >>> A, Gamma = torch.randn(4, 30) / 4, torch.randn(2, 30) / 10
+    >>> signed_solve(A, Gamma, torch.randn(30), 1.0).shape
+    torch.Size([30])
     """
     parts = [t for t in (A, Gamma) if t is not None]
     if not all(isinstance(t, Tensor) for t in parts):
@@ -253,6 +283,14 @@ def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float) -> Tensor:
     ``‖Â‖₂²`` is the largest eigenvalue of the D×D Gram ``ÂÂᵀ``, exact (``eigvalsh``, in
     float64); the factor is ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``, the identity (with zero
     gradient) where the bound already holds.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import pd_scaled
+    >>> Ahat = pd_scaled(torch.randn(4, 20), 1.0, 0.9)
+    >>> bool(torch.linalg.matrix_norm(Ahat, ord=2) ** 2 <= 0.9 + 1e-6)
+    True
     """
     wide = Ahat.double()  # a half-precision or huge float32 Gram would overflow
     gram = wide @ wide.mT
@@ -312,6 +350,16 @@ class DenseGCRF(nn.Module):
     embeddings (B, D, *spatial) for Potts, (B, D, L, *spatial) general or
     (B, D + E, L, *spatial) signed (A then Γ along the channels); output
     (B, L, *spatial). The embeddings reshape to the core's label-major layout without a copy.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import DenseGCRF
+    >>> crf = DenseGCRF(lam=1.0, model="potts", learn_lam=True)
+    >>> unary = torch.randn(2, 3, 8, 8)                 # (B, L, H, W)
+    >>> embeddings = torch.randn(2, 4, 8, 8)            # (B, D, H, W)
+    >>> crf(unary, embeddings).shape
+    torch.Size([2, 3, 8, 8])
     """
 
     def __init__(
@@ -421,6 +469,16 @@ class GCRFHead(nn.Module):
     Notes
     -----
     Features (B, C, *spatial) in, MAP scores (B, L, *spatial) out.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import GCRFHead
+    >>> head = GCRFHead(16, num_labels=3, embed_dim=4)
+    >>> scores = head(torch.randn(2, 16, 8, 8))        # features (B, C, H, W)
+    >>> scores.sum().backward()
+    >>> scores.shape, head.crf.raw_lam.grad is not None
+    (torch.Size([2, 3, 8, 8]), True)
     """
 
     def __init__(
@@ -488,7 +546,7 @@ def refine(
     method: str = "direct",
     **parameters: Any,
 ) -> Tensor:
-    """:func:`lowrank_gcrf.refine.refine` on tensors, differentiable with respect to ``probs``.
+    """:func:`lowrank_gcrf.refine` on tensors, differentiable with respect to ``probs``.
 
     The embeddings Â come from the image through the core, without gradient (the image is
     data); the solve is :func:`potts_solve`, so ``∂L/∂probs`` flows through the exact Potts
@@ -502,7 +560,7 @@ def refine(
         uint8, or floating on the 0–255 scale; the batch and spatial shape of ``probs``, on
         its device.
     logits, spatial_dims, method
-        As for :func:`lowrank_gcrf.refine.refine`.
+        As for :func:`lowrank_gcrf.refine`.
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
@@ -512,6 +570,17 @@ def refine(
     -------
     Tensor like ``probs``
         Refined probabilities, ``softmax`` of the Potts MAP scores over the label axis.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import refine
+    >>> probs = torch.softmax(torch.randn(4, 32, 32), dim=0).requires_grad_()   # (L, H, W)
+    >>> image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)           # (C, H, W)
+    >>> refined = refine(probs, image)
+    >>> refined[0].sum().backward()                    # gradients reach the probabilities
+    >>> refined.shape, probs.grad.shape
+    (torch.Size([4, 32, 32]), torch.Size([4, 32, 32]))
     """
     from lowrank_gcrf.refine import (
         PROB_FLOOR,

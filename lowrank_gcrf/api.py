@@ -92,6 +92,19 @@ def solve(
         Bad shapes, λ ≤ 0, non-finite inputs; ``ConvergenceError`` above tolerance.
     GCRFTypeError
         Non-floating arrays, or arrays from different libraries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((4, 30)) / 4           # D = 4 embeddings of N = 30 variables
+    >>> b = rng.standard_normal(30)
+    >>> x, info = lg.solve(A, b, 1.0, return_info=True)
+    >>> x.shape, info.method, bool(info.converged)
+    ((30,), 'direct', True)
+    >>> bool(np.allclose(A.T @ (A @ x) + x, b))         # (AᵀA + λI) x = b
+    True
     """
     op = make_operator("general", A, lam)
     kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, x0=x0, on_failure=on_failure)
@@ -137,6 +150,18 @@ def solve_potts(
         λ ≤ ‖Â‖₂², for every method.
     GCRFError, GCRFTypeError
         As for :func:`solve`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> Ahat = rng.standard_normal((4, 20)) / 10         # one embedding per pixel, P = 20
+    >>> b = rng.standard_normal((3, 20))                 # L = 3 labels
+    >>> bool(np.linalg.norm(Ahat, 2) ** 2 < 1.0)          # λ = 1 > ‖Â‖₂²: positive definite
+    True
+    >>> lg.solve_potts(Ahat, b, 1.0).shape
+    (3, 20)
     """
     op = make_operator("potts", Ahat, lam, num_labels=_potts_labels(b, "b"))
     kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, x0=x0, on_failure=on_failure)
@@ -175,6 +200,17 @@ def solve_vjp(
     gA : array (..., D, N)
     gb : array (..., N)
     glam : array (...,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> A, b = rng.standard_normal((4, 30)) / 4, rng.standard_normal(30)
+    >>> x = lg.solve(A, b, 1.0)
+    >>> gA, gb, glam = lg.solve_vjp(A, x, np.ones(30), 1.0)   # gradients of Σx
+    >>> gA.shape, gb.shape, glam.shape
+    ((4, 30), (30,), ())
     """
     op = make_operator("general", A, lam)
     kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure)
@@ -211,6 +247,17 @@ def solve_potts_vjp(
     gAhat : array (..., D, P)
     gb : array (..., L, P)
     glam : array (...,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> Ahat, b = rng.standard_normal((4, 20)) / 10, rng.standard_normal((3, 20))
+    >>> x = lg.solve_potts(Ahat, b, 1.0)
+    >>> gAhat, gb, glam = lg.solve_potts_vjp(Ahat, x, np.ones_like(x), 1.0)
+    >>> gAhat.shape, gb.shape
+    ((4, 20), (3, 20))
     """
     op = make_operator("potts", Ahat, lam, num_labels=_potts_labels(x, "x"))
     kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure)
@@ -263,6 +310,19 @@ def solve_signed(
         eigenvalue and the λ that would make it definite).
     GCRFError, GCRFTypeError
         As for :func:`solve`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> A = rng.standard_normal((4, 30)) / 4             # repulsive
+    >>> Gamma = rng.standard_normal((2, 30)) / 10        # attractive, ‖Γ‖₂² < λ
+    >>> b = rng.standard_normal(30)
+    >>> x = lg.solve_signed(A, Gamma, b, 1.0)
+    >>> M = np.eye(30) + A.T @ A - Gamma.T @ Gamma
+    >>> bool(np.allclose(M @ x, b))
+    True
     """
     op = make_operator("signed", A, lam, attractive=Gamma)
     kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, x0=x0, on_failure=on_failure)
@@ -304,6 +364,17 @@ def solve_signed_vjp(
     gGamma : array (..., E, N), or None when Gamma is None
     gb : array (..., N)
     glam : array (...,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> A, Gamma = rng.standard_normal((4, 30)) / 4, rng.standard_normal((2, 30)) / 10
+    >>> x = lg.solve_signed(A, Gamma, rng.standard_normal(30), 1.0)
+    >>> gA, gGamma, gb, glam = lg.solve_signed_vjp(A, Gamma, x, np.ones(30), 1.0)
+    >>> gA.shape, gGamma.shape, gb.shape
+    ((4, 30), (2, 30), (30,))
     """
     op = make_operator("signed", A, lam, attractive=Gamma)
     kw = dict(method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure)

@@ -22,6 +22,18 @@ class GeneralOperator(GCRFOperator):
         λ > 0.
 
     Vectors (b, x) have shape (..., N).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> op = lg.GeneralOperator(rng.standard_normal((2, 4, 30)) / 4, 1.0)   # a batch of 2
+    >>> op.batch_shape, op.rank
+    ((2,), 4)
+    >>> x, info = op.solve(rng.standard_normal((2, 30)))
+    >>> x.shape, info.residual.shape
+    ((2, 30), (2,))
     """
 
     embedding_name = "A"

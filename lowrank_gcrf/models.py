@@ -64,6 +64,18 @@ def make_operator(
     Returns
     -------
     GCRFOperator
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> op = lg.make_operator("potts", rng.standard_normal((4, 20)) / 10, 1.0, num_labels=3)
+    >>> type(op).__name__, op.rank
+    ('PottsOperator', 4)
+    >>> x, info = op.solve(rng.standard_normal((3, 20)))
+    >>> x.shape, info.method
+    ((3, 20), 'direct')
     """
     if check_model(model) == "signed":
         return SignedOperator(embeddings, attractive, lam)

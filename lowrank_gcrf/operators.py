@@ -182,6 +182,18 @@ class GCRFOperator:
         ------
         IndefiniteSystemError
             M is not positive definite (Potts: λ ≤ ‖Â‖₂²).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import lowrank_gcrf as lg
+        >>> rng = np.random.default_rng(0)
+        >>> op = lg.GeneralOperator(rng.standard_normal((4, 30)) / 4, 1.0)
+        >>> f = op.factor()                                   # factor once ...
+        >>> x1, _ = op.solve(rng.standard_normal(30), factorization=f)
+        >>> x2, info = op.solve(rng.standard_normal(30), factorization=f)   # ... solve many
+        >>> info.method
+        'direct'
         """
         return Factorization(self._token, solver=self._factorize())
 
@@ -273,6 +285,16 @@ class GCRFOperator:
         Raises
         ------
         IndefiniteSystemError, ConvergenceError, GCRFError
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import lowrank_gcrf as lg
+        >>> rng = np.random.default_rng(0)
+        >>> op = lg.GeneralOperator(rng.standard_normal((4, 30)) / 4, 1.0)
+        >>> x, info = op.solve(rng.standard_normal(30), method="cg", rtol=1e-8)
+        >>> info.method, bool(info.residual <= 1e-8)
+        ('cg', True)
         """
         options = solver_options(
             method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure
@@ -428,6 +450,17 @@ class GCRFOperator:
         g_b : array shaped like x
         g_lam : array of the batch shape
         info : SolveInfo of the backward solve
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import lowrank_gcrf as lg
+        >>> rng = np.random.default_rng(0)
+        >>> op = lg.PottsOperator(rng.standard_normal((4, 20)) / 10, 1.0, num_labels=3)
+        >>> x, info = op.solve(rng.standard_normal((3, 20)), method="direct")
+        >>> gAhat, gb, glam, binfo = op.vjp(x, np.ones_like(x), factorization=info.factorization)
+        >>> gAhat.shape, binfo.method                         # the forward's factorization reused
+        ((4, 20), 'direct')
         """
         options = solver_options(
             method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure

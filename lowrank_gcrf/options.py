@@ -71,6 +71,16 @@ def solver_options(
     ------
     GCRFError
         A value out of range; :class:`GCRFTypeError` for a value of the wrong type.
+
+    Examples
+    --------
+    >>> import lowrank_gcrf as lg
+    >>> lg.solver_options(method="cg", rtol=1e-6).as_kwargs()["rtol"]
+    1e-06
+    >>> lg.solver_options(method="lu")
+    Traceback (most recent call last):
+        ...
+    lowrank_gcrf.errors.GCRFError: method must be one of ...
     """
     _choice("method", method, METHODS)
     _choice("on_failure", on_failure, FAILURE_POLICIES)

@@ -52,6 +52,20 @@ class PottsOperator(GCRFOperator):
     lam : float or array of the batch shape (...,)
     num_labels : int
         L; right-hand sides have shape (..., L, P).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> op = lg.PottsOperator(rng.standard_normal((4, 20)) / 10, 1.0, num_labels=3)
+    >>> x, info = op.solve(rng.standard_normal((3, 20)))
+    >>> x.shape, bool(info.converged)
+    ((3, 20), True)
+    >>> lg.PottsOperator(rng.standard_normal((4, 20)), 1.0, num_labels=3).factor()
+    Traceback (most recent call last):
+        ...
+    lowrank_gcrf.errors.IndefiniteSystemError: ...
     """
 
     embedding_name = "Ahat"

@@ -275,8 +275,14 @@ def refine(
 
     Examples
     --------
-    >>> refined = refine(softmax, image)                 # (21, H, W), (3, H, W) uint8
-    >>> labels = refined.argmax(axis=0)
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> image = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)   # (C, H, W), 0–255
+    >>> probs = rng.dirichlet(np.ones(4), size=(32, 32)).transpose(2, 0, 1)   # (L, H, W)
+    >>> refined = lg.refine(probs, image)
+    >>> refined.shape, bool(np.allclose(refined.sum(axis=0), 1.0))
+    ((4, 32, 32), True)
     """
     params = RefineParameters(
         sxy=sxy,

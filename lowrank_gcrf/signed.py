@@ -93,6 +93,17 @@ class SignedOperator(GCRFOperator):
 
     Vectors (b, x) have shape (..., N). Gradients of the embeddings come as one array
     ``[∂L/∂A; ∂L/∂Γ]`` of shape (..., D + E, N); :meth:`split` separates them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> rng = np.random.default_rng(0)
+    >>> A, Gamma = rng.standard_normal((4, 30)) / 4, rng.standard_normal((2, 30)) / 10
+    >>> op = lg.SignedOperator(A, Gamma, 1.0)
+    >>> x, info = op.solve(rng.standard_normal(30))
+    >>> x.shape, bool(info.converged)
+    ((30,), True)
     """
 
     embedding_name = "[A; Gamma]"

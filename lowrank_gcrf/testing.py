@@ -38,14 +38,34 @@ def _lam_column(lam: Any, batch_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def dense_matrix(A: Any, lam: Any) -> np.ndarray:
-    """``AᵀA + λI`` (Eq. 5) in float64, for A of shape (..., D, N) and λ scalar or (...,)."""
+    """``AᵀA + λI`` (Eq. 5) in float64, for A of shape (..., D, N) and λ scalar or (...,).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_gcrf import testing
+    >>> A = np.arange(6.0).reshape(2, 3)
+    >>> testing.dense_matrix(A, 1.0).shape
+    (3, 3)
+    """
     A = np.asarray(A, dtype=np.float64)
     n = A.shape[-1]
     return np.swapaxes(A, -1, -2) @ A + _lam_column(lam, A.shape[:-2]) * np.eye(n)
 
 
 def potts_dense_matrix(Ahat: Any, lam: Any, L: int) -> np.ndarray:
-    """``λI + (J_L − I_L) ⊗ ÂᵀÂ`` (Eq. 12) in float64, label-major, shape (..., LP, LP)."""
+    """``λI + (J_L − I_L) ⊗ ÂᵀÂ`` (Eq. 12) in float64, label-major, shape (..., LP, LP).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_gcrf import testing
+    >>> testing.potts_dense_matrix(np.ones((1, 2)), 3.0, L=2)
+    array([[3., 0., 1., 1.],
+           [0., 3., 1., 1.],
+           [1., 1., 3., 0.],
+           [1., 1., 0., 3.]])
+    """
     Ahat = np.asarray(Ahat, dtype=np.float64)
     P = Ahat.shape[-1]
     K = np.swapaxes(Ahat, -1, -2) @ Ahat
@@ -57,7 +77,16 @@ def potts_dense_matrix(Ahat: Any, lam: Any, L: int) -> np.ndarray:
 
 
 def signed_dense_matrix(A: Any, Gamma: Any, lam: Any) -> np.ndarray:
-    """``λI + AᵀA − ΓᵀΓ`` in float64, for A (..., D, N) and Γ (..., E, N), either None."""
+    """``λI + AᵀA − ΓᵀΓ`` in float64, for A (..., D, N) and Γ (..., E, N), either None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_gcrf import testing
+    >>> testing.signed_dense_matrix(np.ones((1, 2)), np.array([[1.0, 0.0]]), 2.0)
+    array([[2., 1.],
+           [1., 3.]])
+    """
     present = [np.asarray(a, dtype=np.float64) for a in (A, Gamma) if a is not None]
     batch_shape, n = present[0].shape[:-2], present[0].shape[-1]
     M = _lam_column(lam, batch_shape) * np.eye(n)
@@ -69,7 +98,15 @@ def signed_dense_matrix(A: Any, Gamma: Any, lam: Any) -> np.ndarray:
 
 
 def reference_solve(M: np.ndarray, b: Any) -> np.ndarray:
-    """``M⁻¹ b`` by ``scipy.linalg.solve`` in float64, for b (..., n) and M (..., n, n)."""
+    """``M⁻¹ b`` by ``scipy.linalg.solve`` in float64, for b (..., n) and M (..., n, n).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_gcrf import testing
+    >>> testing.reference_solve(2.0 * np.eye(3), np.ones(3))
+    array([0.5, 0.5, 0.5])
+    """
     M = np.asarray(M, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     flat_M = M.reshape(-1, *M.shape[-2:])
@@ -81,7 +118,15 @@ def reference_solve(M: np.ndarray, b: Any) -> np.ndarray:
 
 
 def relative_residual(M: np.ndarray, x: Any, b: Any) -> np.ndarray:
-    """``‖b − Mx‖ / ‖b‖`` per system, in float64."""
+    """``‖b − Mx‖ / ‖b‖`` per system, in float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lowrank_gcrf import testing
+    >>> float(testing.relative_residual(2.0 * np.eye(2), np.array([0.5, 0.5]), np.ones(2)))
+    0.0
+    """
     x = np.asarray(x, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     r = b - (M @ x[..., None])[..., 0]
@@ -155,6 +200,18 @@ def make_general_system(
 
     Each A has random singular directions; with ``per_batch_lam`` the systems get different
     scales (and so different λ) but the same κ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> from lowrank_gcrf import testing
+    >>> system = testing.make_general_system(0, rank=3, n=20, kappa=100.0)
+    >>> round(float(np.linalg.cond(system.dense())))
+    100
+    >>> x = lg.solve(system.embeddings, system.b, system.lam)
+    >>> bool(np.allclose(x, system.reference()))
+    True
     """
     rng = np.random.default_rng(seed)
     scale = _scales(rng, batch_shape, per_batch_lam)
@@ -180,6 +237,18 @@ def make_potts_system(
 
     With ``μ = ‖Â‖₂²`` the extreme eigenvalues of M are ``λ + (L−1)μ`` and ``λ − μ``, so
     ``λ = μ (κ + L − 1) / (κ − 1)`` gives κ exactly (for L ≥ 2).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import lowrank_gcrf as lg
+    >>> from lowrank_gcrf import testing
+    >>> system = testing.make_potts_system(0, rank=2, pixels=10, labels=3, kappa=50.0)
+    >>> round(float(np.linalg.cond(system.dense())))
+    50
+    >>> x = lg.solve_potts(system.embeddings, system.b, system.lam)
+    >>> bool(np.allclose(x, system.reference()))
+    True
     """
     rng = np.random.default_rng(seed)
     scale = _scales(rng, batch_shape, per_batch_lam)
@@ -215,6 +284,19 @@ def general_systems(
 
     Shapes D ∈ [1, max_rank], N ∈ [1, max_n] (so D ≥ N occurs), a batch shape from
     ``batch_shapes``, κ log-uniform in ``10**log10_kappa``, scalar or per-batch λ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hypothesis import given, settings
+    >>> import lowrank_gcrf as lg
+    >>> from lowrank_gcrf import testing
+    >>> @settings(max_examples=10, deadline=None)
+    ... @given(testing.general_systems(log10_kappa=(0.5, 3.0)))
+    ... def test_solve(system):
+    ...     x = lg.solve(system.embeddings, system.b, system.lam, rtol=1e-10)
+    ...     assert np.allclose(x, system.reference(), rtol=1e-6, atol=1e-8)
+    >>> test_solve()
     """
     st = _strategies()
 
@@ -246,6 +328,19 @@ def potts_systems(
 
     D ∈ [1, max_rank], P ∈ [1, max_pixels] (D ≥ P occurs), L ∈ [2, max_labels], κ
     log-uniform in ``10**log10_kappa``, scalar or per-batch λ.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hypothesis import given, settings
+    >>> import lowrank_gcrf as lg
+    >>> from lowrank_gcrf import testing
+    >>> @settings(max_examples=10, deadline=None)
+    ... @given(testing.potts_systems(log10_kappa=(0.5, 3.0)))
+    ... def test_solve_potts(system):
+    ...     x = lg.solve_potts(system.embeddings, system.b, system.lam, rtol=1e-10)
+    ...     assert np.allclose(x, system.reference(), rtol=1e-6, atol=1e-8)
+    >>> test_solve_potts()
     """
     st = _strategies()
 
