@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GCRFError, GCRFTypeError
+from .fused import to_host
 
 #: Floating dtypes the library accepts, ranked by width.
 FLOAT_RANKS = {"float16": 0, "bfloat16": 0, "float32": 1, "float64": 2}
@@ -109,7 +110,7 @@ def cast_result(xp: Any, value: Any, dtype: Any, what: str) -> Any:
     """
     # asarray: NumPy turns arithmetic on 0-d arrays into scalars, which are not arrays.
     out = xp.asarray(xp.astype(value, dtype, copy=False))
-    if not bool(xp.all(xp.isfinite(out))):
+    if not bool(to_host(xp, xp.all(xp.isfinite(out)))):
         raise GCRFError(overflow_message(dtype_name(dtype), what))
     return out
 

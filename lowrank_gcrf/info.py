@@ -7,6 +7,8 @@ from typing import Any
 
 import array_api_compat
 
+from .fused import to_host
+
 
 @dataclass(frozen=True)
 class SolveInfo:
@@ -42,4 +44,4 @@ class SolveInfo:
     def all_converged(self) -> bool:
         """True when every system of the batch converged."""
         xp = array_api_compat.array_namespace(self.converged)
-        return bool(xp.all(self.converged))
+        return bool(to_host(xp, xp.all(self.converged)))

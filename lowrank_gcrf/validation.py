@@ -16,6 +16,7 @@ import array_api_compat
 
 from .dtypes import dtype_name, largest
 from .errors import GCRFError, GCRFTypeError
+from .fused import to_host
 
 
 def array_namespace(*arrays: Any) -> Any:
@@ -43,7 +44,7 @@ def is_numpy(xp: Any) -> bool:
 
 def check_finite(xp: Any, a: Any, name: str) -> None:
     """Raise if ``a`` holds NaN or ±Inf."""
-    if not bool(xp.all(xp.isfinite(a))):
+    if not bool(to_host(xp, xp.all(xp.isfinite(a)))):
         raise GCRFError(
             f"{name} contains NaN or Inf; the G-CRF solve needs finite inputs (check the "
             "network output feeding it, e.g. for overflow in float16)"
@@ -118,7 +119,7 @@ def as_lam(xp: Any, lam: Any, batch_shape: tuple[int, ...], dtype: Any, device: 
         if lam > largest(name):
             _raise_out_of_range(repr(lam), name)
         lam_arr = xp.full(batch_shape, lam, dtype=dtype, device=device)
-        if not bool(xp.all(lam_arr > 0)):
+        if not bool(to_host(xp, xp.all(lam_arr > 0))):
             _raise_out_of_range(repr(lam), name)
         return lam_arr
     if lam.ndim != 0 and tuple(lam.shape) != tuple(batch_shape):
@@ -126,10 +127,10 @@ def as_lam(xp: Any, lam: Any, batch_shape: tuple[int, ...], dtype: Any, device: 
             f"lam has shape {tuple(lam.shape)}; it must be a scalar or have the batch "
             f"shape {tuple(batch_shape)}"
         )
-    if not (bool(xp.all(xp.isfinite(lam))) and bool(xp.all(lam > 0))):
+    if not bool(to_host(xp, xp.all(xp.isfinite(lam)) & xp.all(lam > 0))):
         _raise_not_positive(_describe(xp, lam))
     lam_arr = xp.broadcast_to(xp.astype(lam, dtype), batch_shape)
-    if not (bool(xp.all(lam_arr > 0)) and bool(xp.all(xp.isfinite(lam_arr)))):
+    if not bool(to_host(xp, xp.all(lam_arr > 0) & xp.all(xp.isfinite(lam_arr)))):
         _raise_out_of_range(_describe(xp, lam), dtype_name(dtype))
     return lam_arr
 
