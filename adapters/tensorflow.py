@@ -86,6 +86,7 @@ __all__ = [
     "gcrf_solve",
     "pd_scaled",
     "potts_solve",
+    "refine",
     "signed_solve",
 ]
 

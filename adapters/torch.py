@@ -37,7 +37,15 @@ from lowrank_gcrf.dtypes import dtype_name, overflow_message
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
 from lowrank_gcrf.options import SolverOptions
 
-__all__ = ["DenseGCRF", "GCRFHead", "gcrf_solve", "pd_scaled", "potts_solve", "signed_solve"]
+__all__ = [
+    "DenseGCRF",
+    "GCRFHead",
+    "gcrf_solve",
+    "pd_scaled",
+    "potts_solve",
+    "refine",
+    "signed_solve",
+]
 
 
 def _cupy() -> Any:

@@ -23,6 +23,7 @@ import warnings
 from typing import Any
 
 from .api import solve_potts
+from .dtypes import dtype_name, floating_dtypes
 from .errors import GCRFError, GCRFTypeError
 from .image_kernels import (
     check_kernel_options,
@@ -123,19 +124,10 @@ def _check_shapes(probs: Any, image: Any, spatial_dims: int) -> tuple[tuple[int,
     return batch, (int(probs.shape[-spatial_dims - 1]),), spatial
 
 
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).rsplit(".", 1)[-1]
-
-
 def _compute_dtype(xp: Any, probs: Any) -> Any:
-    """float64 for float64 scores, float32 for float32 and half precision; else raise."""
-    name = _dtype_name(probs.dtype)
-    if name not in ("float16", "bfloat16") and not xp.isdtype(probs.dtype, "real floating"):
-        raise GCRFTypeError(
-            f"probs has dtype {name}; pass real floating probabilities or scores (float16, "
-            "bfloat16, float32 or float64), e.g. probs.astype('float32')"
-        )
-    return xp.float64 if probs.dtype == xp.float64 else xp.float32
+    """The library's dtype policy for ``probs``: float64 computed in float64, float32 and
+    half precision in float32; anything else raises."""
+    return floating_dtypes(xp, probs=probs)[0]
 
 
 def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> None:
@@ -152,7 +144,7 @@ def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> Non
     if worst > tol:
         raise GCRFError(
             f"probs does not sum to 1 over the label axis (largest deviation {worst:.3g}, "
-            f"tolerance {tol:.2g} for {_dtype_name(probs.dtype)}): pass a softmax over the "
+            f"tolerance {tol:.2g} for {dtype_name(probs.dtype)}): pass a softmax over the "
             "labels, or the scores with logits=True"
         )
 
@@ -161,10 +153,10 @@ def _check_image(xp: Any, image: Any) -> None:
     if xp.isdtype(image.dtype, "bool") or not (
         xp.isdtype(image.dtype, "integral")
         or xp.isdtype(image.dtype, "real floating")
-        or _dtype_name(image.dtype) in ("float16", "bfloat16")
+        or dtype_name(image.dtype) in ("float16", "bfloat16")
     ):
         raise GCRFTypeError(
-            f"image has dtype {_dtype_name(image.dtype)}; pass uint8 (0–255) or a real floating "
+            f"image has dtype {dtype_name(image.dtype)}; pass uint8 (0–255) or a real floating "
             "image on the 0–255 scale"
         )
     if not xp.isdtype(image.dtype, "integral"):
@@ -308,7 +300,8 @@ def refine(
     x, info = solve_potts(Ahat, b, lam, method=method, rtol=SOLVE_RTOL, return_info=True)
     x = x - xp.max(x, axis=1, keepdims=True)
     e = xp.exp(x)
-    refined = xp.astype(xp.reshape(e / xp.sum(e, axis=1, keepdims=True), probs.shape), probs.dtype)
+    output = floating_dtypes(xp, probs=probs)[1]  # probs' dtype, in native byte order
+    refined = xp.astype(xp.reshape(e / xp.sum(e, axis=1, keepdims=True), probs.shape), output)
     if not return_info:
         return refined
     info = dataclasses.replace(

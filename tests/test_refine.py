@@ -356,3 +356,13 @@ def test_tensorflow_refine_matches_core_and_is_differentiable():
         lambda s: tf_refine(s, img, logits=True, **KW), [z]
     )
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["f8", "f4"])
+def test_big_endian_probabilities(dtype):
+    """Byte order changes nothing: the result equals the native one, in native byte order."""
+    probs, image = random_inputs(8, (), 3, 3, (8, 8), dtype=np.dtype(dtype))
+    expected = refine(probs, image, rank=8, landmarks=16)
+    got = refine(probs.astype(">" + dtype), image, rank=8, landmarks=16)
+    assert got.dtype == np.dtype(dtype) and got.dtype.isnative
+    np.testing.assert_array_equal(got, expected)
