@@ -20,3 +20,13 @@ def test_numpy_example_runs(capsys):
     assert namespace["x"].shape == namespace["b"].shape
     assert namespace["x_potts"].shape == (namespace["L"], namespace["P"])
     assert "direct" in capsys.readouterr().out
+
+
+def test_refine_example_runs():
+    (example,) = [b for b in python_blocks() if "from lowrank_gcrf import refine" in b]
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    refined, probs = namespace["refined"], namespace["probs"]
+    assert refined.shape == probs.shape
+    assert abs(float(refined.sum(axis=0).mean()) - 1.0) < 1e-6
+    assert namespace["labels"].shape == probs.shape[1:]
