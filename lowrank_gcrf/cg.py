@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import array_api_compat
+import numpy as np
 from array_api_compat import device as _device
 
 from .dtypes import dtype_name
@@ -95,6 +97,8 @@ def cg_sweep(
     GCRFError
         When ``pᵀMp`` overflowed the working dtype.
     """
+    if array_api_compat.is_numpy_namespace(xp) and math.prod(rr.shape) == 1:
+        return _single_system_sweep(matvec, x, r, rr, active, tol2, budget)
     kernels = cg_kernels(xp, x)
     # The per-system scalars (α, β, flags) are tiny arrays: each operation on them costs a
     # call, not a pass, so the loop keeps them few and calls the library's own namespace.
@@ -127,6 +131,77 @@ def cg_sweep(
             if not bool(to_host(xp, xp.any(active))):
                 break
     return x, steps
+
+
+def cg_sweeps_in_turn(
+    matvecs: list[Callable[[Any], Any]],
+    x: Any,
+    r: Any,
+    rr: Any,
+    active: Any,
+    tol2: Any,
+    budget: int,
+) -> tuple[Any, Any]:
+    """:func:`cg_sweep` on a NumPy batch, one system after another.
+
+    ``matvecs`` holds each system's own matvec, in ``np.ndindex`` order of the batch. On a
+    CPU, a system solved on its own keeps its embeddings in cache from one iteration to the
+    next; in lockstep, a batch whose embeddings exceed the cache streams all of them from
+    memory at every iteration (``benchmarks.speed.iteration`` measures both). Each system
+    also stops at its own convergence.
+    """
+    x = np.array(x, copy=True, order="C")
+    steps = np.zeros(rr.shape, dtype=np.int64)
+    for index, matvec in zip(np.ndindex(rr.shape), matvecs, strict=True):
+        if active[index]:
+            x[index], steps[index] = _single_system_sweep(
+                matvec, x[index], r[index], rr[index], active[index], tol2[index], budget
+            )
+    return x, steps
+
+
+def _single_system_sweep(
+    matvec: Callable[[Any], Any],
+    x: Any,
+    r: Any,
+    rr: Any,
+    active: Any,
+    tol2: Any,
+    budget: int,
+) -> tuple[Any, Any]:
+    """:func:`cg_sweep` for a single NumPy system, its α, β and tests Python floats.
+
+    With one system, the batched loop's bookkeeping on one-element arrays (about twenty
+    NumPy calls of a microsecond each per iteration) costs as much as its vector updates;
+    here it is float arithmetic, and the host checks breakdown at every step for free.
+    It runs the batched loop's recurrence, update for update.
+    """
+    x = np.array(x, copy=True, order="C")
+    steps = 0
+    if bool(np.all(active)):
+        r = np.array(r, copy=True, order="C")
+        p = r.copy()
+        scratch = np.empty_like(x)
+        flat_p, flat_r = p.reshape(-1), r.reshape(-1)
+        rho, target = float(rr.item()), float(tol2.item())
+        for _ in range(budget):
+            q = matvec(p)
+            pq = float(np.dot(flat_p, q.reshape(-1)))
+            if not 0.0 < pq < math.inf:
+                _raise_failure(np, np.asarray(True), np.asarray(pq), np.asarray(steps), x.dtype)
+            alpha = x.dtype.type(rho / pq)
+            np.multiply(p, alpha, out=scratch)
+            x += scratch
+            np.multiply(q, alpha, out=scratch)
+            r -= scratch
+            rho_new = float(np.dot(flat_r, flat_r))
+            steps += 1
+            p *= x.dtype.type(rho_new / rho)
+            p += r
+            rho = rho_new
+            if rho <= target:
+                break
+    return x, np.full(rr.shape, steps, dtype=np.int64)
 
 
 def _raise_failure(xp: Any, failed: Any, failed_pq: Any, steps: Any, dtype: Any) -> None:

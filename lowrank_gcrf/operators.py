@@ -17,13 +17,15 @@ a cache that could go stale.
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from array_api_compat import device as _device
 
-from .cg import cg_sweep, inner, power_of_two_scale
+from .cg import cg_sweep, cg_sweeps_in_turn, inner, power_of_two_scale
 from .dtypes import cast_result, check_floating, dtype_name, floating_dtypes, promote
 from .errors import ConvergenceError, ConvergenceWarning, GCRFError
 from .fused import to_host
@@ -167,6 +169,15 @@ class GCRFOperator:
         """
         Q = (v @ self.xp.matrix_transpose(self._U)) @ self._U
         return self._lam_rows * v + self._couple(Q)
+
+    def _system(self, index: tuple[int, ...]) -> GCRFOperator:
+        """System ``index`` of the batch as an operator of its own, sharing the memory (its
+        parts were validated with the batch)."""
+        part = copy.copy(self)
+        part._U = self._U[index]
+        part._lam = self._lam[index]
+        part._lam_rows = part._lam[..., None, None]
+        return part
 
     # -- exact low-rank factorization ------------------------------------------------------
 
@@ -356,6 +367,16 @@ class GCRFOperator:
         xp = self.xp
         if method == "cg":
             check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
+            if is_numpy(xp) and tol.shape == self.batch_shape and tol.size > 1:
+                systems = [self._system(index).matvec for index in np.ndindex(tol.shape)]
+
+                def sequential_step(
+                    x: Any, r: Any, rr: Any, active: Any, budget: int, first: bool
+                ) -> Any:
+                    target = tol if first else 0.5 * tol
+                    return cg_sweeps_in_turn(systems, x, r, rr, active, target * target, budget)
+
+                return sequential_step
 
             def cg_step(x: Any, r: Any, rr: Any, active: Any, budget: int, first: bool) -> Any:
                 # A restart follows a sweep whose recurrence met tol while the true residual
@@ -380,7 +401,8 @@ class GCRFOperator:
     def _report_failure(self, x: Any, info: SolveInfo, options: SolverOptions) -> None:
         """Apply the ``on_failure`` policy to systems above tolerance."""
         xp = self.xp
-        if bool(to_host(xp, xp.all(info.converged))):
+        # "ignore" asks for the iterate as it is: no diagnosis (it can cost an eigensolve).
+        if options.on_failure == "ignore" or bool(to_host(xp, xp.all(info.converged))):
             return
         self._diagnose_failure(info)
         failed = ~info.converged

@@ -1,0 +1,119 @@
+"""The CG loop itself: the single-system path against the batched one, and its failures.
+
+A NumPy solve of one system runs a loop whose per-system scalars are Python floats; every
+other case runs the batched loop. Both implement the same recurrence, so on the same
+system they must take the same number of steps and agree to rounding: float64, κ ≤ 10³,
+a relative difference of 1e-9 leaves four orders of magnitude for the different
+summation orders of the inner products (each errs by about n·ε ≈ 1e-13 here).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lowrank_gcrf as lg
+from lowrank_gcrf.cg import cg_sweep, inner
+
+
+def _diagonal_system(rng, n, kappa):
+    d = np.geomspace(1.0, kappa, n)
+    rng.shuffle(d)
+    return d, rng.standard_normal((1, n))
+
+
+def _sweep(d, b, tol_factor=1e-10, budget=10_000):
+    """cg_sweep from x = 0 on the systems ``diag(d) x = b`` (b: batch + (1, n))."""
+    rr = inner(np, b, b)
+    return cg_sweep(
+        np, lambda v: d * v, np.zeros_like(b), b, rr, rr > 0, tol_factor**2 * rr, budget
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 200),
+    log_kappa=st.floats(0.0, 3.0),
+)
+def test_single_system_path_matches_batched_loop(seed, n, log_kappa):
+    rng = np.random.default_rng(seed)
+    d, b = _diagonal_system(rng, n, 10.0**log_kappa)
+    _, other = _diagonal_system(rng, n, 10.0**log_kappa)
+    x_one, steps_one = _sweep(d, b)
+    x_batch, steps_batch = _sweep(d, np.stack([b, other]))
+    assert steps_one.shape == () and steps_batch.shape == (2,)
+    assert int(steps_one) == int(steps_batch[0])
+    np.testing.assert_allclose(x_one, x_batch[0], rtol=1e-9, atol=1e-12 * np.abs(x_one).max())
+    # And it solved the system: residual at the tolerance asked, up to rounding.
+    assert np.linalg.norm(b - d * x_one) <= 1e-9 * np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("batch", [(), (1,), (2,)], ids=["unbatched", "batch1", "batch2"])
+def test_breakdown_raises_in_both_paths(batch):
+    """An indefinite matvec makes pᵀMp ≤ 0: IndefiniteSystemError, never an answer."""
+    rng = np.random.default_rng(0)
+    d = np.concatenate([np.ones(5), -np.ones(5)])
+    b = np.broadcast_to(rng.standard_normal((1, 10)), (*batch, 1, 10)).copy()
+    b[..., 5:] *= 3.0
+    with pytest.raises(lg.IndefiniteSystemError, match="broke down"):
+        _sweep(d, b)
+
+
+@pytest.mark.parametrize("batch", [(), (2,)], ids=["unbatched", "batch2"])
+def test_inputs_untouched_and_result_not_a_view(batch):
+    rng = np.random.default_rng(1)
+    d, b = _diagonal_system(rng, 30, 10.0)
+    b = np.broadcast_to(b, (*batch, 1, 30)).copy()
+    before = b.copy()
+    x, _ = _sweep(d, b)
+    np.testing.assert_array_equal(b, before)
+    assert not np.shares_memory(x, b)
+
+
+@pytest.mark.parametrize("policy", ["raise", "warn", "ignore"])
+def test_only_raise_and_warn_diagnose(monkeypatch, policy):
+    """``on_failure="ignore"`` returns what it has, as documented: the model's diagnosis of a
+    failed solve (for Potts an eigensolve, which may raise IndefiniteSystemError) is for
+    "raise" and "warn" only."""
+    calls = []
+    monkeypatch.setattr(lg.PottsOperator, "_diagnose_failure", lambda self, info: calls.append(1))
+    rng = np.random.default_rng(0)
+    Ahat = rng.standard_normal((4, 30)) / 10
+    b = rng.standard_normal((3, 30))
+    with pytest.warns(lg.ConvergenceWarning) if policy == "warn" else nullcontext():
+        try:
+            x, info = lg.solve_potts(
+                Ahat, b, 1.0, method="cg", maxiter=1, on_failure=policy, return_info=True
+            )
+        except lg.ConvergenceError:
+            assert policy == "raise"
+        else:
+            assert policy != "raise" and not bool(info.converged) and x.shape == b.shape
+    assert len(calls) == (policy != "ignore")
+
+
+@pytest.mark.parametrize("model", ["general", "potts"])
+def test_numpy_batch_solved_system_by_system_equals_each_alone(model):
+    """A NumPy batch of distinct embeddings is solved one system after another; each
+    result and iteration count is that system's own solve (float64, κ ≈ 10: 1e-12)."""
+    rng = np.random.default_rng(2)
+    if model == "general":
+        U, b = rng.standard_normal((3, 4, 40)) / 4, rng.standard_normal((3, 40))
+        lam = np.array([0.1, 1.0, 10.0])
+        op, alone = lg.GeneralOperator(U, lam), lg.GeneralOperator
+        kw = {}
+    else:
+        U, b = rng.standard_normal((3, 4, 20)) / 10, rng.standard_normal((3, 3, 20))
+        lam = np.array([1.0, 2.0, 5.0])
+        op, alone = lg.PottsOperator(U, lam, num_labels=3), lg.PottsOperator
+        kw = {"num_labels": 3}
+    x, info = op.solve(b, method="cg", rtol=1e-10)
+    for i in range(3):
+        x_i, info_i = alone(U[i], lam[i], **kw).solve(b[i], method="cg", rtol=1e-10)
+        np.testing.assert_allclose(x[i], x_i, rtol=1e-12, atol=1e-14)
+        assert int(info.iterations[i]) == int(info_i.iterations)
