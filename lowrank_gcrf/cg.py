@@ -178,29 +178,30 @@ def _single_system_sweep(
     """
     x = np.array(x, copy=True, order="C")
     steps = 0
-    if bool(np.all(active)):
-        r = np.array(r, copy=True, order="C")
-        p = r.copy()
-        scratch = np.empty_like(x)
-        flat_p, flat_r = p.reshape(-1), r.reshape(-1)
-        rho, target = float(rr.item()), float(tol2.item())
-        for _ in range(budget):
-            q = matvec(p)
-            pq = float(np.dot(flat_p, q.reshape(-1)))
-            if not 0.0 < pq < math.inf:
-                _raise_failure(np, np.asarray(True), np.asarray(pq), np.asarray(steps), x.dtype)
-            alpha = x.dtype.type(rho / pq)
-            np.multiply(p, alpha, out=scratch)
-            x += scratch
-            np.multiply(q, alpha, out=scratch)
-            r -= scratch
-            rho_new = float(np.dot(flat_r, flat_r))
-            steps += 1
-            p *= x.dtype.type(rho_new / rho)
-            p += r
-            rho = rho_new
-            if rho <= target:
-                break
+    if not bool(np.all(active)):
+        return x, np.zeros(rr.shape, dtype=np.int64)
+    r = np.array(r, copy=True, order="C")
+    p = r.copy()
+    scratch = np.empty_like(x)
+    flat_p, flat_r = p.reshape(-1), r.reshape(-1)
+    rho, target = float(rr.item()), float(tol2.item())
+    for _ in range(budget):
+        q = matvec(p)
+        pq = float(np.dot(flat_p, q.reshape(-1)))
+        if not 0.0 < pq < math.inf:
+            _raise_failure(np, np.asarray(True), np.asarray(pq), np.asarray(steps), x.dtype)
+        alpha = x.dtype.type(rho / pq)
+        np.multiply(p, alpha, out=scratch)
+        x += scratch
+        np.multiply(q, alpha, out=scratch)
+        r -= scratch
+        rho_new = float(np.dot(flat_r, flat_r))
+        steps += 1
+        p *= x.dtype.type(rho_new / rho)
+        p += r
+        rho = rho_new
+        if rho <= target:
+            break
     return x, np.full(rr.shape, steps, dtype=np.int64)
 
 

@@ -366,25 +366,22 @@ class GCRFOperator:
         """
         xp = self.xp
         if method == "cg":
-            check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
             if is_numpy(xp) and tol.shape == self.batch_shape and tol.size > 1:
                 systems = [self._system(index).matvec for index in np.ndindex(tol.shape)]
 
-                def sequential_step(
-                    x: Any, r: Any, rr: Any, active: Any, budget: int, first: bool
-                ) -> Any:
-                    target = tol if first else 0.5 * tol
-                    return cg_sweeps_in_turn(systems, x, r, rr, active, target * target, budget)
+                def sweep(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
+                    return cg_sweeps_in_turn(systems, x, r, rr, active, tol2, budget)
+            else:
+                check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
 
-                return sequential_step
+                def sweep(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
+                    return cg_sweep(xp, self.matvec, x, r, rr, active, tol2, budget, check_every)
 
             def cg_step(x: Any, r: Any, rr: Any, active: Any, budget: int, first: bool) -> Any:
                 # A restart follows a sweep whose recurrence met tol while the true residual
                 # did not (finite precision): aim it below tol so that it lands under it.
                 target = tol if first else 0.5 * tol
-                return cg_sweep(
-                    xp, self.matvec, x, r, rr, active, target * target, budget, check_every
-                )
+                return sweep(x, r, rr, active, target * target, budget)
 
             return cg_step
         solver = factorization.solver
