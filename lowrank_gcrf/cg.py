@@ -19,6 +19,7 @@ from typing import Any
 
 import array_api_compat
 import numpy as np
+import scipy.linalg.blas
 from array_api_compat import device as _device
 
 from .dtypes import dtype_name
@@ -174,7 +175,10 @@ def _single_system_sweep(
     With one system, the batched loop's bookkeeping on one-element arrays (about twenty
     NumPy calls of a microsecond each per iteration) costs as much as its vector updates;
     here it is float arithmetic, and the host checks breakdown at every step for free.
-    It runs the batched loop's recurrence, update for update.
+    The updates are BLAS level-1 calls in place: ``axpy`` reads two vectors and writes one
+    where NumPy's ``x += α·p`` needs a scratch pass more, so an iteration moves 14 vector
+    lengths through the cache instead of 18 (the loop is bandwidth-bound at the paper's
+    size). It runs the batched loop's recurrence, update for update.
     """
     x = np.array(x, copy=True, order="C")
     steps = 0
@@ -182,23 +186,23 @@ def _single_system_sweep(
         return x, np.zeros(rr.shape, dtype=np.int64)
     r = np.array(r, copy=True, order="C")
     p = r.copy()
-    scratch = np.empty_like(x)
-    flat_p, flat_r = p.reshape(-1), r.reshape(-1)
+    axpy, scal = scipy.linalg.blas.get_blas_funcs(("axpy", "scal"), (x,))
+    # Flat views of C-contiguous arrays of a BLAS dtype: axpy and scal update them in place.
+    flat_x, flat_p, flat_r = x.reshape(-1), p.reshape(-1), r.reshape(-1)
     rho, target = float(rr.item()), float(tol2.item())
     for _ in range(budget):
         q = matvec(p)
-        pq = float(np.dot(flat_p, q.reshape(-1)))
+        flat_q = np.ascontiguousarray(q).reshape(-1)
+        pq = float(np.dot(flat_p, flat_q))
         if not 0.0 < pq < math.inf:
             _raise_failure(np, np.asarray(True), np.asarray(pq), np.asarray(steps), x.dtype)
-        alpha = x.dtype.type(rho / pq)
-        np.multiply(p, alpha, out=scratch)
-        x += scratch
-        np.multiply(q, alpha, out=scratch)
-        r -= scratch
+        alpha = rho / pq
+        axpy(flat_p, flat_x, a=alpha)
+        axpy(flat_q, flat_r, a=-alpha)
         rho_new = float(np.dot(flat_r, flat_r))
         steps += 1
-        p *= x.dtype.type(rho_new / rho)
-        p += r
+        scal(rho_new / rho, flat_p)
+        axpy(flat_r, flat_p)
         rho = rho_new
         if rho <= target:
             break

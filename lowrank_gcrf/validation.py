@@ -13,6 +13,7 @@ import numbers
 from typing import Any
 
 import array_api_compat
+import numpy as np
 
 from .dtypes import dtype_name, largest
 from .errors import GCRFError, GCRFTypeError
@@ -44,6 +45,13 @@ def is_numpy(xp: Any) -> bool:
 
 def check_finite(xp: Any, a: Any, name: str) -> None:
     """Raise if ``a`` holds NaN or ±Inf."""
+    if is_numpy(xp) and a.dtype in (np.float32, np.float64) and a.flags.c_contiguous:
+        # A finite ‖a‖² proves every entry finite (NaN and ±Inf propagate through the squares)
+        # and is one BLAS dot, half the time of isfinite + all on a large embedding; an
+        # overflowing sum of finite entries falls through to the exact test.
+        flat = a.reshape(-1)
+        if math.isfinite(float(np.dot(flat, flat))):
+            return
     if not bool(to_host(xp, xp.all(xp.isfinite(a)))):
         raise GCRFError(
             f"{name} contains NaN or Inf; the G-CRF solve needs finite inputs (check the "

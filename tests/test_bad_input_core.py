@@ -276,6 +276,30 @@ def test_non_finite_inputs(where, bad):
             lg.solve(args["A"], args["b"], lam, x0=args["x0"])
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+def test_check_finite_finds_every_non_finite_entry(dtype, bad, contiguous):
+    """NumPy's fast path squares and sums: NaN and ±Inf must still show, anywhere."""
+    from lowrank_gcrf.validation import check_finite
+
+    a = np.ones((6, 40), dtype=dtype)
+    a[4, 37] = bad
+    view = a if contiguous else a[:, 1::2]
+    with pytest.raises(lg.GCRFError, match="contains NaN or Inf"):
+        check_finite(np, view, "A")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_check_finite_accepts_entries_whose_squares_overflow(dtype):
+    """A finite array whose ‖a‖² overflows is finite: the exact test decides."""
+    from lowrank_gcrf.validation import check_finite
+
+    a = np.full((3, 5), np.finfo(dtype).max / 2, dtype=dtype)
+    a[0, 0] = -a[0, 0]
+    check_finite(np, a, "A")
+
 # -- keywords ----------------------------------------------------------------------------
 
 KEYWORD_ERRORS = [

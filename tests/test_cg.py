@@ -1,10 +1,14 @@
 """The CG loop itself: the single-system path against the batched one, and its failures.
 
-A NumPy solve of one system runs a loop whose per-system scalars are Python floats; every
-other case runs the batched loop. Both implement the same recurrence, so on the same
-system they must take the same number of steps and agree to rounding: float64, κ ≤ 10³,
-a relative difference of 1e-9 leaves four orders of magnitude for the different
-summation orders of the inner products (each errs by about n·ε ≈ 1e-13 here).
+A NumPy solve of one system runs a loop whose per-system scalars are Python floats and
+whose updates are BLAS ``axpy`` calls; every other case runs the batched loop. Both
+implement the same recurrence but round differently (``axpy`` fuses the multiply-add), and
+finite-precision CG amplifies such differences once it has lost orthogonality. So the two
+paths are compared by what CG guarantees: each stops with a recursive residual below
+``tol·‖b‖``, which (the recursive and the true residual agreeing to rounding here) bounds
+each solution's error by ``κ·tol`` relative to ‖x‖, so they differ by at most ``2κ·tol``;
+and their step counts differ only where a rounding difference moved the stopping
+threshold's crossing (measured: at most 5 steps in 200, over 400 random systems).
 """
 
 from __future__ import annotations
@@ -42,15 +46,19 @@ def _sweep(d, b, tol_factor=1e-10, budget=10_000):
 )
 def test_single_system_path_matches_batched_loop(seed, n, log_kappa):
     rng = np.random.default_rng(seed)
-    d, b = _diagonal_system(rng, n, 10.0**log_kappa)
-    _, other = _diagonal_system(rng, n, 10.0**log_kappa)
-    x_one, steps_one = _sweep(d, b)
-    x_batch, steps_batch = _sweep(d, np.stack([b, other]))
+    kappa = 10.0**log_kappa
+    d, b = _diagonal_system(rng, n, kappa)
+    _, other = _diagonal_system(rng, n, kappa)
+    tol = 1e-10
+    x_one, steps_one = _sweep(d, b, tol)
+    x_batch, steps_batch = _sweep(d, np.stack([b, other]), tol)
     assert steps_one.shape == () and steps_batch.shape == (2,)
-    assert int(steps_one) == int(steps_batch[0])
-    np.testing.assert_allclose(x_one, x_batch[0], rtol=1e-9, atol=1e-12 * np.abs(x_one).max())
-    # And it solved the system: residual at the tolerance asked, up to rounding.
-    assert np.linalg.norm(b - d * x_one) <= 1e-9 * np.linalg.norm(b)
+    assert abs(int(steps_one) - int(steps_batch[0])) <= 2 + int(steps_batch[0]) // 20
+    for x in (x_one, x_batch[0]):
+        # Each solved the system (true residual at the target, up to rounding) …
+        assert np.linalg.norm(b - d * x) <= 2 * tol * np.linalg.norm(b)
+    # … so they agree to what the stopping test guarantees.
+    assert np.linalg.norm(x_one - x_batch[0]) <= 2 * kappa * tol * np.linalg.norm(x_one)
 
 
 @pytest.mark.parametrize("batch", [(), (1,), (2,)], ids=["unbatched", "batch1", "batch2"])
