@@ -35,6 +35,7 @@ from lowrank_gcrf.testing import (
     potts_dense_matrix,
     reference_solve,
 )
+from lowrank_gcrf.validation import check_finite
 
 MODELS = ["general", "potts"]
 METHODS = ["direct", "cg"]
@@ -282,8 +283,6 @@ def test_non_finite_inputs(where, bad):
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
 def test_check_finite_finds_every_non_finite_entry(dtype, bad, contiguous):
     """NumPy's fast path squares and sums: NaN and ±Inf must still show, anywhere."""
-    from lowrank_gcrf.validation import check_finite
-
     a = np.ones((6, 40), dtype=dtype)
     a[4, 37] = bad
     view = a if contiguous else a[:, 1::2]
@@ -294,8 +293,6 @@ def test_check_finite_finds_every_non_finite_entry(dtype, bad, contiguous):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_check_finite_accepts_entries_whose_squares_overflow(dtype):
     """A finite array whose ‖a‖² overflows is finite: the exact test decides."""
-    from lowrank_gcrf.validation import check_finite
-
     a = np.full((3, 5), np.finfo(dtype).max / 2, dtype=dtype)
     a[0, 0] = -a[0, 0]
     check_finite(np, a, "A")
