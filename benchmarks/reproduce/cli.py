@@ -20,20 +20,18 @@ import torch
 from tqdm import tqdm
 
 from ..results_writer import Destination, destination, write_section
-from .config import DATASET_NAMES, DEFAULT, GCRF_KINDS, QUICK, Config, variants
+from .config import DEFAULT, GCRF_KINDS, QUICK, Config, variants
 from .evaluation import (
     attractive_targets,
-    mean_iou,
-    oracle_miou,
-    predict,
     summarise,
     target_met,
     time_variant,
 )
 from .figures import pairwise_figure, qualitative_figure
+from .jobs import rebuild, run_jobs, worker_count
 from .networks import parameter_count
 from .report import console_summary, markdown_section
-from .training import load_data, torch_settings, train_seed
+from .training import load_data, torch_settings
 
 #: the section of RESULTS.md this job owns
 JOB = "reproduce"
@@ -67,27 +65,22 @@ def _run(config: Config, where: Destination, quick: bool, progress: bool) -> dic
     start = time.perf_counter()
     names = [v.name for v in variants(config)]
     steps = config.steps[0] + len(names) * (config.steps[1] + config.steps[2])
-    data, scores, kept, oracles = {}, {}, {}, {}
-    with tqdm(
-        total=len(config.datasets) * len(config.seeds) * steps,
-        desc="training",
-        unit="step",
-        disable=not progress,
-        smoothing=0.05,
-    ) as bar:
-        for kind in config.datasets:
-            data[kind] = load_data(kind, config)
-            scores[kind] = {name: [] for name in names}
-            for seed in config.seeds:
-                bar.set_postfix_str(f"{DATASET_NAMES[kind]}, seed {seed}")
-                base, models = train_seed(kind, seed, data[kind], config, bar)
-                for name, value in oracle_miou(base, data[kind]).items():
-                    oracles.setdefault(kind, {}).setdefault(name, []).append(value)
-                labels = data[kind].test_labels.numpy()
-                for name, model in models.items():
-                    predicted = predict(model, data[kind].test_images)
-                    scores[kind][name].append(mean_iou(predicted, labels))
-                kept.setdefault(kind, models)
+    total = len(config.datasets) * len(config.seeds) * steps
+    workers = worker_count(config)
+    results = sorted(
+        run_jobs(config, total, progress, workers),
+        key=lambda r: (config.datasets.index(r.kind), config.seeds.index(r.seed)),
+    )
+    data = {kind: load_data(kind, config) for kind in config.datasets}
+    scores = {kind: {name: [] for name in names} for kind in config.datasets}
+    kept, oracles = {}, {}
+    for result in results:
+        for name in names:
+            scores[result.kind][name].append(result.scores[name])
+        for name, value in result.oracles.items():
+            oracles.setdefault(result.kind, {}).setdefault(name, []).append(value)
+        if result.weights is not None:
+            kept[result.kind] = rebuild(result.weights, config)
     first = kept[config.datasets[0]]
     params = {name: parameter_count(model) for name, model in first.items()}
     image = data[config.datasets[0]].test_images[:1]
@@ -106,6 +99,7 @@ def _run(config: Config, where: Destination, quick: bool, progress: bool) -> dic
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "workers": workers,
         "summary": summary,
         "target": {kind: target_met(summary, kind) for kind in GCRF_KINDS},
         "attractive_targets": attractive_targets(summary),

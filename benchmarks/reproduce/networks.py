@@ -59,19 +59,22 @@ def parameter_count(module: nn.Module) -> int:
 def spectral_bounded(raw: Tensor, lam: float, margin: float) -> Tensor:
     """Rescale embeddings (B, D, ...) so that ‖Â‖₂² < ``margin``·λ, differentiably.
 
-    Â is the (D, n) matrix of one image's embeddings: Potts (B, D, H, W) or attractive
-    (B, E, L, H, W), whose Γ must satisfy the same bound.
-
-    With μ = ‖Â‖₂² (top eigenvalue of the D×D Gram ÂÂᵀ), Â ← Â / √(1 + μ/(ρλ)) maps μ to
-    ρλ·μ/(ρλ + μ) < ρλ: small embeddings pass unchanged and the layer never meets an
-    indefinite system. The spectral norm (not ‖Â‖_F ≥ ‖Â‖₂) is used because Potts pooling
-    within one object is amplified by 1/(λ − μ_object): a Frobenius bound would make the
-    objects of one scene share a single budget and weaken pooling in every one of them.
+    Â is the (D, n) matrix of one image's embeddings, μ = ‖Â‖₂² the top eigenvalue of its
+    D×D Gram ÂÂᵀ (:func:`bound_scale`). The spectral norm (not ‖Â‖_F ≥ ‖Â‖₂) is used because
+    Potts pooling within one object is amplified by 1/(λ − μ_object): a Frobenius bound
+    would make the objects of one scene share a single budget and weaken pooling in every
+    one of them.
     """
     flat = raw.reshape(raw.shape[0], raw.shape[1], -1)
     top = torch.linalg.eigvalsh(flat @ flat.transpose(1, 2))[:, -1]
-    scale = torch.rsqrt(1.0 + top.clamp_min(0.0) / (margin * lam))
-    return raw * scale.reshape(-1, *[1] * (raw.ndim - 1))
+    return raw * bound_scale(top, lam, margin).reshape(-1, *[1] * (raw.ndim - 1))
+
+
+def bound_scale(top: Tensor, lam: float, margin: float) -> Tensor:
+    """Per image, the factor 1/√(1 + μ/(ρλ)) that maps μ = ‖Â‖₂² (``top``, (B,)) to
+    ρλ·μ/(ρλ + μ) < ρλ: small embeddings pass unchanged and the layer never meets an
+    indefinite system."""
+    return torch.rsqrt(1.0 + top.clamp_min(0.0) / (margin * lam))
 
 
 def general_embeddings(raw: Tensor, lam: float, kappa: float) -> Tensor:
@@ -113,11 +116,16 @@ class SegmentationNet(nn.Module):
         elif variant.kind in GCRF_KINDS:
             self.branch = conv_trunk(config.width, embedding_channels(variant))
             shrink_last_layer(self.branch, EMBEDDING_INIT)
+            if attractive_dim(variant):
+                self.attractive = AttractiveHead(variant)
             self.crf = DenseGCRF(
                 lam=config.lam,
                 # the attractive model is the signed one without A
                 model="signed" if variant.kind == "attractive" else variant.kind,
                 attractive_dim=attractive_dim(variant),
+                # embeddings() bounds ‖Â‖₂², ‖Γ‖₂² < ρλ itself: the layer's own bound would
+                # be the identity, at the cost of a second Gram in float64
+                pd_bound=None,
                 method="auto",
                 rtol=config.solver_rtol,
             )
@@ -129,15 +137,17 @@ class SegmentationNet(nn.Module):
         config = self.config
         if self.variant.kind == "potts":
             return spectral_bounded(raw, config.lam, config.potts_margin)
-        batch, channels, height, width = raw.shape
-        raw = raw.reshape(batch, channels // NUM_CLASSES, NUM_CLASSES, height, width)
-        attractive = attractive_dim(self.variant) or 0
-        repulsive = raw.shape[1] - attractive
+        batch, _, height, width = raw.shape
+        repulsive = repulsive_channels(self.variant)
         parts = []
         if repulsive:
-            parts.append(general_embeddings(raw[:, :repulsive], config.lam, config.general_kappa))
-        if attractive:
-            parts.append(spectral_bounded(raw[:, repulsive:], config.lam, config.potts_margin))
+            A = raw[:, :repulsive].reshape(batch, -1, NUM_CLASSES, height, width)
+            parts.append(general_embeddings(A, config.lam, config.general_kappa))
+        if attractive_dim(self.variant):
+            features = raw[:, repulsive:]
+            top = torch.linalg.eigvalsh(self.attractive.gram(features))[:, -1]
+            scale = bound_scale(top, config.lam, config.potts_margin)
+            parts.append(self.attractive(features * scale[:, None, None, None]))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def low_res(self, images: Tensor) -> dict[str, Tensor]:
@@ -163,16 +173,59 @@ def upsample(scores: Tensor) -> Tensor:
 
 
 def branch_parameters(variant: Variant, config: Config) -> int:
-    """Parameters of the extra branch of a G-CRF variant."""
-    return parameter_count(conv_trunk(config.width, embedding_channels(variant)))
+    """Parameters of the extra branch of a G-CRF variant (with its label vectors)."""
+    labels = (attractive_dim(variant) or 0) * NUM_CLASSES * (pixel_features(variant) or 0)
+    return parameter_count(conv_trunk(config.width, embedding_channels(variant))) + labels
 
 
 def embedding_channels(variant: Variant) -> int:
     """Output channels of a G-CRF variant's embedding branch: D (Potts), D·L (general),
-    E·L (attractive) or 2D·L (signed, D = E)."""
+    F (attractive) or D·L + F (signed), F the pixel features of Γ."""
     if variant.kind == "potts":
         return variant.dim
-    return (2 if variant.kind == "signed" else 1) * variant.dim * NUM_CLASSES
+    return repulsive_channels(variant) + (pixel_features(variant) or 0)
+
+
+def repulsive_channels(variant: Variant) -> int:
+    """Branch channels of the repulsive embeddings A (D per label): general and signed."""
+    return variant.dim * NUM_CLASSES if variant.kind in ("general", "signed") else 0
+
+
+def pixel_features(variant: Variant) -> int | None:
+    """F, the label-agnostic pixel features of the attractive embeddings: ⌊E/L⌋, at least 1."""
+    dim = attractive_dim(variant)
+    return None if dim is None else max(1, dim // NUM_CLASSES)
+
+
+class AttractiveHead(nn.Module):
+    """Attractive embeddings factored as Γ_{:, l, p} = U_l f_p: pixel features f (F of them,
+    from the branch) times learned label vectors U (E, L, F).
+
+    Then ΓᵀΓ = Σ_{l, m} (U_lᵀU_m) ⊗ f fᵀ: f says which pixels exchange evidence, U which
+    labels. A convolution that had to output all E·L numbers of Γ_{:, :, p} at each pixel
+    would have to discover this structure by itself (it did not: see docs/reproduction.md).
+    U starts from orthonormal columns where E ≥ L·F, U_lᵀU_m = [l = m] I_F — the Potts model
+    of dimension F — and from orthonormal rows otherwise (random, from torch's seed).
+    """
+
+    def __init__(self, variant: Variant):
+        super().__init__()
+        dim, features = attractive_dim(variant), pixel_features(variant)
+        width = NUM_CLASSES * features
+        q, _ = torch.linalg.qr(torch.randn(max(dim, width), min(dim, width)))
+        vectors = q if dim >= width else q.T
+        self.vectors = nn.Parameter(vectors.reshape(dim, NUM_CLASSES, features).contiguous())
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Γ (B, E, L, h, w) from pixel features (B, F, h, w)."""
+        return torch.einsum("elf,bfhw->belhw", self.vectors, features)
+
+    def gram(self, features: Tensor) -> Tensor:
+        """ΓΓᵀ (B, E, E) = Σ_{j, k} (f_j · f_k) U_j U_kᵀ from the F×F Gram of the features,
+        without forming Γ (U_j = U[:, :, j], E×L)."""
+        flat = features.flatten(2)
+        small = flat @ flat.transpose(1, 2)
+        return torch.einsum("elj,bjk,mlk->bem", self.vectors, small, self.vectors)
 
 
 def attractive_dim(variant: Variant) -> int | None:

@@ -129,6 +129,7 @@ def markdown_section(report: dict, results_dir: Path, results_md: Path) -> str:
         "## Reproduction of the paper's claims (`python -m benchmarks.reproduce`)",
         "",
         f"{report['date']} · {report['machine']} · torch {report['torch']}, "
+        f"training in {report['workers']} processes of 1 thread, timings with "
         f"{report['threads']} threads · {report['wall_s'] / 60:.1f} min"
         + (" · **--quick smoke run, not a result**" if report["quick"] else ""),
         "",
@@ -140,8 +141,9 @@ def markdown_section(report: dict, results_dir: Path, results_md: Path) -> str:
         "network of its seed and the phase-2/3 budget. mIoU over the 11 classes "
         "(background + 10 digits). Δ: mean gain over the better of the two baselines. "
         "Models: general λI + AᵀA (the paper's, D = general-D), Potts (Â of dimension D), "
-        "attractive λI − ΓᵀΓ (label-dependent Γ of dimension E = attractive-E, "
-        "‖Γ‖₂² < ρλ) and signed λI + AᵀA − ΓᵀΓ (D = E = signed-D).",
+        "attractive λI − ΓᵀΓ (label-dependent Γ_{:, l, p} = U_l f_p of dimension "
+        "E = attractive-E, learned label vectors U times pixel features f, ‖Γ‖₂² < ρλ) and "
+        "signed λI + AᵀA − ΓᵀΓ (D = E = signed-D).",
         "",
     ]
     for kind, rows in report["summary"].items():

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .config import STRIDE, Config, Variant, variants
-from .networks import SegmentationNet, control_width
+from .networks import SegmentationNet, attractive_dim, control_width, repulsive_channels
 from .scenes import NUM_CLASSES, SceneConfig, make_scenes
 
 
@@ -62,22 +62,31 @@ def segmentation_loss(model: SegmentationNet, images: Tensor, labels: Tensor) ->
 
 
 def affinity_loss(model: SegmentationNet, images: Tensor, labels: Tensor) -> Tensor:
-    """The paper's phase-2 pairwise objective for Potts embeddings, in closed form.
+    """The paper's phase-2 pairwise objective, in closed form, for label-agnostic pixel
+    embeddings: the Potts embeddings Â, and the pixel features f of the attractive
+    embeddings Γ_{:, l, p} = U_l f_p (:class:`~benchmarks.reproduce.networks.AttractiveHead`).
 
-    Pixels that share a ground-truth digit label should have similar embeddings (the Potts
-    term then penalises giving them different labels), all other pairs orthogonal ones and
-    background pixels none: the raw embeddings E (D, P) are fitted to the affinity
-    T_pq = [y_p = y_q ≠ 0] in ‖EᵀE − T‖²_F / ‖T‖²_F. Expanding the square avoids the P×P
-    matrices: ‖EEᵀ‖²_F − 2 Σ_c ‖E 1_c‖² + Σ_c n_c², with 1_c the pixels of label c.
+    The raw embeddings E (C, P) are fitted to a target affinity T = Σ_g 1_g 1_gᵀ over
+    disjoint groups g of pixels, in ‖EᵀE − T‖²_F / ‖T‖²_F. Expanding the square avoids the
+    P×P matrices: ‖EEᵀ‖²_F − 2 Σ_g ‖E 1_g‖² + Σ_g n_g².
+
+    * Potts: one group per digit class. Pixels that share a ground-truth digit label should
+      have similar embeddings (the Potts term then penalises giving them different labels),
+      all other pairs orthogonal ones, background pixels none.
+    * Attractive and signed: one group, every digit pixel. f says which pixels exchange
+      evidence; which labels they exchange (U_lᵀU_m) is left to the joint phase, so that
+      the model can learn ties between different labels — partner classes in TiedScenes —
+      that a per-class target would forbid.
     """
-    raw = model.branch(images - 0.5)
-    batch, dim = raw.shape[:2]
-    flat = raw.reshape(batch, dim, -1)
-    classes = F.one_hot(low_res_labels(labels).reshape(batch, -1), NUM_CLASSES)[..., 1:]
-    classes = classes.to(flat.dtype)  # (B, P, L − 1)
+    raw = model.branch(images - 0.5)[:, repulsive_channels(model.variant) :]
+    batch = raw.shape[0]
+    onehot = F.one_hot(low_res_labels(labels).reshape(batch, -1), NUM_CLASSES)
+    digits = onehot[..., 1:].to(raw.dtype)  # (B, P, L − 1): the pixels of each digit class
+    groups = digits if model.variant.kind == "potts" else digits.sum(-1, keepdim=True)
+    flat = raw.flatten(2)
     gram = flat @ flat.transpose(1, 2)
-    pooled = flat @ classes  # (B, D, L − 1): Σ_{p ∈ c} e_p
-    sizes = classes.sum(dim=1)
+    pooled = flat @ groups  # (B, C, groups): Σ_{p ∈ g} e_p
+    sizes = groups.sum(dim=1)
     error = gram.square().sum((1, 2)) - 2 * pooled.square().sum((1, 2)) + sizes.square().sum(1)
     return (error / sizes.square().sum(1).clamp_min(1.0)).mean()
 
@@ -140,30 +149,34 @@ def train_seed(
         seed_everything(kind, seed, variant.name)
         model = SegmentationNet(variant, config, width)
         model.unary.load_state_dict(base.unary.state_dict())
-        added = model.unary if model.branch is None else model.branch
-        pairwise = affinity_loss if variant.kind == "potts" else segmentation_loss
-        train_phase(model, [added], data, 2, seed, progress, pairwise)
+        added = [model.unary] if model.branch is None else [model.branch]
+        if attractive_dim(variant):
+            added.append(model.attractive)
+        has_target = variant.kind == "potts" or attractive_dim(variant)
+        pairwise = affinity_loss if has_target else segmentation_loss
+        train_phase(model, added, data, 2, seed, progress, pairwise)
         train_phase(model, [model], data, 3, seed, progress)
         models[variant.name] = model
     return base, models
 
 
 @contextlib.contextmanager
-def torch_settings() -> Iterator[None]:
-    """Two torch threads and deterministic kernels, so that a seed fixes the results; the
-    caller's settings are restored afterwards (the smoke test runs inside pytest).
+def torch_settings(threads: int = 2) -> Iterator[None]:
+    """``threads`` torch threads and deterministic kernels, so that a seed fixes the
+    results; the caller's settings are restored afterwards (the smoke test runs inside
+    pytest). Training jobs use one thread each (:mod:`benchmarks.reproduce.jobs`).
 
     NumPy's BLAS (used by the G-CRF core on CPU) is pinned to one thread: its pool
     busy-waits after each call and, on two cores, starves torch's own threads — measured
     2.4× slower Potts-64 training steps (82 → 35 ms) with both pools at two threads.
     """
-    threads = torch.get_num_threads()
+    previous = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     try:
         with threadpool_limits(limits=1, user_api="blas"):
             yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous)
         torch.use_deterministic_algorithms(deterministic)
