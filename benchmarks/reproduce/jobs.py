@@ -2,8 +2,9 @@
 
 Each job trains every variant of one seed (:func:`~benchmarks.reproduce.training.train_seed`)
 with one torch thread and scores it on the held-out scenes. Small convolutions use two
-threads poorly: on the 2-core reference machine, two one-thread jobs side by side finish
-about 1.4× sooner than the same jobs one after another with two threads each. A job's
+threads poorly: on the 2-core reference machine, two one-thread processes side by side ran
+about 1.3× more training steps per second than one process with two threads (per-step
+times of the unary, Potts and attractive variants). A job's
 results depend on its seed only, never on how many workers run or in which order.
 """
 

@@ -8,6 +8,8 @@ embeddings are rescaled so that every system stays positive definite and well co
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -174,7 +176,8 @@ def upsample(scores: Tensor) -> Tensor:
 
 def branch_parameters(variant: Variant, config: Config) -> int:
     """Parameters of the extra branch of a G-CRF variant (with its label vectors)."""
-    labels = (attractive_dim(variant) or 0) * NUM_CLASSES * (pixel_features(variant) or 0)
+    shape = label_vectors_shape(variant)
+    labels = math.prod(shape) if shape else 0
     return parameter_count(conv_trunk(config.width, embedding_channels(variant))) + labels
 
 
@@ -197,6 +200,12 @@ def pixel_features(variant: Variant) -> int | None:
     return None if dim is None else max(1, dim // NUM_CLASSES)
 
 
+def label_vectors_shape(variant: Variant) -> tuple[int, int, int] | None:
+    """(E, L, F), the shape of the attractive embeddings' label vectors U."""
+    dim = attractive_dim(variant)
+    return None if dim is None else (dim, NUM_CLASSES, pixel_features(variant))
+
+
 class AttractiveHead(nn.Module):
     """Attractive embeddings factored as Γ_{:, l, p} = U_l f_p: pixel features f (F of them,
     from the branch) times learned label vectors U (E, L, F).
@@ -210,11 +219,11 @@ class AttractiveHead(nn.Module):
 
     def __init__(self, variant: Variant):
         super().__init__()
-        dim, features = attractive_dim(variant), pixel_features(variant)
-        width = NUM_CLASSES * features
+        shape = label_vectors_shape(variant)
+        dim, width = shape[0], shape[1] * shape[2]
         q, _ = torch.linalg.qr(torch.randn(max(dim, width), min(dim, width)))
         vectors = q if dim >= width else q.T
-        self.vectors = nn.Parameter(vectors.reshape(dim, NUM_CLASSES, features).contiguous())
+        self.vectors = nn.Parameter(vectors.reshape(shape).contiguous())
 
     def forward(self, features: Tensor) -> Tensor:
         """Γ (B, E, L, h, w) from pixel features (B, F, h, w)."""
