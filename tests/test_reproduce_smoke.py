@@ -91,6 +91,25 @@ def test_training_is_deterministic_given_the_seed():
         np.testing.assert_array_equal(first[name], again[name])
 
 
+def test_variants_do_not_depend_on_their_order():
+    """The jobs train each variant apart, in any order and process: same as train_seed."""
+    tiny = replace(
+        config.QUICK, datasets=("tied",), train_scenes=16, test_scenes=4, steps=(2, 1, 1)
+    )
+    data = training.load_data("tied", tiny)
+    with training.torch_settings(threads=1):
+        _, models = training.train_seed("tied", 1, data, tiny, tqdm(disable=True))
+        base = training.train_unary("tied", 1, data, tiny, tqdm(disable=True))
+        for variant in reversed(config.variants(tiny)):
+            alone = training.train_variant(
+                "tied", 1, variant, base.unary.state_dict(), data, tiny, tqdm(disable=True)
+            )
+            np.testing.assert_array_equal(
+                evaluation.predict(alone, data.test_images),
+                evaluation.predict(models[variant.name], data.test_images),
+            )
+
+
 def test_quick_run_end_to_end(tmp_path, monkeypatch):
     # Without --out, a quick run goes to a new temporary folder (here under tmp_path).
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))

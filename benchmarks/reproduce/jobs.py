@@ -1,11 +1,14 @@
-"""Training jobs — one dataset and seed each — run side by side in worker processes.
+"""Training jobs run side by side in worker processes.
 
-Each job trains every variant of one seed (:func:`~benchmarks.reproduce.training.train_seed`)
-with one torch thread and scores it on the held-out scenes. Small convolutions use two
-threads poorly: on the 2-core reference machine, two one-thread processes side by side ran
-about 1.3× more training steps per second than one process with two threads (per-step
-times of the unary, Potts and attractive variants). A job's
-results depend on its seed only, never on how many workers run or in which order.
+A run has two kinds of job: the phase-1 unary network of one (dataset, seed), which also
+scores the pooling oracles on it, then — once it is trained — one job per variant of that
+seed (phases 2 and 3, then the held-out mIoU). Small jobs keep every worker busy until the
+end: with one job per (dataset, seed), the 9 jobs of the default run on 2 workers took
+5 rounds, the last one on a single core. Each job uses one torch thread: small
+convolutions use two threads poorly, and on the 2-core reference machine two one-thread
+processes side by side ran about 1.3× more training steps per second than one process with
+two threads (per-step times of the unary, Potts and attractive variants). A job's results
+depend on its seeds only, never on how many workers run or in which order.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ import queue as queues
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from tqdm import tqdm
 
-from .config import Config, variants
+from .config import Config, Variant, variants
 from .evaluation import mean_iou, oracle_miou, predict
 from .networks import SegmentationNet, control_width
-from .training import load_data, torch_settings, train_seed
+from .training import Data, load_data, torch_settings, train_unary, train_variant
 
 #: training steps a worker reports at once (fewer messages, a smooth enough bar)
 REPORT_EVERY = 10
@@ -33,8 +37,9 @@ _steps: Any = None  # the worker's queue to the parent's progress bar
 
 @dataclass(frozen=True)
 class JobResult:
-    """What one job sends back: mIoU (%) per variant, the oracles' mIoU, and the trained
-    weights where the parent asked for them (figures and timings)."""
+    """What the jobs of one (dataset, seed) send back, gathered: mIoU (%) per variant, the
+    oracles' mIoU, and the trained weights where the parent asked for them (figures and
+    timings)."""
 
     kind: str
     seed: int
@@ -65,20 +70,33 @@ def _start_worker(steps: Any) -> None:
     _steps = steps
 
 
-def _job(kind: str, seed: int, config: Config, keep: bool) -> JobResult:
+@cache
+def _data(kind: str, config: Config) -> Data:
+    # Each worker generates a dataset once and keeps it for the jobs that follow.
+    return load_data(kind, config)
+
+
+def _unary_job(kind: str, seed: int, config: Config) -> tuple[dict, dict[str, float]]:
+    """Phase 1 of one seed: the unary network's weights and the oracles' mIoU on it."""
     counter = _StepCounter()
     with torch_settings(threads=1):
-        data = load_data(kind, config)
-        base, models = train_seed(kind, seed, data, config, counter)
+        data = _data(kind, config)
+        base = train_unary(kind, seed, data, config, counter)
         counter.flush()
-        labels = data.test_labels.numpy()
-        scores = {
-            name: mean_iou(predict(model, data.test_images), labels)
-            for name, model in models.items()
-        }
-        oracles = oracle_miou(base, data)
-    weights = {name: model.state_dict() for name, model in models.items()} if keep else None
-    return JobResult(kind, seed, scores, oracles, weights)
+        return base.unary.state_dict(), oracle_miou(base, data)
+
+
+def _variant_job(
+    kind: str, seed: int, variant: Variant, unary: dict, config: Config, keep: bool
+) -> tuple[float, dict | None]:
+    """Phases 2 and 3 of one variant: its held-out mIoU, and its weights if ``keep``."""
+    counter = _StepCounter()
+    with torch_settings(threads=1):
+        data = _data(kind, config)
+        model = train_variant(kind, seed, variant, unary, data, config, counter)
+        counter.flush()
+        score = mean_iou(predict(model, data.test_images), data.test_labels.numpy())
+    return score, model.state_dict() if keep else None
 
 
 def rebuild(weights: dict[str, dict], config: Config) -> dict[str, SegmentationNet]:
@@ -93,33 +111,52 @@ def rebuild(weights: dict[str, dict], config: Config) -> dict[str, SegmentationN
 
 
 def worker_count(config: Config) -> int:
-    """One worker per CPU, at most one per job."""
-    return max(1, min(len(config.datasets) * len(config.seeds), os.cpu_count() or 1))
+    """One worker per CPU, at most one per variant job."""
+    jobs = len(config.datasets) * len(config.seeds) * len(variants(config))
+    return max(1, min(jobs, os.cpu_count() or 1))
 
 
 def run_jobs(config: Config, total_steps: int, progress: bool, workers: int) -> Iterator[JobResult]:
-    """Train and score every (dataset, seed) of ``config`` in ``workers`` processes,
-    yielding the results as they come; the weights come back for the first seed of each
-    dataset."""
-    jobs = [(kind, seed) for kind in config.datasets for seed in config.seeds]
+    """Train and score every variant of every (dataset, seed) of ``config`` in ``workers``
+    processes, yielding each (dataset, seed) as soon as all its variants are done; the
+    weights come back for the first seed of each dataset."""
     context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
     steps = context.Queue()
+    names = [variant.name for variant in variants(config)]
+    scores: dict[tuple[str, int], dict[str, float]] = {}
+    weights: dict[tuple[str, int], dict[str, dict]] = {}
+    oracles: dict[tuple[str, int], dict[str, float]] = {}
     with (
         tqdm(total=total_steps, desc="training", unit="step", disable=not progress) as bar,
         ProcessPoolExecutor(
             workers, mp_context=context, initializer=_start_worker, initargs=(steps,)
         ) as pool,
     ):
-        pending: set[Future] = {
-            pool.submit(_job, kind, seed, config, seed == config.seeds[0]) for kind, seed in jobs
+        tasks: dict[Future, tuple] = {
+            pool.submit(_unary_job, kind, seed, config): (kind, seed, None)
+            for kind in config.datasets
+            for seed in config.seeds
         }
-        while pending:
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        while tasks:
+            done, _ = wait(tasks, timeout=0.5, return_when=FIRST_COMPLETED)
             _drain(steps, bar)
             for future in done:
-                result = future.result()
-                bar.set_postfix_str(f"done: {result.kind}, seed {result.seed}")
-                yield result
+                kind, seed, variant = tasks.pop(future)
+                key = (kind, seed)
+                keep = seed == config.seeds[0]
+                if variant is None:
+                    unary, oracles[key] = future.result()
+                    scores[key] = {}
+                    for v in variants(config):
+                        job = pool.submit(_variant_job, kind, seed, v, unary, config, keep)
+                        tasks[job] = (kind, seed, v)
+                    continue
+                scores[key][variant.name], state = future.result()
+                if keep:
+                    weights.setdefault(key, {})[variant.name] = state
+                if len(scores[key]) == len(names):
+                    bar.set_postfix_str(f"done: {kind}, seed {seed}")
+                    yield JobResult(kind, seed, scores[key], oracles[key], weights.get(key))
         _drain(steps, bar)
 
 

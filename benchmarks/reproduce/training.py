@@ -133,30 +133,56 @@ def seed_everything(*keys: object) -> None:
     torch.manual_seed(zlib.crc32(repr(keys).encode()))
 
 
-def train_seed(
+def train_unary(
     kind: str, seed: int, data: Data, config: Config, progress: tqdm
-) -> tuple[SegmentationNet, dict[str, SegmentationNet]]:
-    """Train every variant for one seed; phase 1 (the unary network) is shared.
-
-    Returns the phase-1 network and the trained variants by name.
-    """
+) -> SegmentationNet:
+    """Phase 1 of one seed: the unary network that every variant of the seed starts from."""
     seed_everything(kind, seed, "unary")
     base = SegmentationNet(Variant("unary"), config)
     train_phase(base, [base.unary], data, 1, seed, progress)
-    width = control_width(config)
-    models = {}
-    for variant in variants(config):
-        seed_everything(kind, seed, variant.name)
-        model = SegmentationNet(variant, config, width)
-        model.unary.load_state_dict(base.unary.state_dict())
-        added = [model.unary] if model.branch is None else [model.branch]
-        if attractive_dim(variant):
-            added.append(model.attractive)
-        has_target = variant.kind == "potts" or attractive_dim(variant)
-        pairwise = affinity_loss if has_target else segmentation_loss
-        train_phase(model, added, data, 2, seed, progress, pairwise)
-        train_phase(model, [model], data, 3, seed, progress)
-        models[variant.name] = model
+    return base
+
+
+def train_variant(
+    kind: str,
+    seed: int,
+    variant: Variant,
+    unary: dict[str, Tensor],
+    data: Data,
+    config: Config,
+    progress: tqdm,
+) -> SegmentationNet:
+    """Phases 2 and 3 of one variant, from the phase-1 unary network's weights ``unary``.
+
+    The variant's own seed fixes its initialisation, so that the result does not depend on
+    which variants were trained before it, nor in which process.
+    """
+    seed_everything(kind, seed, variant.name)
+    model = SegmentationNet(variant, config, control_width(config))
+    model.unary.load_state_dict(unary)
+    added = [model.unary] if model.branch is None else [model.branch]
+    if attractive_dim(variant):
+        added.append(model.attractive)
+    has_target = variant.kind == "potts" or attractive_dim(variant)
+    pairwise = affinity_loss if has_target else segmentation_loss
+    train_phase(model, added, data, 2, seed, progress, pairwise)
+    train_phase(model, [model], data, 3, seed, progress)
+    return model
+
+
+def train_seed(
+    kind: str, seed: int, data: Data, config: Config, progress: tqdm
+) -> tuple[SegmentationNet, dict[str, SegmentationNet]]:
+    """Train every variant for one seed in this process; phase 1 is shared.
+
+    Returns the phase-1 network and the trained variants by name.
+    """
+    base = train_unary(kind, seed, data, config, progress)
+    unary = base.unary.state_dict()
+    models = {
+        variant.name: train_variant(kind, seed, variant, unary, data, config, progress)
+        for variant in variants(config)
+    }
     return base, models
 
 
