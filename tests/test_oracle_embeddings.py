@@ -11,8 +11,14 @@ from benchmarks.reproduce.oracles import (
     digit_groups,
     general_embeddings,
     oracle_outputs,
+    tied_embeddings,
 )
-from lowrank_gcrf.testing import dense_matrix, potts_dense_matrix, reference_solve
+from lowrank_gcrf.testing import (
+    dense_matrix,
+    potts_dense_matrix,
+    reference_solve,
+    signed_dense_matrix,
+)
 
 L, P, LAM, RHO = 4, 12, 0.7, 0.9
 
@@ -83,3 +89,40 @@ def test_sign_split_passes_right_pixels_evidence_to_wrong_ones():
     x = oracle_outputs(scores, labels, LAM, RHO)["general-sign-split"]
     assert np.all(x[0, 1, 3:6] > 0.0)  # the wrong pixels received label-1 evidence
     assert np.all(x[0, 1, :3] < scores[0, 1, :3] / LAM)  # paid for by the right ones
+
+
+def tied_scene():
+    labels = np.zeros((2, P), np.int64)
+    labels[0, :3], labels[0, 5:8] = 1, 2  # the partner digits 0 and 1: one pair
+    labels[0, 9:11] = 3  # digit 2, whose partner (digit 3) has no label when L = 4
+    labels[1, 2:6] = 2  # one digit of a pair
+    return labels
+
+
+def test_tied_oracle_matches_dense_solves_and_ties_partners():
+    labels = tied_scene()
+    gamma = tied_embeddings(labels, L, RHO * LAM)
+    assert gamma.shape == (2, 1, L * P)  # digit labels 1–3: one complete pair, digits 0–1
+    rows = gamma.reshape(2, 1, L, P)
+    np.testing.assert_allclose(rows.sum(axis=2), 0.0, atol=1e-15)  # centred over labels
+    spectral = np.linalg.eigvalsh(gamma @ np.swapaxes(gamma, 1, 2))[:, -1]
+    np.testing.assert_allclose(spectral, RHO * LAM)
+    digit = labels > 0
+    np.testing.assert_allclose(rows[:, 0, 1], rows[:, 0, 2])  # labels 1 and 2 tied...
+    assert np.all(rows[:, 0, 1][digit] > 0) and np.all(rows[:, 0, 3][digit] < 0)
+    assert not rows[:, 0][:, :, ~digit[0]][0].any()  # ...on the digit pixels only
+    scores = np.random.default_rng(2).standard_normal((2, L, P))
+    x = oracle_outputs(scores, labels, LAM, RHO)["attractive-tied"]
+    expected = reference_solve(signed_dense_matrix(None, gamma, LAM), scores.reshape(2, -1))
+    np.testing.assert_allclose(x.reshape(2, -1), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_tied_oracle_ignores_the_label_mean():
+    """Centred ties pool label deviations only: a score shift shared by all labels passes
+    through as x = b/λ, so the softmax of x sees no change."""
+    labels = tied_scene()
+    scores = np.random.default_rng(3).standard_normal((2, L, P))
+    shift = np.random.default_rng(4).standard_normal((2, 1, P))
+    x = oracle_outputs(scores, labels, LAM, RHO)["attractive-tied"]
+    shifted = oracle_outputs(scores + shift, labels, LAM, RHO)["attractive-tied"]
+    np.testing.assert_allclose(shifted - x, np.broadcast_to(shift / LAM, x.shape), atol=1e-12)

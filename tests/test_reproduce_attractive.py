@@ -31,18 +31,31 @@ def test_gram_from_the_factors_equals_the_gram_of_gamma(dim):
 
 
 @pytest.mark.parametrize("dim", [16, 44])
-def test_initial_label_vectors_are_the_potts_model(dim):
-    # E ≥ L·F: U_lᵀU_m = [l = m] I_F, so ΓᵀΓ = I_L ⊗ f fᵀ, the Potts model of dimension F.
+def test_initial_label_vectors_are_the_potts_model_on_label_deviations(dim):
+    # E ≥ L·F: the centred U_lᵀU_m = ([l = m] − 1/L) I_F, so ΓᵀΓ = (I − J/L) ⊗ f fᵀ: the
+    # Potts model of dimension F on the label deviations.
     torch.manual_seed(1)
     head = AttractiveHead(Variant("attractive", dim))
     features = head.vectors.shape[2]
-    U = head.vectors.detach().double()
+    U = head.centred().detach().double()
     coupling = torch.einsum("elj,emk->lmjk", U, U)
-    eye = torch.eye(NUM_CLASSES, dtype=torch.float64)[:, :, None, None] * torch.eye(
-        features, dtype=torch.float64
-    )
+    centring = torch.eye(NUM_CLASSES, dtype=torch.float64) - 1.0 / NUM_CLASSES
+    expected = centring[:, :, None, None] * torch.eye(features, dtype=torch.float64)
     # U is float32 from a Householder QR: orthonormal to a few E·ε (ε = 1.2e-7).
-    torch.testing.assert_close(coupling, eye, rtol=0, atol=4 * dim * 1.2e-7)
+    torch.testing.assert_close(coupling, expected, rtol=0, atol=4 * dim * 1.2e-7)
+
+
+def test_attractive_embeddings_ignore_the_label_mean():
+    # Σ_l Γ_{:, l, p} = 0, so Γ(1_L ⊗ v) = 0: a score shift shared by all labels is not pooled.
+    torch.manual_seed(3)
+    head = AttractiveHead(Variant("attractive", 22))
+    with torch.no_grad():
+        head.vectors.add_(torch.randn_like(head.vectors))  # any learned U, not only the start
+        gamma = head(torch.randn(2, pixel_features(Variant("attractive", 22)), 4, 5))
+    # float32: the mean and the sum each round by about L·ε relative to the largest entry
+    atol = 2 * NUM_CLASSES * 1.2e-7 * float(gamma.abs().max())
+    label_sum = gamma.sum(dim=2)
+    torch.testing.assert_close(label_sum, torch.zeros_like(label_sum), atol=atol, rtol=0)
 
 
 def test_attractive_embeddings_are_bounded_like_the_potts_ones():

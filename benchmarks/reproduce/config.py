@@ -58,6 +58,10 @@ class Config:
         (‖Γ‖₂² < ρλ): positive definite.
     general_kappa : float
         General embeddings are rescaled so that κ = 1 + ‖A‖₂²/λ < ``general_kappa``.
+    signed_kappa : float
+        The same bound on the signed model's repulsive embeddings A. Tighter than the
+        general model's: λI + AᵀA can outweigh the attractive term, whose gain is capped by
+        ‖Γ‖₂² < ρλ, wherever both act (docs/reproduction.md).
     solver_rtol : float
         Relative residual of the G-CRF solves; float32 certifies no less than about ε·κ
         (docs/maths.md, accuracy), so 1e-4 with κ ≤ 100, ample for training.
@@ -87,6 +91,7 @@ class Config:
     lam: float = 1.0
     potts_margin: float = 0.9
     general_kappa: float = 100.0
+    signed_kappa: float = 2.0
     solver_rtol: float = 1e-4
     background_weight: float = 0.1
     timing_repeats: int = 20

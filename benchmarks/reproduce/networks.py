@@ -144,7 +144,8 @@ class SegmentationNet(nn.Module):
         parts = []
         if repulsive:
             A = raw[:, :repulsive].reshape(batch, -1, NUM_CLASSES, height, width)
-            parts.append(general_embeddings(A, config.lam, config.general_kappa))
+            kappa = config.signed_kappa if self.variant.kind == "signed" else config.general_kappa
+            parts.append(general_embeddings(A, config.lam, kappa))
         if attractive_dim(self.variant):
             features = raw[:, repulsive:]
             top = torch.linalg.eigvalsh(self.attractive.gram(features))[:, -1]
@@ -208,13 +209,17 @@ def label_vectors_shape(variant: Variant) -> tuple[int, int, int] | None:
 
 class AttractiveHead(nn.Module):
     """Attractive embeddings factored as Γ_{:, l, p} = U_l f_p: pixel features f (F of them,
-    from the branch) times learned label vectors U (E, L, F).
+    from the branch) times learned label vectors U (E, L, F), centred over the labels.
 
     Then ΓᵀΓ = Σ_{l, m} (U_lᵀU_m) ⊗ f fᵀ: f says which pixels exchange evidence, U which
     labels. A convolution that had to output all E·L numbers of Γ_{:, :, p} at each pixel
     would have to discover this structure by itself (it did not: see docs/reproduction.md).
-    U starts from orthonormal columns where E ≥ L·F, U_lᵀU_m = [l = m] I_F — the Potts model
-    of dimension F — and from orthonormal rows otherwise (random, from torch's seed).
+    Centring (Σ_l U_l = 0) makes Γ blind to the scores' label mean, which the softmax
+    ignores: uncentred, a channel shared by two labels pools that mean into both of them
+    (the tied-label oracle fell from 35 to 9 mIoU without it). U starts from orthonormal
+    columns where E ≥ L·F, so that the centred U_lᵀU_m = ([l = m] − 1/L) I_F: the Potts
+    model of dimension F on the label deviations, the label mean passing as b/λ. Where
+    E < L·F it starts from orthonormal rows (random, from torch's seed).
     """
 
     def __init__(self, variant: Variant):
@@ -225,16 +230,21 @@ class AttractiveHead(nn.Module):
         vectors = q if dim >= width else q.T
         self.vectors = nn.Parameter(vectors.reshape(shape).contiguous())
 
+    def centred(self) -> Tensor:
+        """The label vectors minus their mean over labels."""
+        return self.vectors - self.vectors.mean(dim=1, keepdim=True)
+
     def forward(self, features: Tensor) -> Tensor:
         """Γ (B, E, L, h, w) from pixel features (B, F, h, w)."""
-        return torch.einsum("elf,bfhw->belhw", self.vectors, features)
+        return torch.einsum("elf,bfhw->belhw", self.centred(), features)
 
     def gram(self, features: Tensor) -> Tensor:
         """ΓΓᵀ (B, E, E) = Σ_{j, k} (f_j · f_k) U_j U_kᵀ from the F×F Gram of the features,
         without forming Γ (U_j = U[:, :, j], E×L)."""
         flat = features.flatten(2)
         small = flat @ flat.transpose(1, 2)
-        return torch.einsum("elj,bjk,mlk->bem", self.vectors, small, self.vectors)
+        vectors = self.centred()
+        return torch.einsum("elj,bjk,mlk->bem", vectors, small, vectors)
 
 
 def attractive_dim(variant: Variant) -> int | None:

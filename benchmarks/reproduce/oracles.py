@@ -17,16 +17,26 @@ ConsensusScenes), and each group k of n_k pixels gets its own direction:
   correctly get +√(λ/n₊), the others −√(λ/n₋). Opposite signs are the only way the general
   model passes evidence between pixels with a positive weight (−⟨A_p, C⁻¹A_q⟩ > 0), so this
   is its best case given knowledge no network has.
+* ``attractive-tied``: the attractive model M = λI − ΓᵀΓ with TiedScenes' partner labels
+  tied, given the digit pixels but not their classes: one row per partner pair (0–1, 2–3,
+  …), each over every digit pixel of the scene, Γ_{k, l, p} = [p is a digit] t_{k, l},
+  t_k the indicator of the pair's two labels *centred over the labels*, scaled so that
+  ‖Γ‖₂² = ρλ. Evidence for either partner anywhere in the scene's digits raises both
+  partners everywhere in them. Centring matters: without it Γ also pools the scores'
+  label mean, which the softmax ignores, into the two partners' scores. Choosing the row of
+  the pair actually present would hand the oracle the digits' classes; it does not.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from lowrank_gcrf import solve, solve_potts
+from lowrank_gcrf import solve, solve_potts, solve_signed
+
+from .scenes import partner
 
 #: the oracles, in report order
-ORACLES = ("potts", "general", "general-sign-split")
+ORACLES = ("potts", "general", "general-sign-split", "attractive-tied")
 
 
 def digit_groups(labels: np.ndarray) -> np.ndarray:
@@ -70,6 +80,39 @@ def general_embeddings(weights: np.ndarray, num_labels: int) -> np.ndarray:
     )
 
 
+def tied_embeddings(labels: np.ndarray, num_labels: int, budget: float) -> np.ndarray:
+    """Attractive embeddings Γ (n, K, L·P) of the ``attractive-tied`` oracle.
+
+    Parameters
+    ----------
+    labels : ndarray (n, P) of int
+        Ground-truth labels (0 = background, digit d has label d + 1); only which pixels
+        are digits is used.
+    num_labels : int
+        L.
+    budget : float
+        ‖Γ‖₂² of each scene with digits.
+
+    Returns
+    -------
+    ndarray (n, K, L·P), float64
+        Row k ties the labels of the k-th partner pair (K pairs among the L − 1 digit
+        labels); columns in the core's label-major flattening l·P + p.
+    """
+    n, pixels = labels.shape
+    digits = range(num_labels - 1)
+    pairs = sorted({min(d, partner(d)) for d in digits if partner(d) in digits})
+    ties = np.zeros((len(pairs), num_labels))
+    for k, first in enumerate(pairs):
+        ties[k, [first + 1, partner(first) + 1]] = 1.0
+    ties -= ties.mean(axis=1, keepdims=True)
+    gamma = np.einsum("kl,np->nklp", ties, (labels > 0).astype(np.float64))
+    gamma = gamma.reshape(n, len(pairs), num_labels * pixels)
+    # ΓΓᵀ = |digits| T Tᵀ: its top eigenvalue from the K×K Gram of the ties
+    top = np.linalg.eigvalsh(ties @ ties.T)[-1] * (labels > 0).sum(axis=1)
+    return gamma * np.sqrt(budget / np.maximum(top, 1e-300))[:, None, None]
+
+
 def oracle_outputs(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -111,4 +154,8 @@ def oracle_outputs(
             for i in range(0, n, chunk)
         ]
         outputs[name] = np.concatenate(parts).reshape(n, num_labels, pixels)
+    tied = tied_embeddings(labels, num_labels, margin * lam)
+    outputs["attractive-tied"] = solve_signed(
+        None, tied, scores.reshape(n, -1), lam, method="direct"
+    ).reshape(n, num_labels, pixels)
     return outputs

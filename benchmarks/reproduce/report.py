@@ -34,6 +34,7 @@ ORACLE_NAMES = {
     "potts": "Potts, one shared direction per ground-truth digit group",
     "general": "general, one direction per (group, label)",
     "general-sign-split": "general, group split by sign: unary right (+) / wrong (−)",
+    "attractive-tied": "attractive, one centred direction per partner pair (labels tied)",
 }
 
 
