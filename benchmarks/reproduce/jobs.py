@@ -7,8 +7,9 @@ end: with one job per (dataset, seed), the 9 jobs of the default run on 2 worker
 5 rounds, the last one on a single core. Each job uses one torch thread: small
 convolutions use two threads poorly, and on the 2-core reference machine two one-thread
 processes side by side ran about 1.3× more training steps per second than one process with
-two threads (per-step times of the unary, Potts and attractive variants). A job's results
-depend on its seeds only, never on how many workers run or in which order.
+two threads (per-step times of the unary, Potts and attractive variants). Every variant is
+seeded on its own, so any split and order trains the same models up to floating-point
+rounding, which differs between processes and which training amplifies (docs/reproduction.md).
 """
 
 from __future__ import annotations

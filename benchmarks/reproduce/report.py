@@ -34,7 +34,7 @@ ORACLE_NAMES = {
     "potts": "Potts, one shared direction per ground-truth digit group",
     "general": "general, one direction per (group, label)",
     "general-sign-split": "general, group split by sign: unary right (+) / wrong (−)",
-    "attractive-tied": "attractive, one centred direction per partner pair (labels tied)",
+    "attractive-tied": "attractive, partner labels tied (centred) over all digit pixels",
 }
 
 
@@ -143,8 +143,9 @@ def markdown_section(report: dict, results_dir: Path, results_md: Path) -> str:
         "(background + 10 digits). Δ: mean gain over the better of the two baselines. "
         "Models: general λI + AᵀA (the paper's, D = general-D), Potts (Â of dimension D), "
         "attractive λI − ΓᵀΓ (label-dependent Γ_{:, l, p} = U_l f_p of dimension "
-        "E = attractive-E, learned label vectors U times pixel features f, ‖Γ‖₂² < ρλ) and "
-        "signed λI + AᵀA − ΓᵀΓ (D = E = signed-D).",
+        "E = attractive-E, learned label vectors U centred over the labels times pixel "
+        "features f, ‖Γ‖₂² < ρλ) and signed λI + AᵀA − ΓᵀΓ (D = E = signed-D, "
+        f"1 + ‖A‖₂²/λ < {config['signed_kappa']:g}).",
         "",
     ]
     for kind, rows in report["summary"].items():
