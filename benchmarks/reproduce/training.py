@@ -154,8 +154,8 @@ def train_variant(
 ) -> SegmentationNet:
     """Phases 2 and 3 of one variant, from the phase-1 unary network's weights ``unary``.
 
-    The variant's own seed fixes its initialisation, so that the result does not depend on
-    which variants were trained before it, nor in which process.
+    The variant's own seed fixes its initialisation, so that it can be trained alone, in any
+    order and process (the same model up to floating-point rounding: docs/reproduction.md).
     """
     seed_everything(kind, seed, variant.name)
     model = SegmentationNet(variant, config, control_width(config))
