@@ -101,7 +101,7 @@ def _variant_job(
 
 
 def rebuild(weights: dict[str, dict], config: Config) -> dict[str, SegmentationNet]:
-    """The trained variants of one job from their weights, in evaluation mode."""
+    """The trained variants of one (dataset, seed) from their weights, in evaluation mode."""
     width = control_width(config)
     models = {}
     for variant in variants(config):
