@@ -92,7 +92,7 @@ def test_training_is_deterministic_given_the_seed():
 
 
 def test_variants_do_not_depend_on_their_order():
-    """The jobs train each variant apart, in any order and process: same as train_seed."""
+    """Variants trained one by one, in reverse order, are the models train_seed gives."""
     tiny = replace(
         config.QUICK, datasets=("tied",), train_scenes=16, test_scenes=4, steps=(2, 1, 1)
     )

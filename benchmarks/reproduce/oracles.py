@@ -131,7 +131,7 @@ def oracle_outputs(
     lam : float
         λ of the G-CRF.
     margin : float
-        ρ < 1 of the Potts and general oracles (module docstring).
+        ρ < 1 of the Potts, general and tied oracles (module docstring).
     chunk : int
         Scenes per general solve (its embeddings have K·L rows of L·P entries).
     """
