@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .capacitance import CapacitanceSystem, row_sum_bound
 from .errors import IndefiniteSystemError
-from .operators import GCRFOperator
-from .woodbury import ShiftedLowRankInverse, small_gram
+from .method import capacitance_gram_pays
+from .operators import Factorization, GCRFOperator
+from .woodbury import ShiftedLowRankInverse, small_gram, working_gram
 
 
 class GeneralOperator(GCRFOperator):
@@ -66,6 +68,18 @@ class GeneralOperator(GCRFOperator):
         xp = self.xp
         Av = self.U @ xp.matrix_transpose(v)
         return self._lam_rows * v + xp.matrix_transpose(Av) @ self.U
+
+    def _cg_factorization(self) -> Factorization | None:
+        """The capacitance system for a CG solve where its Gram pays for itself
+        (:func:`~lowrank_gcrf.method.capacitance_gram_pays`), else None."""
+        if not capacitance_gram_pays(self):
+            return None
+        xp = self.xp
+        gram = working_gram(xp, self.U, self.embedding_name)
+        system = CapacitanceSystem(
+            xp, self.U, self.lam, gram, self._couple, row_sum_bound(xp, gram)
+        )
+        return Factorization(self._token, capacitance=system)
 
     def _factorize(self) -> ShiftedLowRankInverse:
         # The capacitance's κ = 1 + ‖A‖₂²/λ is unbounded: float64, factored in the Gram's memory.

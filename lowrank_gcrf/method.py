@@ -35,6 +35,10 @@ DEFAULT_REFINEMENT_STEPS = 10
 #: Margin on the exact-arithmetic CG bound for the loss of orthogonality in floating point.
 CG_MARGIN = 4
 
+#: Most CG iterations on the unknowns that a Gram computed only to iterate on the
+#: capacitance system (:mod:`lowrank_gcrf.capacitance`) may cost.
+CAPACITANCE_GRAM_ITERATIONS = 8
+
 
 def choose_method(method: str, operator: Any) -> str:
     """Resolve a validated ``method`` ("auto", "cg" or "direct") for ``operator``."""
@@ -43,6 +47,27 @@ def choose_method(method: str, operator: Any) -> str:
     if operator.factors_to_check_definiteness:
         return "direct"
     return "direct" if operator.rank <= DIRECT_MAX_RANK else "cg"
+
+
+def capacitance_gram_pays(operator: Any) -> bool:
+    """Whether a CG solve should compute the Gram ``UUᵀ`` to iterate on the k×D capacitance
+    system when nothing else needs it (a Potts proof by Cholesky computes it anyway).
+
+    Only for D < n, and when the Gram costs at most ``CAPACITANCE_GRAM_ITERATIONS``
+    iterations on the unknowns; after that every iteration is 2n/D times cheaper. Cost
+    model, from shapes only (P = 1681, L = 21, float32, one BLAS thread): the Gram's D²n/2
+    multiply-adds against an iteration's 2kDn, i.e. D/(4k) iterations, with a factor 4 for
+    the general model, whose iteration is two matrix-vector products that run about 4×
+    fewer multiply-adds per second than the Gram's matrix product (measured: the Gram of a
+    D = 128 general A took the time of 8.3 matvecs, at D = 256 of 19). So: general
+    D ≤ 128, Potts D ≤ 32L.
+    """
+    k, n = operator.row_shape
+    rank = operator.rank
+    if rank >= n:
+        return False
+    iterations = rank / 16 if k == 1 else rank / (4 * k)
+    return iterations <= CAPACITANCE_GRAM_ITERATIONS
 
 
 def cg_iteration_bound(operator: Any) -> int:

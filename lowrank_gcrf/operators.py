@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,11 +59,16 @@ class Factorization:
     certificate : object or None
         How M was proved positive definite (Potts: ``"frobenius"`` or ``"cholesky"``), so
         that later CG solves with this factorization need not prove it again.
+    capacitance : object or None
+        Where a CG solve iterates when not on the unknowns themselves: for Potts with
+        D < P, the L×D capacitance system built on the proof's Gram
+        (:class:`~lowrank_gcrf.capacitance.CapacitanceSystem`).
     """
 
     owner: object = field(repr=False)
     solver: Any = field(default=None, repr=False)
     certificate: Any = field(default=None, repr=False)
+    capacitance: Any = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -172,7 +178,7 @@ class GCRFOperator:
         Ut = self.xp.matrix_transpose(self._U)
         return self._lam_rows * v + self._couple(v @ Ut) @ self._U
 
-    def _system(self, index: tuple[int, ...]) -> GCRFOperator:
+    def system_at(self, index: tuple[int, ...]) -> GCRFOperator:
         """System ``index`` of the batch as an operator of its own, sharing the memory (its
         parts were validated with the batch)."""
         part = copy.copy(self)
@@ -216,6 +222,11 @@ class GCRFOperator:
     def _certify(self) -> Factorization | None:
         """Prove M positive definite, where that needs a factorization (Potts)."""
         return None
+
+    def _cg_factorization(self) -> Factorization | None:
+        """What a CG solve prepares: the proof of definiteness where one is needed, with the
+        capacitance system where CG iterates on it (:mod:`lowrank_gcrf.capacitance`)."""
+        return self._certify() if self.factors_to_check_definiteness else None
 
     def _checked(self, factorization: Factorization | None) -> Factorization | None:
         if factorization is not None and factorization.owner is not self._token:
@@ -293,7 +304,8 @@ class GCRFOperator:
         -------
         x : array shaped like b, in the promoted dtype of the embeddings and b
         info : SolveInfo
-            ``info.factorization`` holds the factorization used (None for a general CG).
+            ``info.factorization`` holds the factorization used (None for a CG solve that
+            needed none).
 
         Raises
         ------
@@ -337,8 +349,8 @@ class GCRFOperator:
         maxiter = default_maxiter(method, self) if options.maxiter is None else options.maxiter
         if method == "direct" and not (factorization and factorization.complete):
             factorization = self.factor()
-        elif factorization is None and self.factors_to_check_definiteness:
-            factorization = self._certify()
+        elif factorization is None:
+            factorization = self._cg_factorization()
         scale = power_of_two_scale(xp, b)
         b = b / scale[..., None, None]
         x0 = None if x0 is None else x0 / scale[..., None, None]
@@ -368,22 +380,25 @@ class GCRFOperator:
         """
         xp = self.xp
         if method == "cg":
-            if is_numpy(xp) and tol.shape == self.batch_shape and tol.size > 1:
-                systems = [self._system(index).matvec for index in np.ndindex(tol.shape)]
-
-                def sweep(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
-                    return cg_sweeps_in_turn(systems, x, r, rr, active, tol2, budget)
-            else:
-                check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
-
-                def sweep(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
-                    return cg_sweep(xp, self.matvec, x, r, rr, active, tol2, budget, check_every)
+            capacitance = factorization.capacitance if factorization is not None else None
+            space = self if capacitance is None else capacitance
+            sweep = self._cg_sweep(space, tol)
 
             def cg_step(x: Any, r: Any, rr: Any, active: Any, budget: int, first: bool) -> Any:
                 # A restart follows a sweep whose recurrence met tol while the true residual
                 # did not (finite precision): aim it below tol so that it lands under it.
                 target = tol if first else 0.5 * tol
-                return sweep(x, r, rr, active, target * target, budget)
+                if capacitance is None:
+                    return sweep(x, r, rr, active, target * target, budget)
+                # Z = 0 already meets the target where r has no part in Â's row space (Â = 0
+                # among others), and CG would break down on that zero right-hand side.
+                rhs = capacitance.project(r)
+                rr_z = inner(xp, rhs, rhs)
+                tol2_z = capacitance.tolerance_squared(target)
+                z, steps = sweep(
+                    xp.zeros_like(rhs), rhs, rr_z, active & (rr_z > tol2_z), tol2_z, budget
+                )
+                return x + capacitance.lift(r, z, active), steps
 
             return cg_step
         solver = factorization.solver
@@ -393,6 +408,24 @@ class GCRFOperator:
             return x + step, xp.astype(active, xp.int64)
 
         return direct_step
+
+    def _cg_sweep(self, space: Any, tol: Any) -> Callable[..., tuple[Any, Any]]:
+        """``sweep(x, r, rr, active, tol2, budget)``: one CG sweep on ``space`` (this operator
+        or a capacitance system), a NumPy batch one system after another."""
+        xp = self.xp
+        if is_numpy(xp) and tol.shape == self.batch_shape and tol.size > 1:
+            systems = [space.system_at(index).matvec for index in np.ndindex(tol.shape)]
+
+            def in_turn(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
+                return cg_sweeps_in_turn(systems, x, r, rr, active, tol2, budget)
+
+            return in_turn
+        check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
+
+        def batched(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
+            return cg_sweep(xp, space.matvec, x, r, rr, active, tol2, budget, check_every)
+
+        return batched
 
     def _diagnose_failure(self, info: SolveInfo) -> None:
         """Raise a more precise error than ConvergenceError where the model knows one."""

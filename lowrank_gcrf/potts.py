@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .capacitance import CapacitanceSystem
 from .cholesky import cholesky_lower
 from .errors import GCRFError, IndefiniteSystemError
 from .fused import to_host
 from .info import SolveInfo
+from .method import capacitance_gram_pays
 from .operators import Factorization, GCRFOperator
 from .woodbury import ShiftedLowRankInverse, shifted_gram, small_gram, working_gram
 
@@ -42,7 +44,8 @@ class PottsOperator(GCRFOperator):
     ``λ + (L−1)μᵢ`` and ``λ − μᵢ``); every solve proves this first and raises
     :class:`IndefiniteSystemError` otherwise: a direct solve by factoring the deviation
     capacitance ``λI − ÂÂᵀ`` (float64), a CG solve by ``‖Â‖_F² < λ`` where that bound
-    suffices, else by the Cholesky factor of the same capacitance alone.
+    suffices, else by the Cholesky factor of the same capacitance alone. For D < P, CG then
+    iterates on the L×D capacitance system (:mod:`lowrank_gcrf.capacitance`).
     Immutable: build a new operator for new embeddings.
 
     Parameters
@@ -124,15 +127,33 @@ class PottsOperator(GCRFOperator):
 
     def _certify(self) -> Factorization:
         """Prove λ > ‖Â‖₂² for a CG solve: by ``‖Â‖_F² < λ`` where that bound suffices (one
-        pass over Â), else by the Cholesky factor of ``λI − ÂÂᵀ`` alone (no inverse)."""
+        pass over Â), else by the Cholesky factor of ``λI − ÂÂᵀ`` alone (no inverse).
+
+        Where the Gram ``ÂÂᵀ`` is at hand (the Cholesky proof needs it) or pays for itself
+        (:func:`~lowrank_gcrf.method.capacitance_gram_pays`), and D < P, the factorization
+        also carries the capacitance system CG then iterates in, with ‖Â‖₂² < λ as its bound.
+        """
         xp = self.xp
-        if self.num_rows == 1 or self._frobenius_certifies():
+        if self.num_rows == 1:
+            return Factorization(self._token, certificate="frobenius")
+        frobenius = self._frobenius_certifies()
+        if frobenius and not capacitance_gram_pays(self):
             return Factorization(self._token, certificate="frobenius")
         gram = working_gram(xp, self.U, self.embedding_name)
-        capacitance = shifted_gram(xp, xp.astype(gram, xp.float64), self.lam, -1.0, overwrite=True)
-        if cholesky_lower(xp, capacitance) is None:
-            self._raise_indefinite(gram)
-        return Factorization(self._token, certificate="cholesky")
+        if not frobenius:
+            capacitance = shifted_gram(
+                xp, xp.astype(gram, xp.float64), self.lam, -1.0, overwrite=True
+            )
+            if cholesky_lower(xp, capacitance) is None:
+                self._raise_indefinite(gram)
+        system = None
+        if self.rank < self.U.shape[-1]:
+            system = CapacitanceSystem(xp, self.U, self.lam, gram, self._couple, self.lam)
+        return Factorization(
+            self._token,
+            certificate="frobenius" if frobenius else "cholesky",
+            capacitance=system,
+        )
 
     def _frobenius_certifies(self) -> bool:
         """Whether ``‖Â‖_F² (1 + γ) < λ`` for every system, with γ = 2(D + P)ε bounding the

@@ -70,7 +70,7 @@ class Contender:
         """Why this contender cannot run ``problem`` (``None`` when it can).
 
         ``context`` holds ``rtol`` and what earlier contenders learned about the case
-        (``cg_iterations``: the forward iterations ``ours-cg`` needed).
+        (``cg_iterations``: the forward iterations ``scipy-cg`` needed, CG on the unknowns).
         """
         return None
 

@@ -9,7 +9,7 @@
 * ``linear-operator``: GPyTorch's ``linear_operator`` Woodbury solve of
   ``LowRankRootAddedDiagLinearOperator`` with torch autograd (general model only; see
   :data:`~benchmarks.speed.torch_contenders.LINEAR_OPERATOR_POTTS`).
-* ``torch-unrolled-cg``: CG written in torch for as many iterations as ``ours-cg`` needed,
+* ``torch-unrolled-cg``: CG written in torch for as many iterations as ``scipy-cg`` needed,
   differentiated by autograd through every iteration — the memory cost of not having an
   analytic backward.
 
@@ -24,7 +24,7 @@ from .torch_contenders import LinearOperatorWoodbury, TorchUnrolledCG
 
 
 def all_contenders() -> list[Contender]:
-    """Every contender, ``ours-cg`` before ``torch-unrolled-cg`` (which needs its count)."""
+    """Every contender, ``scipy-cg`` before ``torch-unrolled-cg`` (which needs its count)."""
     return [
         Ours("auto"),
         Ours("direct"),

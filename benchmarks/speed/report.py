@@ -123,7 +123,8 @@ def markdown(results: dict[str, Any], plots: list[Path], md_path: Path) -> str:
         "Input bytes = embeddings + b + the cotangent gx.",
         "* `scipy-cg` and `dense-cholesky` solve one system at a time (batch 8 would be 8× "
         "batch 1), so the batch-8 cases run only the batched implementations. "
-        "`torch-unrolled-cg` runs exactly as many iterations as `ours-cg` needed. "
+        "`torch-unrolled-cg` runs exactly as many iterations as `scipy-cg` needed (CG on the "
+        "unknowns; `ours-cg` iterates on the smaller capacitance system where that pays). "
         "⚠ marks a result whose true residual is above the tolerance (or whose solver said "
         "so); `fail` a solve that raised (ours: `ConvergenceError` when the true residual "
         "stays above rtol).",

@@ -149,8 +149,8 @@ def run_case(
                 contender, phase, inputs, problem, device, plan_, case.memory, reference
             )
             records.append({**record, **measured})
-            if contender.name == "ours-cg" and phase == "forward" and measured["status"] == "ok":
-                context["cg_iterations"] = outcome.iterations[0]
+            if contender.name == "scipy-cg" and phase == "forward" and measured["status"] == "ok":
+                context["cg_iterations"] = int(np.max(outcome.iterations[0]))
         del inputs
     return records
 

@@ -140,7 +140,7 @@ class TorchUnrolledCG(Contender):
 
     def skip_reason(self, problem: Problem, device: Device, context: dict[str, Any]) -> str | None:
         if context.get("cg_iterations") is None:
-            return "no iteration count to unroll: ours-cg did not converge on this case"
+            return "no iteration count to unroll: scipy-cg did not run on this case"
         return _torch_missing()
 
     def forward(self, inputs: Any) -> Run:
