@@ -61,7 +61,8 @@ nitpick_ignore_regex = [
     # the public modules only, so these render as code rather than links.
     (
         "py:.*",
-        r"lowrank_gcrf\.(method|image_kernels|adapters\.bridge|errors|operators)(\.[\s\S]*)?",
+        r"lowrank_gcrf\.(method|image_kernels|adapters\.bridge|errors|operators|capacitance)"
+        r"(\.[\s\S]*)?",
     ),
 ]
 

@@ -153,3 +153,28 @@ def test_quick_run_leaves_the_published_results_unchanged(monkeypatch, tmp_path,
     assert cli.main(["--report-only", "--out", str(folder)]) == 0
     assert (folder / "RESULTS.md").exists()
     assert results_writer.published_fingerprint() == before
+
+
+def test_iteration_benchmark_short_run_writes_only_where_told(tmp_path, capsys):
+    """A non-default run of ``benchmarks.speed.iteration`` writes its section and rows to
+    ``--out`` and leaves the published results alone; every ratio is a positive number."""
+    import json
+
+    from benchmarks.speed import iteration
+
+    before = results_writer.published_fingerprint()
+    assert iteration.main(["--batch", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert results_writer.published_fingerprint() == before
+    text = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    begin, end = results_writer.markers(iteration.JOB)
+    assert begin in text and end in text and "### Machine" in text
+    rows = json.loads((tmp_path / "results" / "speed_iteration.json").read_text())["rows"]
+    assert [(r["model"], r["D"]) for r in rows] == [
+        ("general", 128),
+        ("potts", 128),
+        ("potts", 1024),
+    ]
+    for r in rows:
+        assert r["ratio"] > 0 and r["solve_ratio"] > 0 and r["ours_iterations"] > 0
+        assert f"| {r['model']} | {r['D']} | 1 |" in text
+    assert "written to" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Time per CG iteration, ours against ``scipy.sparse.linalg.cg`` with the same matvec.
 
-    python -m benchmarks.speed.iteration            # paper sizes, batch 1 and 8, one thread
-    python -m benchmarks.speed.iteration --repeats 21 --batch 1
+    python -m benchmarks.speed.iteration            # paper sizes, batch 1 and 8: publishes
+    python -m benchmarks.speed.iteration --repeats 3 --batch 1 --out DIR
 
 A focused companion of the full speed benchmark: for each paper-size model (P = 41×41,
 L = 21; general D = 128, Potts D = 128 and D = 1024; float32, κ = 10³) it times, in one
@@ -27,13 +27,17 @@ other processes' time slices. The two contenders alternate call by call; times a
 medians. ``ratio`` is scipy's time per iteration over ours (> 1: ours is faster); at batch
 B scipy's time is B times its single-system time, so that the ratio shows what a batch
 gains. ``per solve`` is the same for whole solves to the same rtol (scipy's over ours).
-Nothing is published: the table goes to the terminal (and to ``--json PATH`` if given).
+The default run (batch 1 and 8, 21 repeats) publishes its table as the ``speed-iteration``
+section of ``benchmarks/RESULTS.md`` and its rows in ``benchmarks/results/speed_iteration.json``;
+any other run writes to ``--out DIR`` or a new temporary folder
+(:mod:`benchmarks.results_writer`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -46,8 +50,17 @@ import scipy.sparse.linalg
 from lowrank_gcrf.models import make_operator
 
 from ..paper_sizes import PAPER_LABELS, PAPER_MODELS, PAPER_PIXELS
-from .measure import Device
+from ..results_writer import destination, write_section
+from .measure import Device, threads
 from .problems import Problem, make_problem
+from .report import machine_markdown
+from .runner import machine
+
+#: the section of RESULTS.md this job owns
+JOB = "speed-iteration"
+#: the configuration whose run publishes
+DEFAULT_BATCHES = [1, 8]
+DEFAULT_REPEATS = 21
 
 KAPPA = 1e3
 RTOL = 1e-5
@@ -163,28 +176,65 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def markdown_section(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """The RESULTS.md section: command, machine, the table and how to read it."""
+    return "\n".join(
+        [
+            "## Time per CG iteration (`python -m benchmarks.speed.iteration`)",
+            "",
+            "Full run: paper size (P = 41×41, L = 21), float32, κ = 10³, rtol = 1e-5, CPU time "
+            "with one thread per pool. `scipy/ours` is SciPy's time per iteration over ours "
+            "(whole solves, validation and the Potts proof of definiteness included; at batch "
+            "B, SciPy's is B × its single-system time); `per solve` compares whole solves to "
+            "the same rtol. Where the capacitance system pays (Potts D < P, general D ≤ 128), "
+            "ours iterates on k×D unknowns, SciPy on the k×n unknowns with our matvec: the "
+            "iteration counts show both take as many. `loop only` leaves out ours' setup "
+            "(`maxiter=0`).",
+            "",
+            "### Machine",
+            "",
+            machine_markdown(info),
+            "",
+            "### Table",
+            "",
+            table(rows),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure and print the table; 0 on success."""
+    """Measure, print the table and write it (published for the default run); 0 on success."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.speed.iteration",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("--repeats", type=int, default=11, help="timed calls per contender")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes")
-    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--repeats", type=int, default=DEFAULT_REPEATS, help="timed calls per contender"
+    )
+    parser.add_argument("--batch", type=int, nargs="+", default=DEFAULT_BATCHES, help="batches")
+    parser.add_argument(
+        "--out", type=Path, help="write DIR/RESULTS.md and DIR/results/ instead of publishing"
+    )
     args = parser.parse_args(argv)
+    publishable = args.batch == DEFAULT_BATCHES and args.repeats == DEFAULT_REPEATS
+    where = destination(JOB, publishable=publishable, out=args.out)
 
-    from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     configs = [(m, d, b) for m, d in PAPER_MODELS for b in args.batch]
     rows = []
-    with threadpool_limits(limits=1):
+    with threads(1) as thread_config:
+        info = machine(Device("cpu"), thread_config)
         for model, rank, batch in tqdm(configs, desc="cases"):
             rows.append(measure(model, rank, batch, args.repeats))
+    info["load_average_end"] = os.getloadavg()
     print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    write_section(where.results_md, JOB, markdown_section(rows, info))
+    where.results_dir.mkdir(parents=True, exist_ok=True)
+    (where.results_dir / "speed_iteration.json").write_text(
+        json.dumps({"machine": info, "rows": rows}, indent=1), encoding="utf-8"
+    )
+    print(("published to " if where.published else "written to ") + str(where.results_md))
     return 0
 
 

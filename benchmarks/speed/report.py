@@ -36,7 +36,8 @@ from .targets import TARGET_CASE, crossover, targets
 JOB = "speed"
 
 
-def _machine(info: dict[str, Any]) -> str:
+def machine_markdown(info: dict[str, Any]) -> str:
+    """The machine of a run (:func:`~benchmarks.speed.runner.machine`) as Markdown bullets."""
     versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
     pools = "; ".join(
         f"{p['internal_api']} {p['version'] or ''} ({p['prefix']}, {p['num_threads']} threads"
@@ -100,7 +101,7 @@ def markdown(results: dict[str, Any], plots: list[Path], md_path: Path) -> str:
         ),
         "",
         "### Machine",
-        _machine(results["machine"]),
+        machine_markdown(results["machine"]),
         "",
         "### Method",
         "* Same inputs, same tolerance, one process. Systems have random singular directions "
