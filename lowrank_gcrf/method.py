@@ -2,22 +2,24 @@
 
 ``method="auto"`` never looks at the data (so that a model's cost does not change from
 batch to batch). The rule, from the crossover measured by ``python -m benchmarks.speed`` (its
-"auto crossover" table in benchmarks/RESULTS.md; P = 1681, L = 21, float32, one system, one
-BLAS thread, forward+backward with the backward reusing the forward's factorization):
+"auto crossover" table in benchmarks/RESULTS.md; P = 1681, L = 21, float32 and float64, one
+system, one BLAS thread, forward and forward+backward with the backward reusing the
+forward's factorization), with CG on the capacitance system where that pays
+(:func:`capacitance_gram_pays`):
 
 * Potts: always ``"direct"``. Every Potts solve must establish λ > ‖Â‖₂² first; unless the
   cheap bound ‖Â‖_F² < λ settles it, that takes the Gram ÂÂᵀ and the Cholesky factor of
   λI − ÂÂᵀ, after which the exact solve costs one more small factorization and a few
-  matvecs. Measured CG/direct time: 1.1 (D = 1024, κ = 10, forward) to 23; 1.7 to 26
-  forward+backward — direct is never slower.
+  matvecs. Measured CG/direct time: 1.1–4.8 at κ = 10³ for every D from 16 to 1024; at
+  κ = 10, 0.77–1.6 (CG ahead by at most 1.3×, at D = 64, 512 and 1024).
 * General: ``"direct"`` while the embedding dimension D ≤ ``DIRECT_MAX_RANK``, else
-  ``"cg"``. Measured at κ = 10³: direct 3.8–19× faster than CG for every D from 16 to
-  1024 (float64; in float32 CG does not reach rtol = 1e-5 there above D = 256). CG wins
-  only on well-conditioned systems at large D (κ = 10, float32: CG/direct 0.69 at D = 512
-  and 0.39 at D = 1024 forward, 0.98 and 0.57 forward+backward), by less than it loses on
-  ill-conditioned ones, whose CG iterations grow with √κ up to D + 1. Above D = 1024 the
-  Gram ``AAᵀ`` (2D²N flops) outgrows the CG iterations of a reasonably conditioned system
-  (4DN flops each), so ``"cg"``.
+  ``"cg"``. Measured at κ = 10³: CG/direct 0.85–2.5 for D ≤ 128 (CG on the capacitance
+  system), 2.5–11 above (float64; in float32 CG does not reach rtol = 1e-5 there above
+  D = 256). CG wins clearly only on well-conditioned systems at large D (κ = 10, float32:
+  CG/direct 0.46 at D = 512 and 0.34 at D = 1024 forward, 1.0 and 0.34 forward+backward),
+  by less than it loses on ill-conditioned ones, whose CG iterations grow with √κ up to
+  D + 1. Above D = 1024 the Gram ``AAᵀ`` (2D²N flops) outgrows the CG iterations of a
+  reasonably conditioned system (4DN flops each), so ``"cg"``.
 """
 
 from __future__ import annotations
