@@ -60,7 +60,7 @@ class CapacitanceSystem:
         self._lam_rows = lam[..., None, None]
 
     def matvec(self, Z: Any) -> Any:
-        """``S Z = λZ + C(Z G)`` for Z of shape (..., L, D)."""
+        """``S Z = λZ + C(Z G)`` for Z of shape (..., k, D)."""
         return self._lam_rows * Z + self.couple(Z @ self.gram)
 
     def system_at(self, index: tuple[int, ...]) -> CapacitanceSystem:

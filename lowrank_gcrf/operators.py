@@ -60,9 +60,9 @@ class Factorization:
         How M was proved positive definite (Potts: ``"frobenius"`` or ``"cholesky"``), so
         that later CG solves with this factorization need not prove it again.
     capacitance : object or None
-        Where a CG solve iterates when not on the unknowns themselves: for Potts with
-        D < P, the L×D capacitance system built on the proof's Gram
-        (:class:`~lowrank_gcrf.capacitance.CapacitanceSystem`).
+        Where a CG solve iterates when not on the unknowns themselves: the k×D capacitance
+        system built on the Gram (:class:`~lowrank_gcrf.capacitance.CapacitanceSystem`),
+        for Potts with D < P (on the proof's Gram) and the general model with D ≤ 128.
     """
 
     owner: object = field(repr=False)
@@ -390,7 +390,7 @@ class GCRFOperator:
                 target = tol if first else 0.5 * tol
                 if capacitance is None:
                     return sweep(x, r, rr, active, target * target, budget)
-                # Z = 0 already meets the target where r has no part in Â's row space (Â = 0
+                # Z = 0 already meets the target where r has no part in U's row space (U = 0
                 # among others), and CG would break down on that zero right-hand side.
                 rhs = capacitance.project(r)
                 rr_z = inner(xp, rhs, rhs)

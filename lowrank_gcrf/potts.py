@@ -141,10 +141,10 @@ class PottsOperator(GCRFOperator):
             return Factorization(self._token, certificate="frobenius")
         gram = working_gram(xp, self.U, self.embedding_name)
         if not frobenius:
-            capacitance = shifted_gram(
+            deviation = shifted_gram(
                 xp, xp.astype(gram, xp.float64), self.lam, -1.0, overwrite=True
             )
-            if cholesky_lower(xp, capacitance) is None:
+            if cholesky_lower(xp, deviation) is None:
                 self._raise_indefinite(gram)
         system = None
         if self.rank < self.U.shape[-1]:
