@@ -9,9 +9,10 @@ process with every BLAS pool pinned to one thread (threadpoolctl),
 
 * ``ours``: a whole ``method="cg"`` solve through :func:`lowrank_gcrf.models.make_operator`
   (validation, the Potts definiteness proof and the final true residual included), divided
-  by its iterations. For Potts (D < P) these are iterations on the L×D capacitance system
-  (:mod:`lowrank_gcrf.capacitance`): the same Krylov method, as many iterations (the table
-  shows both counts), each cheaper than a matvec on the L×P unknowns;
+  by its iterations. For Potts (D < P) and general D ≤ 128 these are iterations on the
+  k×D capacitance system (:mod:`lowrank_gcrf.capacitance`), each far cheaper than a matvec
+  on the k×n unknowns: as many as SciPy's for Potts, more for the general model (its sweep
+  aims by a Gershgorin bound), hence the ``per solve`` column;
 * ``scipy``: ``scipy.sparse.linalg.cg`` on a ``LinearOperator`` whose matvec is our
   operator's own, one system at a time, divided by its iterations;
 * ``setup``: the same solve as ``ours`` with no iteration allowed (what a solve costs
