@@ -21,6 +21,7 @@ keras = pytest.importorskip("keras")
 import lowrank_gcrf as lg  # noqa: E402
 from lowrank_gcrf.adapters import bridge  # noqa: E402
 from lowrank_gcrf.adapters import tensorflow as tf_adapter  # noqa: E402
+from lowrank_gcrf.adapters.tensorflow import op as tf_op  # noqa: E402
 from lowrank_gcrf.adapters.tensorflow import (  # noqa: E402
     DenseGCRF,
     XLAUnsupportedError,
@@ -191,7 +192,7 @@ def test_results_shared_when_aligned_copied_otherwise():
     copied; aligned ones are shared."""
     shared, copied = aligned(1000, 0), aligned(1000, 16)
     for array, is_shared in ((shared, True), (copied, False)):
-        tensor = tf_adapter._from_core(array)
+        tensor = tf_op.from_core(array)
         assert (np.from_dlpack(tensor).ctypes.data == array.ctypes.data) is is_shared
         assert float(tf.reduce_sum(tensor)) == 1000.0  # a CPU kernel reads it safely
 

@@ -23,6 +23,7 @@ from torch import nn  # noqa: E402
 
 import lowrank_gcrf as lg  # noqa: E402
 import lowrank_gcrf.adapters.torch as adapter  # noqa: E402
+from lowrank_gcrf.adapters.torch import autograd as torch_autograd  # noqa: E402
 from lowrank_gcrf.adapters.torch import DenseGCRF, gcrf_solve, potts_solve  # noqa: E402
 from lowrank_gcrf.testing import make_general_system, make_potts_system  # noqa: E402
 
@@ -178,20 +179,20 @@ def test_double_backward_is_not_supported():
 def test_cpu_hand_over_is_zero_copy(monkeypatch):
     handed = []
     solves = []
-    to_core = adapter.to_core
+    to_core = torch_autograd.to_core
 
     def spy_to_core(tensor):
         array = to_core(tensor)
         handed.append((tensor, array))
         return array
 
-    class SpyCoreSolve(adapter.CoreSolve):
+    class SpyCoreSolve(torch_autograd.CoreSolve):
         def __init__(self, *args):
             super().__init__(*args)
             solves.append(self)
 
-    monkeypatch.setattr(adapter, "to_core", spy_to_core)
-    monkeypatch.setattr(adapter, "CoreSolve", SpyCoreSolve)
+    monkeypatch.setattr(torch_autograd, "to_core", spy_to_core)
+    monkeypatch.setattr(torch_autograd, "CoreSolve", SpyCoreSolve)
     s = system(False)
     U, b, lam = leaves(s.embeddings, s.b, s.lam)
     x = gcrf_solve(U, b, lam)
@@ -496,7 +497,7 @@ def test_cuda_runs_on_the_current_stream(monkeypatch):
     cupy = cupy_or_skip()
     streams = []
 
-    class SpyCoreSolve(adapter.CoreSolve):
+    class SpyCoreSolve(torch_autograd.CoreSolve):
         def __init__(self, *args):
             streams.append(cupy.cuda.get_current_stream().ptr)
             super().__init__(*args)
@@ -505,7 +506,7 @@ def test_cuda_runs_on_the_current_stream(monkeypatch):
             streams.append(cupy.cuda.get_current_stream().ptr)
             return super().backward(gx)
 
-    monkeypatch.setattr(adapter, "CoreSolve", SpyCoreSolve)
+    monkeypatch.setattr(torch_autograd, "CoreSolve", SpyCoreSolve)
     torch.manual_seed(0)
     layer = DenseGCRF(lam=1.0, potts=True, learn_lam=True).cuda()
     side = torch.cuda.Stream()

@@ -1,18 +1,19 @@
-"""Framework-neutral glue shared by the adapters: the one policy both follow, DLPack hand-over
-and forward/backward state.
+"""The adapters' one door to the core: DLPack hand-over, the dtype policy, λ and solver
+keywords checked once, and the forward/backward state of a solve.
 
 Written here once, for PyTorch and TensorFlow alike:
 
+* :func:`to_core`: framework tensors as core arrays, zero-copy through DLPack (CPU memory
+  becomes a NumPy array, CUDA memory a CuPy array);
 * the dtype policy (:func:`solve_dtype_names`, the core's rule applied to dtype names);
 * λ: which objects are accepted (:func:`check_lam`), a layer's initial λ
   (:func:`initial_lam`) and the softplus parametrisation of a learnt λ;
 * the solver keywords (:func:`check_solver_kwargs`, validated by the core's
   :func:`~lowrank_gcrf.options.solver_options`);
-* the model names (the core's registry) and the forward/backward state
-  (:class:`CoreSolve`), including the reduction of a shared 0-d λ's gradient.
-
-The adapters call :func:`to_core` on framework tensors (zero-copy through DLPack: CPU memory
-becomes a NumPy array, CUDA memory a CuPy array).
+* the forward/backward state (:class:`CoreSolve`), including the reduction of a shared
+  0-d λ's gradient, for a model of the core's registry or the signed model on stacked
+  embeddings (:class:`SignedStack`);
+* ``refine``'s embeddings from an image (:func:`refine_embeddings`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import numpy as np
 from lowrank_gcrf.dtypes import check_floating, dtype_name, promote
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
 from lowrank_gcrf.info import SolveInfo
-from lowrank_gcrf.models import check_model, make_operator
+from lowrank_gcrf.models import make_operator
 from lowrank_gcrf.operators import GCRFOperator
 from lowrank_gcrf.options import SOLVER_KEYWORDS, SolverOptions, solver_options
+from lowrank_gcrf.refine import RefineParameters, check_refine_inputs
+from lowrank_gcrf.refine import refine_embeddings as image_embeddings
 from lowrank_gcrf.validation import check_lam_object
 
 # DLPack device types (dlpack.h: kDLCPU, kDLCUDA).
@@ -111,117 +114,6 @@ def check_solver_kwargs(kwargs: dict[str, Any]) -> SolverOptions:
     return solver_options(**kwargs)
 
 
-def layer_model(model: Any, potts: Any) -> str:
-    """The model name of a layer, from ``model=`` or its documented alias ``potts=``."""
-    if potts is None:
-        return check_model("general" if model is None else model)
-    if not isinstance(potts, (bool, np.bool_)):
-        raise GCRFTypeError(f"potts must be True or False, got {type(potts).__name__}")
-    alias = "potts" if potts else "general"
-    if model not in (None, alias):
-        raise GCRFError(f"model={model!r} contradicts potts={bool(potts)}: pass only model=")
-    return alias
-
-
-#: The layers' default ``rtol`` is this multiple of the compute dtype's machine epsilon: no
-#: residual below about ε·κ can be certified, so 1000ε (1.2e-4 in float32) accepts every
-#: system with κ up to about 10³ — the Potts layer's κ is at most (1 + (L−1)ρ)/(1 − ρ), 190
-#: for L = 21 and ρ = 0.9 — while a training step's gradient noise is far larger.
-LAYER_RTOL_EPS = 1000
-
-#: Machine epsilon of the compute dtypes.
-_EPS = {"float32": 2.0**-23, "float64": 2.0**-52}
-
-
-@dataclass(frozen=True)
-class LayerSettings:
-    """The validated settings of a ``DenseGCRF`` layer, shared by PyTorch and Keras."""
-
-    lam: float
-    model: str
-    learn_lam: bool
-    pd_bound: float | None
-    method: str
-    rtol: float | None
-    atol: float
-    maxiter: int | None
-    on_failure: str
-    attractive_dim: int | None = None
-
-    def options(self, compute_dtype: str) -> SolverOptions:
-        """The solver options for a solve in ``compute_dtype`` (float32 or float64)."""
-        rtol = LAYER_RTOL_EPS * _EPS[compute_dtype] if self.rtol is None else self.rtol
-        return solver_options(
-            method=self.method,
-            rtol=rtol,
-            atol=self.atol,
-            maxiter=self.maxiter,
-            on_failure=self.on_failure,
-        )
-
-    def config(self) -> dict[str, Any]:
-        """The constructor arguments that rebuild the layer (``attractive_dim`` only for the
-        signed model, whose layers alone take it)."""
-        config = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        if self.attractive_dim is None:
-            del config["attractive_dim"]
-        return config
-
-    def changed(self) -> dict[str, Any]:
-        """The settings that differ from the defaults (for ``repr``)."""
-        defaults = layer_settings()
-        return {k: v for k, v in self.config().items() if getattr(defaults, k) != v}
-
-
-def layer_settings(
-    lam: Any = 1.0,
-    model: str | None = None,
-    *,
-    potts: bool | None = None,
-    learn_lam: bool = False,
-    pd_bound: float | None = 0.9,
-    method: str = "auto",
-    rtol: float | None = None,
-    atol: float = 0.0,
-    maxiter: int | None = None,
-    on_failure: str = "warn",
-    attractive_dim: int | None = None,
-) -> LayerSettings:
-    """Validate a layer's arguments (the ``DenseGCRF`` docstrings describe them)."""
-    name = layer_model(model, potts)
-    if (name == "signed") != (attractive_dim is not None) or not (
-        attractive_dim is None
-        or (
-            isinstance(attractive_dim, numbers.Integral)
-            and not isinstance(attractive_dim, bool)
-            and attractive_dim >= 1
-        )
-    ):
-        raise GCRFError(
-            "attractive_dim (E ≥ 1, the last E embedding channels are the attractive "
-            f"embeddings Γ) goes with model='signed' and only with it; got model={name!r}, "
-            f"attractive_dim={attractive_dim!r}"
-        )
-    if pd_bound is not None and not (
-        isinstance(pd_bound, numbers.Real) and not isinstance(pd_bound, bool) and 0 < pd_bound < 1
-    ):
-        raise GCRFError(f"pd_bound must be a number in (0, 1) or None, got {pd_bound!r}")
-    settings = LayerSettings(
-        lam=initial_lam(lam),
-        model=name,
-        learn_lam=bool(learn_lam),
-        pd_bound=None if pd_bound is None else float(pd_bound),
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        maxiter=maxiter,
-        on_failure=on_failure,
-        attractive_dim=None if attractive_dim is None else int(attractive_dim),
-    )
-    settings.options("float32")  # validates the solver keywords now, not at the first batch
-    return settings
-
-
 @dataclass(frozen=True)
 class SignedStack:
     """The signed model on stacked embeddings ``[A; Γ]`` (..., D + E, N), A the first
@@ -246,7 +138,12 @@ def signed_stack(A_shape: Any, Gamma_shape: Any) -> SignedStack:
     return SignedStack(0 if A_shape is None else int(tuple(A_shape)[-2]))
 
 
-def core_operator(model: str | SignedStack, embeddings: Any, lam: Any, b: Any) -> GCRFOperator:
+#: What the bridge solves: a model name of the core's registry, or the signed model on
+#: stacked embeddings.
+SolveAs = str | SignedStack
+
+
+def core_operator(model: SolveAs, embeddings: Any, lam: Any, b: Any) -> GCRFOperator:
     """The core operator of a solve whose right-hand side (or solution) is ``b``."""
     if isinstance(model, SignedStack):
         d = model.repulsive_rank
@@ -264,7 +161,7 @@ class CoreSolve:
 
     Parameters
     ----------
-    model : {"general", "potts"} or SignedStack
+    model : str or SignedStack
         A name of the core's model registry, or the signed model on stacked embeddings.
     embeddings, b : NumPy or CuPy arrays
     lam : float or array of the batch shape (or 0-d, shared by the batch)
@@ -272,13 +169,13 @@ class CoreSolve:
         Used for both solves.
     """
 
-    def __init__(self, model: str, embeddings: Any, b: Any, lam: Any, options: SolverOptions):
+    def __init__(self, model: SolveAs, embeddings: Any, b: Any, lam: Any, options: SolverOptions):
         self._setup(model, embeddings, b, lam, options)
         self.x, self.info = self.operator.solve(b, **options.as_kwargs())
 
     @classmethod
     def from_solution(
-        cls, model: str, embeddings: Any, x: Any, lam: Any, options: SolverOptions
+        cls, model: SolveAs, embeddings: Any, x: Any, lam: Any, options: SolverOptions
     ) -> CoreSolve:
         """The state of a forward solve that returned ``x`` and was not kept: its backward
         factorizes anew (a graph whose forward ran before its gradient was built)."""
@@ -287,7 +184,7 @@ class CoreSolve:
         state.x, state.info = x, None
         return state
 
-    def _setup(self, model: str, embeddings: Any, b: Any, lam: Any, options: SolverOptions):
+    def _setup(self, model: SolveAs, embeddings: Any, b: Any, lam: Any, options: SolverOptions):
         self.options = options
         self.lam_is_shared = isinstance(lam, numbers.Real) or getattr(lam, "ndim", 0) == 0
         self.operator = core_operator(model, embeddings, lam, b)
@@ -306,3 +203,15 @@ class CoreSolve:
             xp = self.operator.xp
             g_lam = xp.asarray(xp.sum(g_lam))
         return g_u, g_b, g_lam
+
+
+def refine_embeddings(
+    probs: Any, image: Any, params: RefineParameters, *, spatial_dims: int, logits: bool
+) -> Any:
+    """``refine``'s inputs checked and its Potts embeddings Â (n, D, P), on core arrays.
+
+    The adapters differentiate through the solve with Â as data (it depends on the image
+    only); the checks and messages are the core :func:`lowrank_gcrf.refine`'s.
+    """
+    shape = check_refine_inputs(probs, image, spatial_dims=spatial_dims, logits=logits)
+    return image_embeddings(image, params, spatial_dims=spatial_dims, dtype=shape.compute)

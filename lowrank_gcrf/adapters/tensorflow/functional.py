@@ -1,0 +1,180 @@
+"""The dense G-CRF solves as differentiable TensorFlow functions, named as the core's
+(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`; the older names ``gcrf_solve``,
+``potts_solve`` and ``signed_solve`` stay as aliases), and the positive-definiteness
+rescaling :func:`pd_scaled` of the Potts and signed layers.
+
+Precision: float32 and float64 are solved natively; float16/bfloat16 (for example under the
+``mixed_float16`` policy) are solved in float32 and returned in their own dtype. Execution
+modes, errors and limitations: :mod:`lowrank_gcrf.adapters.tensorflow.op`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from lowrank_gcrf.adapters.bridge import check_solver_kwargs, signed_stack, solve_dtype_names
+from lowrank_gcrf.adapters.tensorflow.op import solve_tensors
+
+
+def solve(A: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
+    """Solve the general dense G-CRF ``(AᵀA + λI) x = b``, differentiably.
+
+    Parameters
+    ----------
+    A : Tensor (..., D, N)
+        Embeddings of the N = L·P variables, label-major (n = l·P + p).
+    b : Tensor (..., N)
+        Unary scores; leading batch dimensions equal A's.
+    lam : float or Tensor
+        λ > 0: a float, a 0-d tensor or a tensor of the batch shape (...,); a tensor (or
+        variable) receives ``∂L/∂λ`` (summed over the batch for a 0-d λ).
+    **solver_kwargs
+        ``method`` ("auto", "cg", "direct"), ``rtol``, ``atol``, ``maxiter``, as for
+        :func:`lowrank_gcrf.solve`; used by the forward and the backward solve.
+
+    Returns
+    -------
+    Tensor (..., N)
+        x, in the promoted dtype of A and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        The core's errors: with their own type eagerly, as ``tf.errors.InvalidArgumentError``
+        with the core's message inside ``tf.function``; :class:`XLAUnsupportedError` under
+        ``jit_compile=True``.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import solve
+    >>> A = tf.random.normal((4, 30)) / 4
+    >>> b = tf.random.normal((30,))
+    >>> with tf.GradientTape() as tape:
+    ...     tape.watch(A)
+    ...     loss = tf.reduce_sum(solve(A, b, 1.0))
+    >>> tape.gradient(loss, A).shape
+    TensorShape([4, 30])
+    """
+    return solve_tensors("general", A, b, lam, check_solver_kwargs(solver_kwargs))
+
+
+def solve_potts(Ahat: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
+    """Solve the Potts dense G-CRF ``(λI + (J − I) ⊗ ÂᵀÂ) x = b``, differentiably.
+
+    Parameters
+    ----------
+    Ahat : Tensor (..., D, P)
+        One embedding per pixel, shared by the L labels.
+    b : Tensor (..., L, P)
+        Unary scores; leading batch dimensions equal Ahat's.
+    lam : float or Tensor
+        λ > ‖Â‖₂² (else :class:`lowrank_gcrf.IndefiniteSystemError`): a float, a 0-d tensor
+        or a tensor of the batch shape; a tensor (or variable) receives ``∂L/∂λ``.
+    **solver_kwargs
+        ``method``, ``rtol``, ``atol``, ``maxiter``, as for :func:`lowrank_gcrf.solve_potts`.
+
+    Returns
+    -------
+    Tensor (..., L, P)
+        x, in the promoted dtype of Ahat and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        As for :func:`solve`.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import solve_potts
+    >>> Ahat = tf.random.normal((4, 20)) / 10
+    >>> solve_potts(Ahat, tf.random.normal((3, 20)), 1.0).shape
+    TensorShape([3, 20])
+    """
+    return solve_tensors("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
+
+
+def solve_signed(A: Any, Gamma: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
+    """Solve the signed dense G-CRF ``(λI + AᵀA − ΓᵀΓ) x = b``, differentiably.
+
+    Parameters
+    ----------
+    A : Tensor (..., D, N) or None
+        Repulsive embeddings of the N = L·P variables, label-major (n = l·P + p).
+    Gamma : Tensor (..., E, N) or None
+        Attractive embeddings; not both None. An absent factor gets no gradient.
+    b : Tensor (..., N)
+    lam : float or Tensor
+        λ > 0 with M positive definite (``λ > ‖Γ‖₂²`` suffices; otherwise
+        :class:`lowrank_gcrf.IndefiniteSystemError`).
+    **solver_kwargs
+        As for :func:`lowrank_gcrf.solve_signed`.
+
+    Returns
+    -------
+    Tensor (..., N)
+        x, in the promoted dtype of A, Gamma and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        As for :func:`solve`.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import solve_signed
+    >>> A, Gamma = tf.random.normal((4, 30)) / 4, tf.random.normal((2, 30)) / 10
+    >>> solve_signed(A, Gamma, tf.random.normal((30,)), 1.0).shape
+    TensorShape([30])
+    """
+    A, Gamma = (None if t is None else tf.convert_to_tensor(t) for t in (A, Gamma))
+    # Static shapes: D must be known while tracing (it splits the stacked gradient).
+    stack = signed_stack(*(None if t is None else t.shape.as_list() for t in (A, Gamma)))
+    parts = [t for t in (A, Gamma) if t is not None]
+    if len(parts) == 2:
+        _, common = solve_dtype_names(parts[0].dtype, parts[1].dtype)
+        parts = [tf.cast(t, common) for t in parts]
+    # One tensor carries both factors: the gradient of tf.concat splits between them.
+    U = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-2)
+    return solve_tensors(stack, U, b, lam, check_solver_kwargs(solver_kwargs))
+
+
+def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float) -> tf.Tensor:
+    """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
+
+    As :func:`lowrank_gcrf.adapters.torch.pd_scaled`: the exact ``‖Â‖₂²`` from the D×D Gram
+    (``eigvalsh`` in float64), factor ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import pd_scaled
+    >>> Ahat = pd_scaled(tf.random.normal((4, 20)), 1.0, 0.9)
+    >>> bool(np.linalg.norm(Ahat.numpy(), 2) ** 2 <= 0.9 + 1e-5)
+    True
+    """
+    wide = tf.cast(Ahat, tf.float64)  # a half-precision or huge float32 Gram would overflow
+    gram = tf.matmul(wide, wide, transpose_b=True)
+    mu = tf.linalg.eigvalsh(gram)[..., -1]
+    target = bound * tf.cast(lam, tf.float64)
+    factor = tf.sqrt(target / tf.maximum(mu, target))
+    return Ahat * tf.cast(factor, Ahat.dtype)[..., None, None]
+
+
+def pd_rescaled(A: tf.Tensor, first: int | None, lam: Any, bound: float) -> tf.Tensor:
+    """``A`` (B, C, n) with its channels ``first:`` rescaled by :func:`pd_scaled` (a layer's
+    plan, :class:`~lowrank_gcrf.adapters.layer_plan.SolvePlan`); ``A`` itself for None."""
+    if first is None:
+        return A
+    scaled = pd_scaled(A[:, first:], lam, bound)
+    return scaled if first == 0 else tf.concat([A[:, :first], scaled], axis=1)
+
+
+gcrf_solve = solve
+potts_solve = solve_potts
+signed_solve = solve_signed

@@ -1,0 +1,86 @@
+"""``refine`` on TensorFlow tensors: class probabilities refined with the image by an exact
+Potts G-CRF, differentiable with respect to the probabilities."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from lowrank_gcrf.adapters.bridge import refine_embeddings
+from lowrank_gcrf.adapters.tensorflow.functional import solve_potts
+from lowrank_gcrf.adapters.tensorflow.op import from_core, tensor_to_core
+from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL, RefineParameters
+
+
+def refine(
+    probs: Any,
+    image: Any,
+    *,
+    logits: bool = False,
+    spatial_dims: int = 2,
+    method: str = "direct",
+    **parameters: Any,
+) -> tf.Tensor:
+    """:func:`lowrank_gcrf.refine` on tensors, differentiable with respect to ``probs``.
+
+    The embeddings Â come from the image through the core, without gradient (the image is
+    data): directly in eager mode, through ``tf.py_function`` in a graph (the static shape
+    is restored). The solve is :func:`~lowrank_gcrf.adapters.tensorflow.solve_potts`, so
+    ``∂L/∂probs`` flows through the exact Potts solve and the softmax.
+
+    Parameters
+    ----------
+    probs : Tensor (..., L, *spatial)
+        Class probabilities, or scores with ``logits=True``; a static rank is needed.
+    image : Tensor (..., C, *spatial)
+        uint8, or floating on the 0–255 scale; the batch and spatial shape of ``probs``.
+    logits, spatial_dims, method
+        As for :func:`lowrank_gcrf.refine`.
+    **parameters
+        Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
+        ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
+        ``lam``, ``approximation``, ``normalization``).
+
+    Returns
+    -------
+    Tensor like ``probs``
+        Refined probabilities, ``softmax`` of the Potts MAP scores over the label axis.
+
+    Examples
+    --------
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.tensorflow import refine
+    >>> probs = tf.nn.softmax(tf.random.normal((4, 32, 32)), axis=0)            # (L, H, W)
+    >>> image = tf.random.uniform((3, 32, 32), maxval=256, dtype=tf.int32)
+    >>> refine(probs, tf.cast(image, tf.uint8)).shape
+    TensorShape([4, 32, 32])
+    """
+    params = RefineParameters(**parameters)
+    probs, image = tf.convert_to_tensor(probs), tf.convert_to_tensor(image)
+    compute = tf.float64 if probs.dtype == tf.float64 else tf.float32
+
+    def embeddings(p: tf.Tensor, i: tf.Tensor) -> Any:
+        core = refine_embeddings(
+            tensor_to_core(p),
+            tensor_to_core(i),
+            params,
+            spatial_dims=spatial_dims,
+            logits=logits,
+        )
+        return from_core(core)
+
+    if tf.executing_eagerly():
+        Ahat = embeddings(probs, image)
+    else:
+        Ahat = tf.stop_gradient(tf.py_function(embeddings, [probs, image], compute))
+    rank = probs.shape.rank
+    n = tf.reduce_prod(tf.shape(probs)[: rank - spatial_dims - 1])
+    pixels = tf.reduce_prod(tf.shape(probs)[rank - spatial_dims :])
+    Ahat = tf.reshape(Ahat, tf.stack([n, params.rank, pixels]))
+    scores = tf.cast(probs, compute)
+    if not logits:
+        scores = tf.math.log(tf.maximum(scores, tf.constant(PROB_FLOOR, compute)))
+    b = tf.reshape(scores, tf.stack([n, tf.shape(probs)[rank - spatial_dims - 1], pixels]))
+    x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
+    return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)

@@ -1,0 +1,189 @@
+"""The dense G-CRF solves as differentiable PyTorch functions, named as the core's
+(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`; the older names ``gcrf_solve``,
+``potts_solve`` and ``signed_solve`` stay as aliases), and the positive-definiteness
+rescaling :func:`pd_scaled` of the Potts and signed layers.
+
+Precision: float32 and float64 are solved natively; float16/bfloat16 inputs (for example
+from convolutions under ``torch.autocast``) are solved in float32 and the result is cast
+back to their dtype. Double backward is not supported (the backward is
+``once_differentiable``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lowrank_gcrf.adapters.bridge import check_solver_kwargs, signed_stack
+from lowrank_gcrf.adapters.torch.autograd import solve_tensors
+from lowrank_gcrf.errors import GCRFTypeError
+
+
+def solve(A: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: Any) -> Tensor:
+    """Solve the general dense G-CRF ``(AᵀA + λI) x = b``, differentiably.
+
+    Parameters
+    ----------
+    A : Tensor (..., D, N)
+        Embeddings of the N = L·P variables, label-major (n = l·P + p).
+    b : Tensor (..., N)
+        Unary scores; leading batch dimensions equal A's.
+    lam : float or Tensor
+        λ > 0: a float, a 0-d tensor or a tensor of the batch shape (...,). A tensor that
+        requires grad receives ``∂L/∂λ`` (summed over the batch for a 0-d λ).
+    **solver_kwargs
+        ``method`` ("auto", "cg", "direct"), ``rtol``, ``atol``, ``maxiter``,
+        ``on_failure``, as for :func:`lowrank_gcrf.solve`; used by the forward and the
+        backward solve.
+
+    Returns
+    -------
+    Tensor (..., N)
+        x, on the device of A, in the promoted dtype of A and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        The core's errors, unchanged (bad shapes, λ ≤ 0, non-convergence, ...).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import solve
+    >>> A = (torch.randn(4, 30, dtype=torch.float64) / 4).requires_grad_()
+    >>> b = torch.randn(30, dtype=torch.float64)
+    >>> x = solve(A, b, 1.0)
+    >>> x.sum().backward()
+    >>> A.grad.shape
+    torch.Size([4, 30])
+    """
+    return solve_tensors("general", A, b, lam, check_solver_kwargs(solver_kwargs))
+
+
+def solve_potts(Ahat: Tensor, b: Tensor, lam: Tensor | float, **solver_kwargs: Any) -> Tensor:
+    """Solve the Potts dense G-CRF ``(λI + (J − I) ⊗ ÂᵀÂ) x = b``, differentiably.
+
+    Parameters
+    ----------
+    Ahat : Tensor (..., D, P)
+        One embedding per pixel, shared by the L labels.
+    b : Tensor (..., L, P)
+        Unary scores; leading batch dimensions equal Ahat's.
+    lam : float or Tensor
+        λ > ‖Â‖₂² (else :class:`lowrank_gcrf.IndefiniteSystemError`): a float, a 0-d tensor
+        or a tensor of the batch shape; a tensor that requires grad receives ``∂L/∂λ``.
+    **solver_kwargs
+        ``method``, ``rtol``, ``atol``, ``maxiter``, ``on_failure``, as for
+        :func:`lowrank_gcrf.solve_potts`.
+
+    Returns
+    -------
+    Tensor (..., L, P)
+        x, on the device of Ahat, in the promoted dtype of Ahat and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        The core's errors, unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import solve_potts
+    >>> Ahat = torch.randn(4, 20) / 10
+    >>> lam = torch.tensor(1.0, requires_grad=True)
+    >>> x = solve_potts(Ahat, torch.randn(3, 20), lam)
+    >>> x.sum().backward()
+    >>> x.shape, lam.grad is not None
+    (torch.Size([3, 20]), True)
+    """
+    return solve_tensors("potts", Ahat, b, lam, check_solver_kwargs(solver_kwargs))
+
+
+def solve_signed(
+    A: Tensor | None, Gamma: Tensor | None, b: Tensor, lam: Tensor | float, **solver_kwargs: Any
+) -> Tensor:
+    """Solve the signed dense G-CRF ``(λI + AᵀA − ΓᵀΓ) x = b``, differentiably.
+
+    Parameters
+    ----------
+    A : Tensor (..., D, N) or None
+        Repulsive embeddings of the N = L·P variables, label-major (n = l·P + p).
+    Gamma : Tensor (..., E, N) or None
+        Attractive embeddings; not both None. An absent factor gets no gradient.
+    b : Tensor (..., N)
+    lam : float or Tensor
+        λ > 0 with M positive definite (``λ > ‖Γ‖₂²`` suffices; otherwise
+        :class:`lowrank_gcrf.IndefiniteSystemError`); a tensor that requires grad receives
+        ``∂L/∂λ``.
+    **solver_kwargs
+        ``method``, ``rtol``, ``atol``, ``maxiter``, ``on_failure``, as for
+        :func:`lowrank_gcrf.solve_signed`.
+
+    Returns
+    -------
+    Tensor (..., N)
+        x, in the promoted dtype of A, Gamma and b.
+
+    Raises
+    ------
+    lowrank_gcrf.GCRFError
+        The core's errors, unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import solve_signed
+    >>> A, Gamma = torch.randn(4, 30) / 4, torch.randn(2, 30) / 10
+    >>> solve_signed(A, Gamma, torch.randn(30), 1.0).shape
+    torch.Size([30])
+    """
+    parts = [t for t in (A, Gamma) if t is not None]
+    if not all(isinstance(t, Tensor) for t in parts):
+        raise GCRFTypeError(
+            "expected torch tensors (or None) for A and Gamma; use lowrank_gcrf.solve_signed "
+            "for NumPy or CuPy arrays"
+        )
+    stack = signed_stack(*(None if t is None else t.shape for t in (A, Gamma)))
+    U = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+    # One tensor carries both factors: torch.cat splits its gradient between them.
+    return solve_tensors(stack, U, b, lam, check_solver_kwargs(solver_kwargs))
+
+
+def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float) -> Tensor:
+    """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
+
+    ``‖Â‖₂²`` is the largest eigenvalue of the D×D Gram ``ÂÂᵀ``, exact (``eigvalsh``, in
+    float64); the factor is ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``, the identity (with zero
+    gradient) where the bound already holds.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import pd_scaled
+    >>> Ahat = pd_scaled(torch.randn(4, 20), 1.0, 0.9)
+    >>> bool(torch.linalg.matrix_norm(Ahat, ord=2) ** 2 <= 0.9 + 1e-6)
+    True
+    """
+    wide = Ahat.double()  # a half-precision or huge float32 Gram would overflow
+    gram = wide @ wide.mT
+    mu = torch.linalg.eigvalsh(gram)[..., -1]
+    target = bound * (lam.double() if isinstance(lam, Tensor) else lam)
+    factor = torch.sqrt(target / torch.maximum(mu, torch.as_tensor(target, dtype=mu.dtype)))
+    return Ahat * factor.to(Ahat.dtype)[..., None, None]
+
+
+def pd_rescaled(A: Tensor, first: int | None, lam: Tensor | float, bound: float) -> Tensor:
+    """``A`` (B, C, n) with its channels ``first:`` rescaled by :func:`pd_scaled` (a layer's
+    plan, :class:`~lowrank_gcrf.adapters.layer_plan.SolvePlan`); ``A`` itself for None."""
+    if first is None:
+        return A
+    scaled = pd_scaled(A[:, first:], lam, bound)
+    return scaled if first == 0 else torch.cat([A[:, :first], scaled], dim=1)
+
+
+gcrf_solve = solve
+potts_solve = solve_potts
+signed_solve = solve_signed
