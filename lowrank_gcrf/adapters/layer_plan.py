@@ -5,19 +5,17 @@ validated settings and the solve plan of a call.
 The per-model table (:data:`LAYER_MODELS`) is the only place that knows how a model's layer
 inputs look and which solve runs: the framework files ask it and hold no model branches.
 
-Shape contract, channels first, with 1 to 3 spatial dimensions: unary ``(B, L, *spatial)``;
-embeddings ``(B, D, *spatial)`` (Potts, one per pixel), ``(B, D, L, *spatial)`` (general, one
-per pixel and label) or ``(B, D + E, L, *spatial)`` (signed: the repulsive embeddings A in
-the first D channels, the attractive Γ in the last E = ``attractive_dim``). The core's node
-order is label-major over row-major pixels (``docs/maths.md#notation``), so both reshape to
-the core's layout without a copy: unary → ``(B, L, P)`` (per pixel) or ``(B, L·P)`` (per
-pixel and label), embeddings → ``(B, D, P)`` or ``(B, D, L·P)``, P the product of the
-spatial sizes. The Keras layer's ``data_format="channels_last"`` moves the channel axes to
-the end, in the same order.
+Shape contract, channels first, 1 to 3 spatial dimensions: unary ``(B, L, *spatial)``,
+embeddings ``(B, *channels, *spatial)`` with the model's channel axes (signed: repulsive A in
+the first D channels, attractive Γ in the last E = ``attractive_dim``). The core's node order
+is label-major over row-major pixels (``docs/maths.md#notation``), so both reshape to the
+core's layout without a copy (:class:`LayerShapes`). The Keras layer's
+``data_format="channels_last"`` moves the channel axes to the end, in the same order.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from dataclasses import dataclass, field, fields
@@ -50,6 +48,9 @@ class LayerModel:
         ‖Γ‖₂² < λ suffices whatever A is), or none (general: PD for any A).
     in_heads : bool
         ``GCRFHead`` builds it (its embeddings come from one convolution, without a split).
+    attractive_split : bool
+        The last ``attractive_dim`` embedding channels are attractive embeddings, solved as
+        the signed model on stacked ``[A; Γ]``; the layer then requires ``attractive_dim``.
     """
 
     name: str
@@ -57,6 +58,7 @@ class LayerModel:
     per_label: bool
     rescaled: str | None
     in_heads: bool
+    attractive_split: bool = False
 
 
 #: The per-model table, one row per name of the core's registry.
@@ -64,7 +66,12 @@ LAYER_MODELS = {
     "general": LayerModel("general", ("D", "L"), per_label=True, rescaled=None, in_heads=True),
     "potts": LayerModel("potts", ("D",), per_label=False, rescaled="all", in_heads=True),
     "signed": LayerModel(
-        "signed", ("D+E", "L"), per_label=True, rescaled="attractive", in_heads=False
+        "signed",
+        ("D+E", "L"),
+        per_label=True,
+        rescaled="attractive",
+        in_heads=False,
+        attractive_split=True,
     ),
 }
 assert tuple(LAYER_MODELS) == MODEL_NAMES, "every registered model needs a row here"
@@ -81,7 +88,6 @@ SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("Z", "H", "W")}
 #: for L = 21 and ρ = 0.9 — while a training step's gradient noise is far larger.
 LAYER_RTOL_EPS = 1000
 
-#: Machine epsilon of the compute dtypes.
 _EPS = {"float32": 2.0**-23, "float64": 2.0**-52}
 
 
@@ -117,8 +123,13 @@ class LayerSettings:
 
     @property
     def spec(self) -> LayerModel:
-        """The model's row of the per-model table."""
+        """The model's row of :data:`LAYER_MODELS`."""
         return LAYER_MODELS[self.model]
+
+    @property
+    def potts(self) -> bool:
+        """Whether the model is Potts (the layers' ``potts=`` alias, read back)."""
+        return self.model == "potts"
 
     def options(self, compute_dtype: str) -> SolverOptions:
         """The solver options for a solve in ``compute_dtype`` (float32 or float64)."""
@@ -166,13 +177,14 @@ def layer_settings(
 ) -> LayerSettings:
     """Validate a layer's arguments (the ``DenseGCRF`` docstrings describe them)."""
     name = layer_model(model, potts)
-    if (name == "signed") != (attractive_dim is not None) or not (
+    splits = [n for n, spec in LAYER_MODELS.items() if spec.attractive_split]
+    if (name in splits) != (attractive_dim is not None) or not (
         attractive_dim is None or _is_positive_int(attractive_dim)
     ):
         raise GCRFError(
             "attractive_dim (E ≥ 1, the last E embedding channels are the attractive "
-            f"embeddings Γ) goes with model='signed' and only with it; got model={name!r}, "
-            f"attractive_dim={attractive_dim!r}"
+            f"embeddings Γ) goes with model={' or '.join(map(repr, splits))} and only with it; "
+            f"got model={name!r}, attractive_dim={attractive_dim!r}"
         )
     if pd_bound is not None and not (
         isinstance(pd_bound, numbers.Real) and not isinstance(pd_bound, bool) and 0 < pd_bound < 1
@@ -192,6 +204,17 @@ def layer_settings(
     )
 
 
+#: The keywords of :func:`layer_settings`: the constructor arguments the layers and heads
+#: pass on.
+SETTING_KEYWORDS = tuple(inspect.signature(layer_settings).parameters)
+
+
+def setting_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`SETTING_KEYWORDS` among a constructor's arguments (its ``locals()``), so
+    that a layer or head passes them on without listing them again."""
+    return {name: arguments[name] for name in SETTING_KEYWORDS if name in arguments}
+
+
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
@@ -203,14 +226,9 @@ def _is_positive_int(value: Any) -> bool:
 class SolvePlan:
     """What a layer call solves, decided from the settings and the embedding channels.
 
-    Attributes
-    ----------
-    solve_as : str or SignedStack
-        The core model the bridge solves (the signed model on stacked ``[A; Γ]``).
-    rescaled_from : int or None
-        The embeddings' channels from this one to the last are rescaled so that their
-        ``‖·‖₂² ≤ pd_bound·λ`` (the framework's ``pd_scaled``); None: none are.
-    options : SolverOptions
+    ``solve_as`` is the core model the bridge solves (the signed model on stacked
+    ``[A; Γ]``); the embedding channels from ``rescaled_from`` to the last are rescaled so that
+    their ``‖·‖₂² ≤ pd_bound·λ`` (the framework's ``pd_scaled``), none for None.
     """
 
     solve_as: SolveAs

@@ -9,7 +9,12 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lowrank_gcrf.adapters.layer_plan import SPATIAL_NAMES, head_sizes, layout
+from lowrank_gcrf.adapters.layer_plan import (
+    SPATIAL_NAMES,
+    head_sizes,
+    layout,
+    setting_arguments,
+)
 from lowrank_gcrf.adapters.tensorflow.layers import DenseGCRF
 from lowrank_gcrf.adapters.tensorflow.layout_ops import shape_of
 from lowrank_gcrf.errors import GCRFError
@@ -83,15 +88,7 @@ class GCRFHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.sizes = head_sizes(num_labels, embed_dim, model)
         self.crf = DenseGCRF(
-            lam,
-            model,
-            learn_lam=learn_lam,
-            pd_bound=pd_bound,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            maxiter=maxiter,
-            on_failure=on_failure,
+            **setting_arguments(locals()),
             data_format=data_format,
             dtype=self.dtype_policy,
             name="crf",

@@ -14,6 +14,7 @@ from lowrank_gcrf.adapters.layer_plan import (
     embeddings_layout,
     layer_settings,
     layout,
+    setting_arguments,
     solve_plan,
 )
 from lowrank_gcrf.adapters.tensorflow.functional import pd_rescaled
@@ -86,19 +87,7 @@ class DenseGCRF(keras.layers.Layer):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.settings = layer_settings(
-            lam,
-            model,
-            potts=potts,
-            learn_lam=learn_lam,
-            pd_bound=pd_bound,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            maxiter=maxiter,
-            on_failure=on_failure,
-            attractive_dim=attractive_dim,
-        )
+        self.settings = layer_settings(**setting_arguments(locals()))
         self.data_format = data_format or keras.config.image_data_format()
         if self.data_format not in ("channels_last", "channels_first"):
             raise GCRFError(
@@ -125,7 +114,7 @@ class DenseGCRF(keras.layers.Layer):
     @property
     def potts(self) -> bool:
         """Whether the model is Potts (the ``potts=`` alias, read back)."""
-        return self.settings.model == "potts"
+        return self.settings.potts
 
     @property
     def learn_lam(self) -> bool:

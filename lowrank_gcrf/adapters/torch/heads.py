@@ -10,6 +10,7 @@ from lowrank_gcrf.adapters.layer_plan import (
     head_sizes,
     layout,
     positive_size,
+    setting_arguments,
 )
 from lowrank_gcrf.adapters.torch.modules import DenseGCRF
 from lowrank_gcrf.errors import GCRFError
@@ -87,17 +88,7 @@ class GCRFHead(nn.Module):
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.spatial_dims - 1]
         self.unary = conv(self.in_channels, self.sizes.num_labels, 1)
         self.embed = conv(self.in_channels, self.sizes.embedding_channels, 1)
-        self.crf = DenseGCRF(
-            lam,
-            model,
-            learn_lam=learn_lam,
-            pd_bound=pd_bound,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            maxiter=maxiter,
-            on_failure=on_failure,
-        )
+        self.crf = DenseGCRF(**setting_arguments(locals()))
 
     def forward(self, features: Tensor) -> Tensor:
         """MAP scores (B, L, *spatial) of the G-CRF on ``features`` (B, C, *spatial)."""

@@ -8,7 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from lowrank_gcrf.adapters.bridge import softplus_inverse
-from lowrank_gcrf.adapters.layer_plan import layer_settings, layer_shapes, solve_plan
+from lowrank_gcrf.adapters.layer_plan import (
+    layer_settings,
+    layer_shapes,
+    setting_arguments,
+    solve_plan,
+)
 from lowrank_gcrf.adapters.torch.autograd import dtype_plan, solve_tensors
 from lowrank_gcrf.adapters.torch.functional import pd_rescaled
 from lowrank_gcrf.dtypes import dtype_name
@@ -93,19 +98,7 @@ class DenseGCRF(nn.Module):
         attractive_dim: int | None = None,
     ):
         super().__init__()
-        self.settings = layer_settings(
-            lam,
-            model,
-            potts=potts,
-            learn_lam=learn_lam,
-            pd_bound=pd_bound,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            maxiter=maxiter,
-            on_failure=on_failure,
-            attractive_dim=attractive_dim,
-        )
+        self.settings = layer_settings(**setting_arguments(locals()))
         if self.settings.learn_lam:
             self.raw_lam = nn.Parameter(torch.tensor(softplus_inverse(self.settings.lam)))
 
