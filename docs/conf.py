@@ -61,7 +61,9 @@ nitpick_ignore_regex = [
     # the public modules only, so these render as code rather than links.
     (
         "py:.*",
-        r"lowrank_gcrf\.(method|image_kernels|adapters\.bridge|errors|operators|capacitance)"
+        r"lowrank_gcrf\.(method|image_kernels|adapters\.bridge|adapters\.layer_plan|errors|operators|capacitance"
+        r"|adapters\.torch\.(autograd|functional|modules|heads|image_refine)"
+        r"|adapters\.tensorflow\.(op|functional|layers|layout_ops|heads|image_refine))"
         r"(\.[\s\S]*)?",
     ),
 ]

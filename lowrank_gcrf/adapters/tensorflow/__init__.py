@@ -12,13 +12,13 @@ tensorflow.heads` (``GCRFHead``) and :mod:`~lowrank_gcrf.adapters.tensorflow.ima
 
 Importing this module registers the Keras layers (package ``lowrank_gcrf``), which loading a
 ``.keras`` file that holds them needs.
+
+``gcrf_solve``, ``potts_solve`` and ``signed_solve``, the names of version 0.1, stay
+importable as aliases of :func:`solve`, :func:`solve_potts` and :func:`solve_signed`.
 """
 
 from lowrank_gcrf.adapters.tensorflow.functional import (
-    gcrf_solve,
     pd_scaled,
-    potts_solve,
-    signed_solve,
     solve,
     solve_potts,
     solve_signed,
@@ -28,15 +28,15 @@ from lowrank_gcrf.adapters.tensorflow.image_refine import refine
 from lowrank_gcrf.adapters.tensorflow.layers import DenseGCRF
 from lowrank_gcrf.adapters.tensorflow.op import XLAUnsupportedError
 
+# The names of version 0.1.
+gcrf_solve, potts_solve, signed_solve = solve, solve_potts, solve_signed
+
 __all__ = [
     "DenseGCRF",
     "GCRFHead",
     "XLAUnsupportedError",
-    "gcrf_solve",
     "pd_scaled",
-    "potts_solve",
     "refine",
-    "signed_solve",
     "solve",
     "solve_potts",
     "solve_signed",

@@ -9,13 +9,13 @@ that is not a tensor operation is in :mod:`lowrank_gcrf.adapters.layer_plan`, an
 door to the core is :mod:`lowrank_gcrf.adapters.bridge`.
 
 The adapter holds no maths of its own, and core errors propagate unchanged.
+
+``gcrf_solve``, ``potts_solve`` and ``signed_solve``, the names of version 0.1, stay
+importable as aliases of :func:`solve`, :func:`solve_potts` and :func:`solve_signed`.
 """
 
 from lowrank_gcrf.adapters.torch.functional import (
-    gcrf_solve,
     pd_scaled,
-    potts_solve,
-    signed_solve,
     solve,
     solve_potts,
     solve_signed,
@@ -24,14 +24,14 @@ from lowrank_gcrf.adapters.torch.heads import GCRFHead
 from lowrank_gcrf.adapters.torch.image_refine import refine
 from lowrank_gcrf.adapters.torch.modules import DenseGCRF
 
+# The names of version 0.1.
+gcrf_solve, potts_solve, signed_solve = solve, solve_potts, solve_signed
+
 __all__ = [
     "DenseGCRF",
     "GCRFHead",
-    "gcrf_solve",
     "pd_scaled",
-    "potts_solve",
     "refine",
-    "signed_solve",
     "solve",
     "solve_potts",
     "solve_signed",

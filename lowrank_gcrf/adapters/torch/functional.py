@@ -1,6 +1,5 @@
 """The dense G-CRF solves as differentiable PyTorch functions, named as the core's
-(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`; the older names ``gcrf_solve``,
-``potts_solve`` and ``signed_solve`` stay as aliases), and the positive-definiteness
+(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`), and the positive-definiteness
 rescaling :func:`pd_scaled` of the Potts and signed layers.
 
 Precision: float32 and float64 are solved natively; float16/bfloat16 inputs (for example
@@ -182,8 +181,3 @@ def pd_rescaled(A: Tensor, first: int | None, lam: Tensor | float, bound: float)
         return A
     scaled = pd_scaled(A[:, first:], lam, bound)
     return scaled if first == 0 else torch.cat([A[:, :first], scaled], dim=1)
-
-
-gcrf_solve = solve
-potts_solve = solve_potts
-signed_solve = solve_signed
