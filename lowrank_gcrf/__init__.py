@@ -1,8 +1,9 @@
 """lowrank-gcrf: dense, low-rank Gaussian CRFs with exact matrix-free inference.
 
 Implements Chandra, Usunier and Kokkinos, "Dense and Low-Rank Gaussian CRFs Using Deep
-Embeddings" (ICCV 2017): the MAP solution of ``(AᵀA + λI) x = b`` (general) or of its
-Potts variant, by conjugate gradient or by an exact low-rank solve, with analytic
+Embeddings" (ICCV 2017): the MAP solution of ``M x = b`` for the general model
+``M = λI + AᵀA``, the Potts model ``M = λI + (J_L − I_L) ⊗ ÂᵀÂ`` and the signed model
+``M = λI + AᵀA − ΓᵀΓ``, by conjugate gradient or by an exact low-rank solve, with analytic
 gradients. Arrays in, arrays out: NumPy on CPU, CuPy on GPU. The maths: ``docs/maths.md``.
 """
 
@@ -21,10 +22,11 @@ from .errors import (
     GCRFTypeError,
     IndefiniteSystemError,
 )
+from .factorization import Factorization
 from .general import GeneralOperator
 from .info import SolveInfo
 from .models import MODEL_NAMES, make_operator
-from .operators import Factorization, GCRFOperator
+from .operators import GCRFOperator
 from .options import SolverOptions, solver_options
 from .potts import PottsOperator
 from .refine import refine

@@ -16,6 +16,8 @@ The new residual is ``r − M(r − ZU)/λ = −r_Z U/λ`` with ``r_Z = C(rUᵀ)
 times λ/√β (Potts: β = λ, proved; general: the largest absolute row sum of G). The outer
 loop checks the true residual ``b − Mx`` as for any CG, so a bound spoiled by rounding
 costs a restart, never accuracy.
+
+The signed model ``λI + UᵀSU`` has no such system here: its CG iterates on the unknowns.
 """
 
 from __future__ import annotations

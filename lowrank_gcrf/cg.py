@@ -1,14 +1,14 @@
 """Batched conjugate gradient (the paper's Algorithm 1), shared by every operator.
 
 Vectors have shape ``batch + (k, n)``: one SPD system per batch index, its unknowns laid out
-as k rows of n (k = 1 for the general G-CRF, k = L labels for Potts). Every system has its
-own α, β and stopping test; converged systems stop changing while the others go on. The
-restarts on the true residual live in :mod:`lowrank_gcrf.refinement`.
+as k rows of n (k = 1 for the general and signed G-CRFs, k = L labels for Potts). Every
+system has its own α, β and stopping test; converged systems stop changing while the others
+go on. The restarts on the true residual live in :mod:`lowrank_gcrf.refinement`.
 
 Per iteration the loop costs one matvec, two inner products and three vector updates. The
-updates come from :func:`lowrank_gcrf.fused.cg_kernels`: in place on NumPy (no temporaries
-beyond one scratch vector), one fused kernel each on CuPy, plain array-API expressions
-elsewhere.
+updates come from :func:`lowrank_gcrf.cg_updates.cg_kernels`: in place on NumPy (no
+temporaries beyond one scratch vector), one fused kernel each on CuPy, plain array-API
+expressions elsewhere.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import numpy as np
 import scipy.linalg.blas
 from array_api_compat import device as _device
 
+from .cg_updates import cg_kernels
 from .dtypes import dtype_name
 from .errors import GCRFError, IndefiniteSystemError
-from .fused import cg_kernels, to_host
+from .host_reads import to_host
 
 
 def inner(xp: Any, u: Any, v: Any) -> Any:

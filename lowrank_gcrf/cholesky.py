@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg.lapack
 
-from .fused import to_host
+from .host_reads import to_host
 from .validation import is_numpy
 
 

@@ -23,13 +23,10 @@ from typing import Any
 import numpy as np
 
 from .errors import GCRFError, GCRFTypeError
-from .fused import to_host
+from .host_reads import to_host
 
 #: Floating dtypes the library accepts, ranked by width.
 FLOAT_RANKS = {"float16": 0, "bfloat16": 0, "float32": 1, "float64": 2}
-
-#: Dtypes computed in float32 and returned in their own dtype.
-HALF_PRECISION = ("float16", "bfloat16")
 
 
 def dtype_name(dtype: Any) -> str:

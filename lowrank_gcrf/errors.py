@@ -29,7 +29,10 @@ class IndefiniteSystemError(GCRFError):
     """The system matrix is not positive definite, so the Gaussian CRF has no MAP solution.
 
     For the Potts model ``M = λI + (J − I) ⊗ ÂᵀÂ`` this happens exactly when
-    ``λ ≤ μ_max = ‖Â‖₂²``; conjugate gradient also raises it on a breakdown ``pᵀMp ≤ 0``.
+    ``λ ≤ μ_max = ‖Â‖₂²``; for the signed model ``M = λI + AᵀA − ΓᵀΓ`` exactly when
+    ``I − Γ(λI + AᵀA)⁻¹Γᵀ`` is not positive definite; the general model ``λI + AᵀA`` is
+    positive definite for every λ > 0. Conjugate gradient also raises it on a breakdown
+    ``pᵀMp ≤ 0``.
 
     Attributes
     ----------

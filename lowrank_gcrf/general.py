@@ -6,8 +6,9 @@ from typing import Any
 
 from .capacitance import CapacitanceSystem, row_sum_bound
 from .errors import IndefiniteSystemError
+from .factorization import Factorization
 from .method import capacitance_gram_pays
-from .operators import Factorization, GCRFOperator
+from .operators import GCRFOperator
 from .woodbury import ShiftedLowRankInverse, small_gram, working_gram
 
 

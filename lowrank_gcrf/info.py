@@ -7,7 +7,7 @@ from typing import Any
 
 import array_api_compat
 
-from .fused import to_host
+from .host_reads import to_host
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class SolveInfo:
     converged : array of bool
         Whether ``‖b − Mx‖ ≤ max(rtol·‖b‖, atol)`` for that system.
     factorization : Factorization or None
-        The operator's factorization the solve used (None for a general-model CG solve):
-        pass it back as ``factorization=`` to reuse it, e.g. in the backward pass.
+        The solver state the solve used (None for a CG solve that needed none): pass it
+        back as ``factorization=`` to reuse it, e.g. in the backward pass.
     """
 
     method: str

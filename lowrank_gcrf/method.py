@@ -10,16 +10,20 @@ forward's factorization), with CG on the capacitance system where that pays
 * Potts: always ``"direct"``. Every Potts solve must establish λ > ‖Â‖₂² first; unless the
   cheap bound ‖Â‖_F² < λ settles it, that takes the Gram ÂÂᵀ and the Cholesky factor of
   λI − ÂÂᵀ, after which the exact solve costs one more small factorization and a few
-  matvecs. Measured CG/direct time: 1.1–4.8 at κ = 10³ for every D from 16 to 1024; at
-  κ = 10, 0.77–1.6 (CG ahead by at most 1.3×, at D = 64, 512 and 1024).
+  matvecs. Measured: CG is slower at κ = 10³ for every D from 16 to 1024, and at κ = 10
+  ahead by little where it is ahead at all.
 * General: ``"direct"`` while the embedding dimension D ≤ ``DIRECT_MAX_RANK``, else
-  ``"cg"``. Measured at κ = 10³: CG/direct 0.85–2.5 for D ≤ 128 (CG on the capacitance
-  system), 2.5–11 above (float64; in float32 CG does not reach rtol = 1e-5 there above
-  D = 256). CG wins clearly only on well-conditioned systems at large D (κ = 10, float32:
-  CG/direct 0.46 at D = 512 and 0.34 at D = 1024 forward, 1.0 and 0.34 forward+backward),
-  by less than it loses on ill-conditioned ones, whose CG iterations grow with √κ up to
-  D + 1. Above D = 1024 the Gram ``AAᵀ`` (2D²N flops) outgrows the CG iterations of a
-  reasonably conditioned system (4DN flops each), so ``"cg"``.
+  ``"cg"``. Measured at κ = 10³: CG (on the capacitance system) at best level with the
+  direct solve for D ≤ 128, up to a few times slower, and up to an order of magnitude
+  slower above (in float32 it does not reach rtol = 1e-5 there above D = 256). CG wins
+  clearly only on well-conditioned systems at large D (κ = 10), by less than it loses on
+  ill-conditioned ones, whose CG iterations grow with √κ up to D + 1. Above D = 1024 the
+  Gram ``AAᵀ`` (2D²N flops) outgrows the CG iterations of a reasonably conditioned system
+  (4DN flops each), so ``"cg"``.
+* Signed: with attractive embeddings Γ, always ``"direct"``: every solve must prove M
+  positive definite, and the proof (the Cholesky factor of the Schur complement λH) is the
+  exact solver's factorization, which a CG solve computes as well. Without Γ it is the
+  general model, and the general rule applies.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ def cg_iteration_bound(operator: Any) -> int:
     """Exact-arithmetic bound on CG iterations: the number of distinct eigenvalues of M.
 
     General: at most D + 1 ({λ} ∪ {λ + σᵢ²}); Potts: at most 2D + 1 (λ, λ + (L−1)μᵢ and
-    λ − μᵢ); never more than the number of unknowns.
+    λ − μᵢ); signed: at most D + E + 1 (λ and λ plus the eigenvalues of UᵀSU); never more
+    than the number of unknowns.
     """
     k, n = operator.row_shape
     distinct = operator.rank + 1 if k == 1 else 2 * operator.rank + 1

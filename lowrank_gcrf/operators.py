@@ -1,79 +1,45 @@
-"""The dense G-CRF system matrices as immutable, matrix-free operators with solve and VJP.
+"""The dense G-CRF system matrices as immutable, matrix-free operators: their common base.
 
-Every model is ``M = λI + C ⊗ (UᵀU)`` acting on unknowns laid out as rows ``(..., k, n)``
-(see ``docs/maths.md``):
+Every model is ``M = λI + C ⊗ (UᵀSU)`` acting on unknowns laid out as rows ``(..., k, n)``,
+with a label coupling C and a signature S (``docs/maths.md``):
 
-* :class:`~lowrank_gcrf.general.GeneralOperator`: ``U = A`` (D, N), k = 1, ``C = [1]``
-  (Eq. 5, matvec Eq. 13);
-* :class:`~lowrank_gcrf.potts.PottsOperator`: ``U = Â`` (D, P), k = L, ``C = J_L − I_L``
-  (Eq. 12, matvec Eq. 15–16).
+* :class:`~lowrank_gcrf.general.GeneralOperator`, ``λI + AᵀA``: ``U = A`` (D, N), k = 1,
+  ``C = [1]``, S = I (Eq. 5, matvec Eq. 13);
+* :class:`~lowrank_gcrf.potts.PottsOperator`, ``λI + (J_L − I_L) ⊗ ÂᵀÂ``: ``U = Â`` (D, P),
+  k = L, ``C = J_L − I_L``, S = I (Eq. 12, matvec Eq. 15–16);
+* :class:`~lowrank_gcrf.signed.SignedOperator`, ``λI + AᵀA − ΓᵀΓ``: ``U = [A; Γ]``
+  (D + E, N), k = 1, ``C = [1]``, ``S = diag(I_D, −I_E)``
+  (``docs/maths.md#the-signed-model``).
 
 An operator validates its embeddings and λ once and never changes. Solver state is a value:
 :meth:`GCRFOperator.factor` returns a :class:`Factorization`, every solve reports the one it
 used in ``info.factorization``, and :meth:`GCRFOperator.solve` and :meth:`GCRFOperator.vjp`
 take it back (``factorization=``), so that a backward pass reuses its forward's work without
-a cache that could go stale.
+a cache that could go stale. The outer solve loop, by CG or by exact solves, is
+:mod:`lowrank_gcrf.solve_driver`.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from array_api_compat import device as _device
 
-from .cg import cg_sweep, cg_sweeps_in_turn, inner, power_of_two_scale
-from .dtypes import cast_result, check_floating, dtype_name, floating_dtypes, promote
-from .errors import ConvergenceError, ConvergenceWarning, GCRFError
-from .fused import to_host
+from .cg import inner
+from .dtypes import cast_result, check_floating, dtype_name, floating_dtypes
+from .errors import GCRFError
+from .factorization import Factorization
 from .info import SolveInfo
-from .method import choose_method, default_maxiter
-from .options import SolverOptions, solver_options
-from .refinement import residual_correction
+from .options import solver_options
+from .solve_driver import report_failure, solve_rows
 from .validation import (
     array_namespace,
     as_lam,
     check_embeddings,
     check_finite,
     check_system_shape,
-    is_numpy,
 )
-
-# A GPU should not be synchronised with the host at every CG step.
-_DEVICE_CHECK_EVERY = 8
-
-
-@dataclass(frozen=True)
-class Factorization:
-    """The exact low-rank factorization of one operator: a value, never a cache.
-
-    Attributes
-    ----------
-    solver : object or None
-        Applies ``M⁻¹`` (``solver.apply(v)``); None when only positive definiteness was
-        established (a Potts solve by CG factors the deviation capacitance alone).
-    certificate : object or None
-        How M was proved positive definite (Potts: ``"frobenius"`` or ``"cholesky"``), so
-        that later CG solves with this factorization need not prove it again.
-    capacitance : object or None
-        Where a CG solve iterates when not on the unknowns themselves: the k×D capacitance
-        system built on the Gram (:class:`~lowrank_gcrf.capacitance.CapacitanceSystem`),
-        for Potts with D < P (on the proof's Gram) and the general model with D ≤ 128.
-    """
-
-    owner: object = field(repr=False)
-    solver: Any = field(default=None, repr=False)
-    certificate: Any = field(default=None, repr=False)
-    capacitance: Any = field(default=None, repr=False)
-
-    @property
-    def complete(self) -> bool:
-        """Whether it can apply ``M⁻¹`` (a direct solve needs that)."""
-        return self.solver is not None
 
 
 class GCRFOperator:
@@ -82,7 +48,7 @@ class GCRFOperator:
     Parameters
     ----------
     embeddings : array (..., D, n)
-        ``A`` (n = N) or ``Â`` (n = P).
+        ``A`` (general, n = N), ``Â`` (Potts, n = P) or ``[A; Γ]`` (signed, n = N).
     lam : float or array of the batch shape
         λ > 0.
     """
@@ -93,7 +59,8 @@ class GCRFOperator:
     rhs_layout = "(..., N)"
     #: the condition number, for ConvergenceError messages
     condition_hint = "κ = 1 + ‖A‖₂²/λ"
-    #: whether every solve must factor something to prove M positive definite (Potts)
+    #: whether every solve must factor something to prove M positive definite (Potts, and
+    #: signed with Γ)
     factors_to_check_definiteness = False
 
     def __init__(self, embeddings: Any, lam: Any, *, num_rows: int):
@@ -143,7 +110,7 @@ class GCRFOperator:
 
     @property
     def num_rows(self) -> int:
-        """k, the rows of one system's unknowns (1 general, L Potts)."""
+        """k, the rows of one system's unknowns (L for Potts, 1 for the other models)."""
         return self._num_rows
 
     @property
@@ -200,7 +167,8 @@ class GCRFOperator:
         Raises
         ------
         IndefiniteSystemError
-            M is not positive definite (Potts: λ ≤ ‖Â‖₂²).
+            M is not positive definite (Potts: λ ≤ ‖Â‖₂²; signed: ΓᵀΓ outweighs
+            λI + AᵀA along some direction).
 
         Examples
         --------
@@ -220,7 +188,7 @@ class GCRFOperator:
         raise NotImplementedError
 
     def _certify(self) -> Factorization | None:
-        """Prove M positive definite, where that needs a factorization (Potts)."""
+        """Prove M positive definite, where that needs a factorization (Potts, signed)."""
         return None
 
     def _cg_factorization(self) -> Factorization | None:
@@ -238,32 +206,29 @@ class GCRFOperator:
 
     # -- solves ----------------------------------------------------------------------------
 
-    def _check_array(self, v: Any, name: str) -> None:
-        """``v`` is a floating array of the operator's array library (``array_namespace``
-        raises a GCRFTypeError for a foreign one)."""
+    def _check_input(self, v: Any, name: str) -> None:
+        """Raise unless ``v`` is a finite floating array of the operator's array library
+        (``array_namespace`` raises a GCRFTypeError for a foreign one), shaped like one
+        right-hand side per system of the batch in the public layout."""
         array_namespace(self._U, v)
         check_floating(dtype_name(v.dtype), name)
-
-    def _prepare(self, v: Any, name: str) -> Any:
-        """Validate a system-shaped input and return it in the row layout, compute dtype."""
-        self._check_array(v, name)
         expected = self.batch_shape + self._public_system_shape()
         check_system_shape(tuple(v.shape), expected, name, self.rhs_layout)
         check_finite(self.xp, v, name)
-        return self._to_rows(self.xp.astype(v, self.dtype, copy=False))
 
-    def _promoted_for(self, v: Any, name: str) -> GCRFOperator:
-        """This operator, or its float64 twin when ``v`` is float64 and it is not."""
-        self._check_array(v, name)
-        compute, _ = promote(dtype_name(self._input_dtype), dtype_name(v.dtype))
-        if compute == dtype_name(self.dtype):
-            return self
+    def _promoted_for(self, v: Any) -> tuple[GCRFOperator, Any]:
+        """``(operator, output dtype)`` for the checked input ``v``: this operator, or its
+        float64 twin when v is float64 and it is not; results come in the promoted dtype of
+        the embeddings and v (:mod:`lowrank_gcrf.dtypes`)."""
         embeddings, lam = self._source
-        return self._rebuild(self.xp.astype(embeddings, self.xp.float64), lam)
+        compute, output = floating_dtypes(self.xp, **{self.embedding_name: embeddings, "v": v})
+        if dtype_name(compute) == dtype_name(self.dtype):
+            return self, output
+        return self._rebuild(self.xp.astype(embeddings, self.xp.float64), lam), output
 
-    def _output_dtype(self, v: Any) -> Any:
-        """The dtype of results computed from the embeddings and ``v``."""
-        return floating_dtypes(self.xp, **{self.embedding_name: self._source[0], "b": v})[1]
+    def _rows(self, v: Any) -> Any:
+        """A checked input in the row layout and the compute dtype."""
+        return self._to_rows(self.xp.astype(v, self.dtype, copy=False))
 
     def solve(
         self,
@@ -325,134 +290,20 @@ class GCRFOperator:
             method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure
         )
         self._checked(factorization)
-        op = self._promoted_for(b, "b")
+        self._check_input(b, "b")
+        if x0 is not None:
+            self._check_input(x0, "x0")
+        op, out_dtype = self._promoted_for(b)
         if op is not self:
             factorization = None
-        b_rows = op._prepare(b, "b")
-        x0_rows = None if x0 is None else op._prepare(x0, "x0")
-        out_dtype = op._output_dtype(b)
-        x, scale, info = op._solve_rows(b_rows, x0_rows, options, factorization)
+        x0_rows = None if x0 is None else op._rows(x0)
+        x, scale, info = solve_rows(op, op._rows(b), x0_rows, options, factorization)
         x = op._from_rows(cast_result(op.xp, x * scale[..., None, None], out_dtype, "x"))
-        op._report_failure(x, info, options)
+        report_failure(op, x, info, options)
         return x, info
-
-    def _solve_rows(
-        self, b: Any, x0: Any, options: SolverOptions, factorization: Factorization | None
-    ) -> tuple[Any, Any, SolveInfo]:
-        """Solve on unit-scaled right-hand sides; ``(x / scale, scale, info)``.
-
-        The power-of-two scaling keeps ``‖b‖²`` representable (a float32 b of 1e20 would
-        square to inf and a float32 b of 1e-25 to 0), exactly.
-        """
-        xp = self.xp
-        method = choose_method(options.method, self)
-        maxiter = default_maxiter(method, self) if options.maxiter is None else options.maxiter
-        if method == "direct" and not (factorization and factorization.complete):
-            factorization = self.factor()
-        elif factorization is None:
-            factorization = self._cg_factorization()
-        scale = power_of_two_scale(xp, b)
-        b = b / scale[..., None, None]
-        x0 = None if x0 is None else x0 / scale[..., None, None]
-        bnorm = xp.sqrt(inner(xp, b, b))
-        tol = xp.maximum(options.rtol * bnorm, options.atol / scale)
-        x, iterations, rr = residual_correction(
-            xp, self.matvec, b, x0, tol, maxiter, self._correction(method, tol, factorization)
-        )
-        rnorm = xp.sqrt(rr)
-        residual = xp.where(bnorm > 0, rnorm / xp.where(bnorm > 0, bnorm, 1.0), rnorm * scale)
-        info = SolveInfo(
-            method=method,
-            # asarray: NumPy reduces unbatched results to scalars, which are not arrays.
-            iterations=xp.asarray(iterations),
-            residual=xp.asarray(residual),
-            converged=xp.asarray(rnorm <= tol),
-            factorization=factorization,
-        )
-        return x, scale, info
-
-    def _correction(self, method: str, tol: Any, factorization: Factorization | None) -> Any:
-        """The step of :func:`residual_correction` for ``method``.
-
-        ``"cg"``: a CG sweep on the residual system. ``"direct"``: the exact low-rank solve
-        ``M⁻¹ r`` — the first step from x = 0 is the Woodbury solve itself, later ones are
-        iterative refinement (Woodbury is subtractive and loses about log10(κ) digits).
-        """
-        xp = self.xp
-        if method == "cg":
-            capacitance = factorization.capacitance if factorization is not None else None
-            space = self if capacitance is None else capacitance
-            sweep = self._cg_sweep(space, tol)
-
-            def cg_step(x: Any, r: Any, rr: Any, active: Any, budget: int, first: bool) -> Any:
-                # A restart follows a sweep whose recurrence met tol while the true residual
-                # did not (finite precision): aim it below tol so that it lands under it.
-                target = tol if first else 0.5 * tol
-                if capacitance is None:
-                    return sweep(x, r, rr, active, target * target, budget)
-                # Z = 0 already meets the target where r has no part in U's row space (U = 0
-                # among others), and CG would break down on that zero right-hand side.
-                rhs = capacitance.project(r)
-                rr_z = inner(xp, rhs, rhs)
-                tol2_z = capacitance.tolerance_squared(target)
-                z, steps = sweep(
-                    xp.zeros_like(rhs), rhs, rr_z, active & (rr_z > tol2_z), tol2_z, budget
-                )
-                return x + capacitance.lift(r, z, active), steps
-
-            return cg_step
-        solver = factorization.solver
-
-        def direct_step(x: Any, r: Any, rr: Any, active: Any, budget: int, first: bool) -> Any:
-            step = xp.where(active[..., None, None], solver.apply(r), xp.zeros_like(r))
-            return x + step, xp.astype(active, xp.int64)
-
-        return direct_step
-
-    def _cg_sweep(self, space: Any, tol: Any) -> Callable[..., tuple[Any, Any]]:
-        """``sweep(x, r, rr, active, tol2, budget)``: one CG sweep on ``space`` (this operator
-        or a capacitance system), a NumPy batch one system after another."""
-        xp = self.xp
-        if is_numpy(xp) and tol.shape == self.batch_shape and tol.size > 1:
-            systems = [space.system_at(index).matvec for index in np.ndindex(tol.shape)]
-
-            def in_turn(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
-                return cg_sweeps_in_turn(systems, x, r, rr, active, tol2, budget)
-
-            return in_turn
-        check_every = 1 if is_numpy(xp) else _DEVICE_CHECK_EVERY
-
-        def batched(x: Any, r: Any, rr: Any, active: Any, tol2: Any, budget: int) -> Any:
-            return cg_sweep(xp, space.matvec, x, r, rr, active, tol2, budget, check_every)
-
-        return batched
 
     def _diagnose_failure(self, info: SolveInfo) -> None:
         """Raise a more precise error than ConvergenceError where the model knows one."""
-
-    def _report_failure(self, x: Any, info: SolveInfo, options: SolverOptions) -> None:
-        """Apply the ``on_failure`` policy to systems above tolerance."""
-        xp = self.xp
-        # "ignore" asks for the iterate as it is: no diagnosis (it can cost an eigensolve).
-        if options.on_failure == "ignore" or bool(to_host(xp, xp.all(info.converged))):
-            return
-        self._diagnose_failure(info)
-        failed = ~info.converged
-        count = int(xp.sum(xp.astype(failed, xp.int64)))
-        worst = float(xp.max(xp.where(failed, info.residual, xp.zeros_like(info.residual))))
-        iters = int(xp.max(info.iterations))
-        what = "CG iterations" if info.method == "cg" else "exact solves (with refinement)"
-        message = (
-            f"{info.method} solve did not reach rtol={options.rtol:g}, atol={options.atol:g} in "
-            f"{count} of {info.converged.size} system(s): relative residual {worst:.3g} after "
-            f"{iters} {what}. The system is too ill-conditioned for the dtype "
-            f"{dtype_name(self.dtype)} ({self.condition_hint}): raise rtol, increase lam, use "
-            "float64, or raise maxiter."
-        )
-        if options.on_failure == "raise":
-            raise ConvergenceError(message, x=x, info=info)
-        if options.on_failure == "warn":
-            warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
     # -- gradients -------------------------------------------------------------------------
 
@@ -480,12 +331,13 @@ class GCRFOperator:
         on_failure: str = "raise",
         factorization: Factorization | None = None,
     ) -> tuple[Any, Any, Any, SolveInfo]:
-        """Vector-Jacobian product of ``x = M⁻¹ b`` (Eq. 2–3, 6, 10 and the Potts analogue).
+        """Vector-Jacobian product of ``x = M⁻¹ b`` (Eq. 2–3, 6, 10 and their analogues).
 
         With ``g = M⁻¹ gx`` (Eq. 6, solved by the same method, reusing ``factorization``):
         ``∂L/∂b = g``, ``∂L/∂λ = −gᵀx`` per system, and for the embeddings
-        ``∂L/∂U = −Σᵢⱼ Cᵢⱼ [(U gᵢ) xⱼᵀ + (U xᵢ) gⱼᵀ]`` — the general case (C = 1) is Eq. 10
-        written matrix-free, ``−[(Ag)xᵀ + (Ax)gᵀ]`` (``docs/maths.md#gradients``). The
+        ``∂L/∂U = −S Σᵢⱼ Cᵢⱼ [(U gᵢ) xⱼᵀ + (U xᵢ) gⱼᵀ]`` — the general case (C = 1, S = I) is
+        Eq. 10 written matrix-free, ``−[(Ag)xᵀ + (Ax)gᵀ]``; Potts has C = J − I, and the
+        signed model's S flips the sign for Γ's rows (``docs/maths.md#gradients``). The
         cotangent is solved at unit scale and the scale folded into the small factor, so
         that tiny float32 cotangents do not underflow; zero cotangents give zero gradients.
 
@@ -520,26 +372,26 @@ class GCRFOperator:
             method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure
         )
         self._checked(factorization)
-        op = self._promoted_for(x, "x")
+        self._check_input(x, "x")
+        self._check_input(gx, "gx")
+        op, out_dtype = self._promoted_for(x)
         if op is not self:
-            return op.vjp(x, gx, **options.as_kwargs())
-        xp = self.xp
-        x_rows = self._prepare(x, "x")
-        gx_rows = self._prepare(gx, "gx")
-        out_dtype = self._output_dtype(x)
-        g, scale, info = self._solve_rows(gx_rows, None, options, factorization)
+            factorization = None
+        xp = op.xp
+        x_rows = op._rows(x)
+        g, scale, info = solve_rows(op, op._rows(gx), None, options, factorization)
         g_b = cast_result(xp, g * scale[..., None, None], out_dtype, "the gradient of b")
-        self._report_failure(self._from_rows(g_b), info, options)
-        left, right = self._gradient_rows(x_rows, g)
+        report_failure(op, op._from_rows(g_b), info, options)
+        left, right = op._gradient_rows(x_rows, g)
         # −[(U lᵀ) r + (U rᵀ) l] as one (D, 2m) @ (2m, n) product, with −scale folded into
         # the small factor, so that the only (D, n) array allocated is the result.
-        small = self._U @ xp.matrix_transpose(xp.concat([left, right], axis=-2))
-        small = self._embedding_signature(small * (-scale)[..., None, None])
+        small = op._U @ xp.matrix_transpose(xp.concat([left, right], axis=-2))
+        small = op._embedding_signature(small * (-scale)[..., None, None])
         g_U = small @ xp.concat([right, left], axis=-2)
         g_lam = -inner(xp, g, x_rows) * scale
         return (
-            cast_result(xp, g_U, self._input_dtype, f"the gradient of {self.embedding_name}"),
-            self._from_rows(g_b),
+            cast_result(xp, g_U, op._input_dtype, f"the gradient of {op.embedding_name}"),
+            op._from_rows(g_b),
             cast_result(xp, g_lam, out_dtype, "the gradient of lam"),
             info,
         )

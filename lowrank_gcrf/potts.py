@@ -7,10 +7,11 @@ from typing import Any
 from .capacitance import CapacitanceSystem
 from .cholesky import cholesky_lower
 from .errors import GCRFError, IndefiniteSystemError
-from .fused import to_host
+from .factorization import Factorization
+from .host_reads import to_host
 from .info import SolveInfo
 from .method import capacitance_gram_pays
-from .operators import Factorization, GCRFOperator
+from .operators import GCRFOperator
 from .woodbury import ShiftedLowRankInverse, shifted_gram, small_gram, working_gram
 
 

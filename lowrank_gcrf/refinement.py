@@ -20,7 +20,7 @@ from typing import Any
 from array_api_compat import device
 
 from .cg import inner
-from .fused import to_host
+from .host_reads import to_host
 
 #: ``correct(x, r, rr, active, budget, first) -> (x, steps)``: improve the active systems.
 Correction = Callable[[Any, Any, Any, Any, int, bool], tuple[Any, Any]]

@@ -12,9 +12,10 @@ from typing import Any
 from .cholesky import CholeskyFactor, cholesky_factor
 from .dtypes import floating_dtypes
 from .errors import GCRFError, IndefiniteSystemError
+from .factorization import Factorization
 from .general import GeneralOperator
 from .info import SolveInfo
-from .operators import Factorization, GCRFOperator
+from .operators import GCRFOperator
 from .validation import array_namespace, check_embeddings, check_finite
 
 

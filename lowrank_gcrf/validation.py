@@ -17,7 +17,7 @@ import numpy as np
 
 from .dtypes import dtype_name, largest
 from .errors import GCRFError, GCRFTypeError
-from .fused import to_host
+from .host_reads import to_host
 
 
 def array_namespace(*arrays: Any) -> Any:

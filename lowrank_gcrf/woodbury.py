@@ -1,8 +1,11 @@
 """Exact solves with a scaled identity plus a low-rank Gram: ``(λI + α UᵀU)⁻¹``.
 
-Both models reduce to this (``docs/maths.md#exact-low-rank-solves``): the general G-CRF is
-``λI + AᵀA`` (α = 1); the Potts G-CRF splits into its class sum, ``λI + (L−1)ÂᵀÂ``
-(α = L − 1), and its deviations, ``λI − ÂᵀÂ`` (α = −1). With U of shape (D, n):
+The general and Potts models reduce to this (``docs/maths.md#exact-low-rank-solves``): the
+general G-CRF is ``λI + AᵀA`` (α = 1); the Potts G-CRF splits into its class sum,
+``λI + (L−1)ÂᵀÂ`` (α = L − 1), and its deviations, ``λI − ÂᵀÂ`` (α = −1). The signed
+G-CRF ``λI + AᵀA − ΓᵀΓ`` does not: its capacitance ``λS + UUᵀ`` is indefinite, and
+:class:`~lowrank_gcrf.signed.SignedInverse` factors it by block elimination instead
+(``docs/maths.md#exact-solve``). With U of shape (D, n):
 
 * D < n: Woodbury through the D×D capacitance ``C = λI + α UUᵀ``,
   ``(λI + αUᵀU)⁻¹ v = (v − α Uᵀ C⁻¹ U v) / λ``;
@@ -23,7 +26,7 @@ import array_api_compat
 from .cholesky import CholeskyFactor, cholesky_factor
 from .dtypes import dtype_name
 from .errors import GCRFError
-from .fused import to_host
+from .host_reads import to_host
 
 
 def working_gram(xp: Any, U: Any, name: str = "U") -> Any:

@@ -82,7 +82,7 @@ def test_cupy_potts_indefinite_is_detected(method):
 @pytest.mark.parametrize("method", ["cg", "direct"])
 @pytest.mark.parametrize("potts", [False, True], ids=["general", "potts"])
 def test_cupy_solve_makes_no_implicit_transfer(method, potts):
-    """Every device→host read of a solve and its VJP is explicit (lowrank_gcrf.fused.to_host:
+    """Every device→host read of a solve and its VJP is explicit (lowrank_gcrf.host_reads.to_host:
     convergence flags, iteration counts), so they run under CuPy's transfer guard set to
     "disallow" and give the answers they give without it."""
     cp = _cupy()

@@ -1,4 +1,4 @@
-"""The vector updates of CG per array library, and explicit device→host reads.
+"""The vector updates of CG per array library.
 
 The conjugate gradient loop (:func:`lowrank_gcrf.cg.cg_sweep`) updates three vectors per
 iteration, ``x += αp``, ``r −= αq`` and ``p = r + βp``. Written as array-API expressions
@@ -8,10 +8,6 @@ they run in place instead:
 * NumPy: in place with ``out=`` and one scratch vector;
 * CuPy: one fused elementwise kernel for ``x, r`` and one for ``p`` (a single pass each);
 * any other array-API library (torch, array-api-strict): the portable expressions.
-
-:func:`to_host` is the one place where the solver reads a value back from the device (a
-convergence flag, an iteration count), explicitly, so that CuPy's transfer guard can forbid
-every implicit transfer.
 """
 
 from __future__ import annotations
@@ -20,14 +16,6 @@ import functools
 from typing import Any
 
 import array_api_compat
-
-
-def to_host(xp: Any, a: Any) -> Any:
-    """``a`` (a small array) readable by ``bool``, ``int`` and ``float`` without an implicit
-    transfer: on CuPy an explicit copy to a NumPy array, elsewhere ``a`` itself."""
-    if array_api_compat.is_cupy_namespace(xp):
-        return a.get()
-    return a
 
 
 class ArrayAPIKernels:

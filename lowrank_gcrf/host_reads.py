@@ -1,0 +1,20 @@
+"""Explicit device→host reads.
+
+:func:`to_host` is the one place where the solver reads a value back from the device (a
+convergence flag, an iteration count), explicitly, so that CuPy's transfer guard can forbid
+every implicit transfer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+
+def to_host(xp: Any, a: Any) -> Any:
+    """``a`` (a small array) readable by ``bool``, ``int`` and ``float`` without an implicit
+    transfer: on CuPy an explicit copy to a NumPy array, elsewhere ``a`` itself."""
+    if array_api_compat.is_cupy_namespace(xp):
+        return a.get()
+    return a
