@@ -11,6 +11,7 @@ therefore never overwrites the published evidence.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import tempfile
@@ -40,6 +41,11 @@ class Destination:
     results_dir: Path
     results_md: Path
     published: bool
+
+    @property
+    def kind(self) -> str:
+        """What a run reports having written: published results or not."""
+        return "published results" if self.published else "results (not published)"
 
 
 def destination(
@@ -77,6 +83,33 @@ def destination(
         Path(results_dir) if results_dir is not None else root / "results",
         Path(results_md) if results_md is not None else root / "RESULTS.md",
         published=False,
+    )
+
+
+def add_destination_arguments(parser: argparse.ArgumentParser, files: str) -> None:
+    """Add ``--out``, ``--results-dir`` and ``--results-md`` (:func:`chosen_destination`).
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+    files : str
+        What the job writes under ``results/``, for the help of ``--results-dir``.
+    """
+    parser.add_argument(
+        "--out", type=Path, help="write DIR/RESULTS.md and DIR/results/ instead of publishing"
+    )
+    parser.add_argument("--results-dir", type=Path, help=f"{files} (overrides --out)")
+    parser.add_argument("--results-md", type=Path, help="the Markdown file (overrides --out)")
+
+
+def chosen_destination(job: str, args: argparse.Namespace, *, publishable: bool) -> Destination:
+    """:func:`destination` of the folders named by :func:`add_destination_arguments`."""
+    return destination(
+        job,
+        publishable=publishable,
+        out=args.out,
+        results_dir=args.results_dir,
+        results_md=args.results_md,
     )
 
 

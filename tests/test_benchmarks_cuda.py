@@ -231,7 +231,7 @@ def test_gpu_check_script_parses_and_names_its_wheels():
     import subprocess
     from pathlib import Path
 
-    script = Path(cli.__file__).resolve().parents[1] / "gpu_check.sh"
+    script = Path(cli.__file__).resolve().parents[2] / ".ci" / "gpu_check"
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("no bash here")

@@ -3,7 +3,9 @@ section it replaces."""
 
 from __future__ import annotations
 
+import re
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,35 @@ def test_fingerprint_covers_the_published_files():
     assert "RESULTS.md" in fingerprint
     assert "results/speed.json" in fingerprint and "results/reproduce.json" in fingerprint
     assert all(len(digest) == 64 for digest in fingerprint.values())
+
+
+def _github_slugs(markdown: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``markdown``: lower case, punctuation and
+    symbols dropped (letters, digits, ``-`` and ``_`` kept), spaces to ``-``, repeats
+    numbered."""
+    slugs: set[str] = set()
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", markdown, re.M):
+        text = re.sub(r"[`*]", "", heading).lower()
+        slug = "".join(c for c in text if c.isalpha() or c.isdigit() or c in "-_ ")
+        slug = slug.replace(" ", "-")
+        unique, n = slug, 0
+        while unique in slugs:
+            n += 1
+            unique = f"{slug}-{n}"
+        slugs.add(unique)
+    return slugs
+
+
+def test_links_into_the_published_results_find_their_section():
+    """Prose quotes no measured figure but links to its RESULTS.md section: every such link
+    must name a heading that the published file has."""
+    root = Path(results_writer.BENCHMARKS_DIR).parent
+    slugs = _github_slugs(results_writer.PUBLISHED_MD.read_text(encoding="utf-8"))
+    pages = [root / "README.md", root / "CHANGELOG.md", *sorted((root / "docs").rglob("*.md"))]
+    links = [
+        (page.name, anchor)
+        for page in pages
+        for anchor in re.findall(r"RESULTS\.md#([^)\s]+)", page.read_text(encoding="utf-8"))
+    ]
+    assert links  # the README links its sections
+    assert [link for link in links if link[1] not in slugs] == []

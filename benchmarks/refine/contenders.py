@@ -9,6 +9,8 @@ import numpy as np
 
 from lowrank_gcrf.refine import refine
 
+from ..densecrf import mean_field
+
 #: DeepLab's dense CRF: bilateral (appearance) sxy 80, srgb 13, weight 4; Gaussian sxy 3, w 3.
 DEEPLAB = {"sxy": 80.0, "srgb": 13.0, "w_appearance": 4.0, "sxy_smooth": 3.0, "w_smooth": 3.0}
 #: pydensecrf2 runs its tuning grid with 10 iterations (its better setting at DeepLab's
@@ -21,28 +23,9 @@ OURS = "ours (defaults)"
 OURS_TUNED = "ours (tuned)"
 
 
-def unavailable() -> str | None:
-    """Why pydensecrf2 cannot be used here (``None`` when it can)."""
-    try:
-        import pydensecrf.densecrf  # noqa: F401
-    except ImportError as exc:
-        return f"pydensecrf2 is not importable ({exc}); pip install pydensecrf2"
-    return None
-
-
 def meanfield(probs: np.ndarray, image: np.ndarray, *, iterations: int, **params: Any) -> Any:
     """pydensecrf2 mean field with DeepLab's kernels, ``params`` overriding them."""
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    p = {**DEEPLAB, **params}
-    labels, h, w = probs.shape
-    crf = dcrf.DenseCRF2D(w, h, labels)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    crf.addPairwiseGaussian(sxy=p["sxy_smooth"], compat=p["w_smooth"])
-    rgb = np.ascontiguousarray(image.transpose(1, 2, 0))
-    crf.addPairwiseBilateral(sxy=p["sxy"], srgb=p["srgb"], rgbim=rgb, compat=p["w_appearance"])
-    return np.asarray(crf.inference(iterations), dtype=np.float32).reshape(labels, h, w)
+    return mean_field(probs, image.transpose(1, 2, 0), iterations=iterations, **DEEPLAB | params)
 
 
 def ours(probs: np.ndarray, image: np.ndarray, **params: Any) -> Any:

@@ -16,6 +16,7 @@ the validation split, and every method on the test split; (4) time per image at 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -25,7 +26,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,11 @@ from tqdm import tqdm
 
 from lowrank_gcrf.image_kernels import APPROXIMATIONS, NORMALIZATIONS
 
+from ..densecrf import unavailable
+from ..machine import cores, cpu_model, git_commit, package_versions, utc_timestamp
+from ..metrics import boundary_f, confusion, mean_iou
 from ..results_writer import destination, write_section
+from ..timing import interleaved_times
 from .contenders import (
     DEEPLAB,
     MF5,
@@ -46,10 +50,8 @@ from .contenders import (
     TUNED_MF_ITERATIONS,
     meanfield,
     ours,
-    unavailable,
 )
 from .kernel_error import exact_kernels, kernel_error
-from .metrics import boundary_f, confusion, mean_iou
 from .report import markdown, qualitative_figure
 from .scenes import NUM_CLASSES, UNARIES, make_scene, make_scenes
 
@@ -245,18 +247,11 @@ def tuning_section(cfg: Config, val: list, test: list, bar: tqdm) -> dict[str, A
 def _interleaved_times(
     methods: dict[str, Any], scene: Any, repeats: int
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and fastest seconds per call of each method, the methods taking turns in every
-    round (in a rotating order) so that foreign load on a shared machine hits all alike."""
+    """Median and fastest seconds per call of each method on the scene's coarse unary, the
+    methods taking turns in every round (:func:`benchmarks.timing.interleaved_times`)."""
     probs, image = scene.unaries["coarse"], scene.image
-    names = list(methods)
-    for name in names:
-        methods[name](probs, image)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            methods[name](probs, image)
-            times[name].append(time.perf_counter() - start)
+    calls = {name: functools.partial(method, probs, image) for name, method in methods.items()}
+    times = interleaved_times(calls, repeats)
     medians = {name: float(np.median(t)) for name, t in times.items()}
     return medians, {name: float(np.min(t)) for name, t in times.items()}
 
@@ -300,52 +295,25 @@ def memory_section(cfg: Config, bar: tqdm) -> dict[str, Any]:
     return out
 
 
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+#: the distributions whose versions a run records
+VERSIONS = ("numpy", "scipy", "scikit-image", "scikit-learn", "pydensecrf2", "lowrank-gcrf")
 
 
 def machine() -> dict[str, Any]:
-    import pydensecrf
-    import scipy
-    import skimage
-    import sklearn
-
-    import lowrank_gcrf
-
-    try:
-        from importlib.metadata import version
-
-        dcrf_version = version("pydensecrf2")
-    except Exception:
-        dcrf_version = getattr(pydensecrf, "__version__", "?")
+    """The machine, versions, BLAS pools (inside the one-thread limit), date and commit."""
+    versions = package_versions(VERSIONS)
     return {
         "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "cpus": os.cpu_count(),
+        "processor": cpu_model(),
+        "cpus": cores(),
         "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-image": skimage.__version__,
-        "scikit-learn": sklearn.__version__,
-        "pydensecrf2": dcrf_version,
-        "lowrank-gcrf": getattr(lowrank_gcrf, "__version__", "?"),
+        **{name: versions.get(name, "?") for name in VERSIONS},
         "blas": [
             f"{p.get('internal_api')} {p.get('version')} ({p.get('num_threads')} thread)"
             for p in threadpool_info()
         ],
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=False,
-        ).stdout.strip(),
+        "date": utc_timestamp(),
+        "commit": git_commit(),
     }
 
 

@@ -200,7 +200,8 @@ def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
         f"* Tuning, same effort for both: a grid of {len(cfg['mf_grid'])} settings each, "
         f"chosen by validation mIoU per unary. pydensecrf2 (MF-{results['tuned_mf_iterations']}"
         f"): {_grid_axes(cfg['mf_grid'])}; ours: {_grid_axes(cfg['ours_grid'])}.",
-        "* mIoU: over the split's pixels, mean over the classes present; boundary F: per image, "
+        "* mIoU: over the split's pixels, mean over the classes in the truth or the prediction "
+        "(`benchmarks/metrics.py`); boundary F: per image, "
         "boundary pixels matched within 2 px, averaged. Times: median of "
         f"{cfg['repeats']} calls after a warm-up, the methods taking turns in each round; "
         "inputs ready, everything else (pydensecrf2's lattice, our features and solve) inside. "

@@ -35,7 +35,6 @@ from skimage.transform import resize
 from sklearn.datasets import load_digits
 
 NUM_CLASSES = 13
-CLASS_NAMES = ("background", "horse", "coin", *(f"digit {d}" for d in range(10)))
 SPLITS = ("val", "test")
 UNARIES = ("coarse", "noisy")
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -96,12 +95,8 @@ def _object(kind: str, split: str, size: int, rng: np.random.Generator) -> np.nd
 
 
 @cache
-def _gray(name: str) -> np.ndarray:
-    return getattr(skdata, name)().astype(np.float64) / 255.0
-
-
-@cache
-def _photo(name: str) -> np.ndarray:
+def _image(name: str) -> np.ndarray:
+    """A scikit-image sample image (grayscale or RGB) in [0, 1], float64."""
     return getattr(skdata, name)().astype(np.float64) / 255.0
 
 
@@ -115,7 +110,7 @@ def _crop(a: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
 
 def _texture(split: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """A tinted crop of a real grayscale texture, (h, w, 3) in [0, 1]."""
-    gray = _half(_gray(TEXTURES[rng.integers(len(TEXTURES))]), split)
+    gray = _half(_image(TEXTURES[rng.integers(len(TEXTURES))]), split)
     patch = resize(_crop(gray, max(h, w), rng), (h, w), order=1)
     tint = np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.3, 1.0), 1.0))
     contrast = rng.uniform(0.4, 1.0)
@@ -128,7 +123,7 @@ def _texture(split: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray
 def make_scene(split: str, side: int, seed: int) -> Scene:
     """One scene of ``side`` × ``side`` pixels from ``split`` ("val" or "test")."""
     rng = np.random.default_rng([seed, side, SPLITS.index(split)])
-    image = _crop(_half(_photo(PHOTOS[rng.integers(len(PHOTOS))]), split), side, rng)
+    image = _crop(_half(_image(PHOTOS[rng.integers(len(PHOTOS))]), split), side, rng)
     labels = np.zeros((side, side), dtype=np.int64)
     kinds = ["horse", "coin", *(f"digit{d}" for d in range(10))]
     for _ in range(int(rng.integers(3, 7))):

@@ -1,6 +1,6 @@
 """Reproduce the paper's claims end to end on generated scenes.
 
-    python -m benchmarks.reproduce            # full job: 42.8 min when last published
+    python -m benchmarks.reproduce            # full job; its RESULTS.md section gives its time
     python -m benchmarks.reproduce --quick    # smoke run of every variant, under 2 minutes
 
 A unary network, a parameter-matched control branch and the dense general and Potts G-CRFs

@@ -10,16 +10,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..results_writer import Destination, destination, write_section
+from ..machine import cores, cpu_model, utc_timestamp
+from ..results_writer import (
+    Destination,
+    add_destination_arguments,
+    chosen_destination,
+    write_section,
+)
 from .config import DEFAULT, GCRF_KINDS, QUICK, Config, variants
 from .evaluation import (
     attractive_targets,
@@ -95,8 +98,8 @@ def _run(config: Config, where: Destination, quick: bool, progress: bool) -> dic
     report = {
         "config": asdict(config),
         "quick": quick,
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "date": utc_timestamp(),
+        "machine": f"{cpu_model()}, {cores()} CPUs",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "workers": workers,
@@ -130,11 +133,7 @@ def parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="tiny smoke run of every variant (CI), under 2 minutes"
     )
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2)")
-    parser.add_argument(
-        "--out", type=Path, help="write DIR/RESULTS.md and DIR/results/ instead of publishing"
-    )
-    parser.add_argument("--results-dir", type=Path, help="JSON and figures (overrides --out)")
-    parser.add_argument("--results-md", type=Path, help="the Markdown file (overrides --out)")
+    add_destination_arguments(parser, "JSON and figures")
     return parser
 
 
@@ -144,15 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     config = QUICK if args.quick else DEFAULT
     if args.seeds:
         config = replace(config, seeds=tuple(args.seeds))
-    where = destination(
-        JOB,
-        publishable=config == DEFAULT,
-        out=args.out,
-        results_dir=args.results_dir,
-        results_md=args.results_md,
-    )
+    where = chosen_destination(JOB, args, publishable=config == DEFAULT)
     report = run(config, where, quick=args.quick)
     print(console_summary(report))
-    kind = "published results" if where.published else "results (not published)"
-    print(f"wrote the {kind}: {where.results_md} and {where.results_dir}")
+    print(f"wrote the {where.kind}: {where.results_md} and {where.results_dir}")
     return report

@@ -3,15 +3,12 @@ summary of the seeds against the baselines."""
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..metrics import confusion, mean_iou
+from ..timing import median_ms
 from .networks import SegmentationNet, upsample
 from .oracles import oracle_outputs
 from .scenes import NUM_CLASSES
@@ -43,7 +40,7 @@ def oracle_miou(base: SegmentationNet, data: Data) -> dict[str, float]:
     outputs = {"phase-1 unary": scores.numpy(), **outputs}
     truth = data.test_labels.numpy()
     return {
-        name: mean_iou(
+        name: miou_percent(
             upsample(torch.from_numpy(x).reshape(batch, labels, height, width)).argmax(1).numpy(),
             truth,
         )
@@ -60,25 +57,10 @@ def predict(model: SegmentationNet, images: Tensor, chunk: int = 50) -> np.ndarr
     )
 
 
-def mean_iou(predicted: np.ndarray, labels: np.ndarray) -> float:
-    """Mean intersection over union (%) over the classes, accumulated over all pixels."""
-    index = labels.ravel() * NUM_CLASSES + predicted.ravel()
-    confusion = np.bincount(index, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
-    hits = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - hits
-    present = union > 0
-    return float(100.0 * np.mean(hits[present] / union[present]))
-
-
-def median_ms(call: Callable[[], Any], repeats: int) -> float:
-    """Median wall time (ms) of ``call()`` over ``repeats`` runs after one warm-up."""
-    call()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def miou_percent(predicted: np.ndarray, labels: np.ndarray) -> float:
+    """Mean IoU in percent (:func:`benchmarks.metrics.mean_iou`) of label maps, every pixel
+    of the split accumulated."""
+    return 100.0 * mean_iou(confusion(predicted, labels, NUM_CLASSES))
 
 
 @torch.inference_mode()

@@ -26,7 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import Config, Variant, variants
-from .evaluation import mean_iou, oracle_miou, predict
+from .evaluation import miou_percent, oracle_miou, predict
 from .networks import SegmentationNet, control_width
 from .training import Data, load_data, torch_settings, train_unary, train_variant
 
@@ -96,7 +96,7 @@ def _variant_job(
         data = _data(kind, config)
         model = train_variant(kind, seed, variant, unary, data, config, counter)
         counter.flush()
-        score = mean_iou(predict(model, data.test_images), data.test_labels.numpy())
+        score = miou_percent(predict(model, data.test_images), data.test_labels.numpy())
     return score, model.state_dict() if keep else None
 
 

@@ -215,8 +215,9 @@ class AttractiveHead(nn.Module):
     labels. A convolution that had to output all E·L numbers of Γ_{:, :, p} at each pixel
     would have to discover this structure by itself (it did not: see docs/reproduction.md).
     Centring (Σ_l U_l = 0) makes Γ blind to the scores' label mean, which the softmax
-    ignores: uncentred, a channel shared by two labels pools that mean into both of them (an
-    oracle tying TiedScenes' partner labels fell from 35 to 9 mIoU without it). U starts
+    ignores: uncentred, a channel shared by two labels pools that mean into both of them
+    (docs/reproduction.md measures what that costs an oracle tying TiedScenes' partner
+    labels). U starts
     from orthonormal columns where E ≥ L·F, so that the centred U_lᵀU_m = ([l = m] − 1/L)
     I_F: the Potts model of dimension F on the label deviations, the label mean passing as
     b/λ. Where E < L·F it starts from orthonormal rows (random, from torch's seed).

@@ -108,7 +108,6 @@ def timing_table(timings: dict[str, dict[str, float]]) -> list[str]:
     return lines
 
 
-#: how the two models can share evidence — independent of the numbers of a run
 def markdown_section(report: dict, results_dir: Path, results_md: Path) -> str:
     """The RESULTS.md section of this benchmark (without the markers).
 

@@ -14,8 +14,9 @@ Results are written on purpose only. A full run publishes: the CPU run replaces
 any run given ``--out``. The rest of RESULTS.md is kept.
 
 Modules: :mod:`.cases` (suites and plans), :mod:`.problems` (systems with a controlled κ),
-:mod:`.contenders`, :mod:`.measure` (devices, clocks and memory meters), :mod:`.meanfield`,
-:mod:`.runner` (measuring a plan), :mod:`.records` (queries over the results),
-:mod:`.targets` (the targets as data), :mod:`.tables`, :mod:`.plots`, :mod:`.report` (the
-section and summary), :mod:`.cuda` (the GPU suite) and :mod:`.cli`.
+:mod:`.contenders`, :mod:`.measure` (devices, thread pools),
+:mod:`.meanfield`, :mod:`.runner` (measuring a plan), :mod:`.records` (queries over the
+results), :mod:`.targets` (the targets as data), :mod:`.tables`, :mod:`.plots`,
+:mod:`.report` (the section and summary), :mod:`.cuda` (the GPU suite) and :mod:`.cli`;
+timing, peak-memory meters and the machine's description come from :mod:`benchmarks`.
 """

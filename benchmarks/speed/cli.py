@@ -7,9 +7,8 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-from ..results_writer import PUBLISHED_DIR, destination
+from ..results_writer import PUBLISHED_DIR, add_destination_arguments, chosen_destination
 from . import __doc__ as package_doc
 from . import cuda
 from .cases import plan
@@ -38,11 +37,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, default=2, help="BLAS/OpenMP/torch threads (default 2)"
     )
-    parser.add_argument(
-        "--out", type=Path, help="write DIR/RESULTS.md and DIR/results/ instead of publishing"
-    )
-    parser.add_argument("--results-dir", type=Path, help="JSON and plots (overrides --out)")
-    parser.add_argument("--results-md", type=Path, help="the Markdown file (overrides --out)")
+    add_destination_arguments(parser, "JSON and plots")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -55,12 +50,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; 0 on success, 2 when the device is unavailable."""
     args = parser().parse_args(argv)
-    where = destination(
-        JOBS[args.device],
-        publishable=not (args.quick or args.report_only),
-        out=args.out,
-        results_dir=args.results_dir,
-        results_md=args.results_md,
+    where = chosen_destination(
+        JOBS[args.device], args, publishable=not (args.quick or args.report_only)
     )
     if args.report_only:
         source = (args.out / "results" if args.out else PUBLISHED_DIR) / "speed.json"

@@ -11,7 +11,7 @@ A solve of a batch must at least read its inputs and write its outputs once
 (:func:`achieved_bandwidth`), a lower bound on the memory traffic, compared with the device's
 peak, 2 × memory clock × bus width / 8 (:func:`peak_bandwidth`, read from CuPy's device
 attributes). Times are wall times taken after synchronising the device
-(:func:`benchmarks.speed.measure.time_call`).
+(:func:`benchmarks.timing.time_call`).
 """
 
 from __future__ import annotations
@@ -313,5 +313,4 @@ def write_results(results: dict[str, Any], device: Device, where: Destination) -
     path.write_text(json.dumps(rounded(results), indent=1) + "\n", encoding="utf-8")
     write_section(where.results_md, "speed-cuda", markdown(results))
     print(summary(results))
-    kind = "published results" if where.published else "results (not published)"
-    print(f"wrote the {kind}: {path} and the speed-cuda section of {where.results_md}")
+    print(f"wrote the {where.kind}: {path} and the speed-cuda section of {where.results_md}")

@@ -50,6 +50,7 @@ import scipy.sparse.linalg
 
 from lowrank_gcrf.models import make_operator
 
+from ..memory import tracemalloc_peak
 from ..paper_sizes import PAPER_LABELS, PAPER_MODELS, PAPER_PIXELS
 from ..results_writer import destination, write_section
 from .measure import Device, threads
@@ -109,7 +110,6 @@ def _clock(fn: Callable[[], Any]) -> float:
 
 def _peak_ratio(problem: Problem) -> float:
     """Peak bytes of a forward+backward ``auto`` solve over the input bytes."""
-    _, peak = Device("cpu").memory_meter("array")
 
     def forward_backward() -> None:
         op = make_operator(
@@ -118,7 +118,7 @@ def _peak_ratio(problem: Problem) -> float:
         x, info = op.solve(problem.b, rtol=RTOL)
         op.vjp(x, problem.gx, rtol=RTOL, factorization=info.factorization)
 
-    return peak(forward_backward) / problem.input_bytes
+    return tracemalloc_peak(forward_backward) / problem.input_bytes
 
 
 def measure(model: str, rank: int, batch: int, repeats: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Mean-field inference of the fully connected CRF (Krähenbühl and Koltun) via pydensecrf2.
+"""The speed of mean-field inference of the fully connected CRF (:mod:`benchmarks.densecrf`).
 
 The paper quotes 200 ms per 321×321 image for dense-CRF mean field; this measures the same
 code (``pydensecrf2``, single-threaded C++ with a permutohedral lattice) at the paper's
@@ -12,21 +12,16 @@ cells and pure noise would overstate it. The unaries come from random softmax sc
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
 import numpy as np
 
-from .measure import median
+from ..densecrf import dense_crf
 
-
-def unavailable() -> str | None:
-    """Why pydensecrf2 cannot be used here (``None`` when it can)."""
-    try:
-        import pydensecrf.densecrf  # noqa: F401
-    except ImportError as exc:
-        return f"pydensecrf2 is not importable ({exc}); pip install cython pydensecrf2"
-    return None
+#: the kernels named above, in :mod:`benchmarks.densecrf`'s terms
+KERNELS = {"sxy": 80.0, "srgb": 13.0, "w_appearance": 10.0, "sxy_smooth": 3.0, "w_smooth": 3.0}
 
 
 def scene(side: int, labels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -38,18 +33,6 @@ def scene(side: int, labels: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     image = np.ascontiguousarray(np.clip(image, 0, 255).astype(np.uint8))
     scores = rng.dirichlet(np.ones(labels), size=side * side).T.astype(np.float32)
     return image, scores
-
-
-def _crf(image: np.ndarray, scores: np.ndarray) -> Any:
-    import pydensecrf.densecrf as dcrf
-    from pydensecrf.utils import unary_from_softmax
-
-    side = image.shape[0]
-    crf = dcrf.DenseCRF2D(side, side, scores.shape[0])
-    crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(scores)))
-    crf.addPairwiseGaussian(sxy=3, compat=3)
-    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=image, compat=10)
-    return crf
 
 
 def measure(
@@ -68,7 +51,7 @@ def measure(
     # One warm-up, then repeat within the budget.
     for attempt in range(repeats + 1):
         start = time.perf_counter()
-        crf = _crf(image, scores)
+        crf = dense_crf(scores, image, **KERNELS)
         built = time.perf_counter()
         crf.inference(iterations)
         done = time.perf_counter()
@@ -78,7 +61,7 @@ def measure(
             inferences.append(done - built)
         if attempt and spent > budget_s:
             break
-    setup, inference = median(setups), median(inferences)
+    setup, inference = statistics.median(setups), statistics.median(inferences)
     return {
         "side": side,
         "pixels": side * side,

@@ -1,18 +1,11 @@
-"""Where a benchmark runs and how it is measured: device arrays, wall time and peak memory.
+"""Where the speed benchmark runs: device arrays, synchronisation, solvers, memory meters
+and thread pools.
 
 :class:`Device` hides the difference between the CPU (NumPy, SciPy, torch on CPU) and a
 CUDA GPU (CuPy, cupyx.scipy, torch on CUDA): array transfer, synchronisation before a clock
-is read, the sparse-CG and dense-Cholesky kernels of the SciPy contenders, and a peak-memory
-meter per array library:
-
-* NumPy (CPU): ``tracemalloc`` — NumPy reports its data buffers to it;
-* torch on CPU: torch's allocator is invisible to ``tracemalloc``, so the allocation and
-  free events of ``torch.profiler(profile_memory=True)`` are replayed in time order;
-* CuPy: a ``cupy.cuda.MemoryHook`` counting live bytes; torch on CUDA:
-  ``torch.cuda.max_memory_allocated``.
-
-Every meter reports the peak of the bytes allocated *during* the call above those live before
-it (outputs included), so the numbers compare across libraries.
+is read (:func:`benchmarks.timing.time_call`), the sparse-CG and dense-Cholesky kernels of
+the SciPy contenders, and the peak-memory meter of each array library
+(:mod:`benchmarks.memory`). :func:`threads` pins the thread pools a run measures with.
 """
 
 from __future__ import annotations
@@ -20,20 +13,13 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-import statistics
 import sys
-import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-#: Memory meter names, as reported in the results.
-TRACEMALLOC = "tracemalloc"
-TORCH_PROFILER = "torch.profiler"
-CUPY_HOOK = "cupy MemoryHook"
-TORCH_CUDA = "torch.cuda.max_memory_allocated"
+from .. import memory
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -148,134 +134,11 @@ class Device:
         """
         if library == "array":
             if self.name == "cpu":
-                return TRACEMALLOC, _tracemalloc_peak
-            return CUPY_HOOK, _cupy_peak
+                return memory.TRACEMALLOC, memory.tracemalloc_peak
+            return memory.CUPY_HOOK, memory.cupy_peak
         if self.name == "cpu":
-            return TORCH_PROFILER, _torch_cpu_peak
-        return TORCH_CUDA, _torch_cuda_peak
-
-
-def _tracemalloc_peak(fn: Callable[[], Any]) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Send file descriptor 2 to /dev/null: Kineto writes a line to it at every profiler
-    start and stop, whatever its log-level variables say, burying the progress bar."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _torch_cpu_peak(fn: Callable[[], Any]) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with (
-        _native_stderr_silenced(),
-        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
-    ):
-        fn()
-    events = sorted(
-        (e.start_ns(), e.nbytes())
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]"
-    )
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return peak
-
-
-def _torch_cuda_peak(fn: Callable[[], Any]) -> int:
-    import torch
-
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
-
-
-def _cupy_peak(fn: Callable[[], Any]) -> int:
-    import cupy
-
-    class PeakHook(cupy.cuda.MemoryHook):
-        name = "PeakHook"
-
-        def __init__(self) -> None:
-            self.live = 0
-            self.peak = 0
-
-        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
-            self.live += mem_size
-            self.peak = max(self.peak, self.live)
-
-        def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
-            self.live -= mem_size
-
-    hook = PeakHook()
-    with hook:
-        fn()
-        cupy.cuda.get_current_stream().synchronize()
-    return hook.peak
-
-
-def time_call(
-    fn: Callable[[], Any],
-    device: Device,
-    *,
-    repeats: int,
-    budget_s: float,
-    min_time_s: float = 0.2,
-    max_repeats: int = 25,
-) -> tuple[list[float], Any]:
-    """Wall times (``time.perf_counter``, seconds) of ``fn()`` after one warm-up call.
-
-    The warm-up call's result is returned. It is also the only sample when it alone took
-    longer than ``budget_s`` (a second run would teach nothing: nothing is compiled or
-    cached across calls). Otherwise calls repeat until there are ``repeats`` samples and
-    ``min_time_s`` has been spent, up to ``max_repeats`` samples, and never past
-    ``budget_s``: millisecond calls get many samples, because on a shared machine a
-    preempted call costs a whole scheduler time slice (a bimodal distribution whose median
-    needs more than a handful of samples to settle).
-    """
-    start = time.perf_counter()
-    result = fn()
-    device.sync()
-    first = time.perf_counter() - start
-    if first > budget_s:
-        return [first], result
-    samples: list[float] = []
-    spent = first
-    while len(samples) < max_repeats and (
-        not samples or (spent < budget_s and (len(samples) < repeats or spent < min_time_s))
-    ):
-        start = time.perf_counter()
-        fn()
-        device.sync()
-        elapsed = time.perf_counter() - start
-        samples.append(elapsed)
-        spent += elapsed
-    return samples, result
-
-
-def median(samples: list[float]) -> float:
-    """The median of timing samples."""
-    return statistics.median(samples)
+            return memory.TORCH_PROFILER, memory.torch_cpu_peak
+        return memory.TORCH_CUDA, memory.torch_cuda_peak
 
 
 @contextlib.contextmanager

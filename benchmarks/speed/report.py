@@ -287,8 +287,7 @@ def write_results(results: dict[str, Any], where: Destination) -> None:
     written = plots(results, where.results_dir)
     write_section(where.results_md, JOB, markdown(results, written, where.results_md))
     print(summary(results))
-    kind = "published results" if where.published else "results (not published)"
     print(
-        f"wrote the {kind}: {where.results_dir / 'speed.json'}, {len(written)} plots and the "
+        f"wrote the {where.kind}: {where.results_dir / 'speed.json'}, {len(written)} plots and the "
         f"speed section of {where.results_md}"
     )

@@ -1,22 +1,20 @@
 """Running a plan: every contender on every case, timed, checked against float64 references.
 
-Every measurement is the median wall time (``time.perf_counter``) of repeats after one
-warm-up, in one process, on the same inputs and tolerance, with the thread pools pinned
-(:func:`benchmarks.speed.measure.threads`). Peak memory is measured in a separate call.
+Every measurement is the median wall time of repeats after one warm-up
+(:func:`benchmarks.timing.time_call`), in one process, on the same inputs and tolerance,
+with the thread pools pinned (:func:`benchmarks.speed.measure.threads`). Peak memory is
+measured in a separate call (:mod:`benchmarks.memory`).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import platform
-import subprocess
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +22,14 @@ import numpy as np
 import lowrank_gcrf as lg
 from lowrank_gcrf.models import make_operator
 
+from ..densecrf import unavailable
+from ..machine import cores, cpu_model, git_commit, package_versions, utc_timestamp
+from ..timing import time_call
 from . import meanfield
 from .cases import PHASES, Case, Plan, case_key
 from .contender_interface import Contender, Outcome
 from .contenders import all_contenders
-from .measure import Device, median, time_call
+from .measure import Device
 from .problems import Problem, make_problem
 
 
@@ -82,14 +83,16 @@ def _measured(
     fn = functools.partial(getattr(contender, phase), inputs)
     started = time.perf_counter()
     try:
-        samples, run = time_call(fn, device, repeats=plan_.repeats, budget_s=plan_.budget_s)
+        samples, run = time_call(
+            fn, repeats=plan_.repeats, budget_s=plan_.budget_s, sync=device.sync
+        )
     except lg.GCRFError as exc:
         return {"status": "failed", "note": f"{type(exc).__name__}: {exc}"}, None
     outcome = run.outcome(device)
     del run
     record: dict[str, Any] = {
         "status": "ok" if outcome.converged else "unconverged",
-        "time_s": median(samples),
+        "time_s": statistics.median(samples),
         "min_s": min(samples),
         "times_s": samples,
         "iterations": outcome.iterations or None,
@@ -155,50 +158,32 @@ def run_case(
     return records
 
 
+#: the distributions whose versions a run records, where installed
+VERSIONS = (
+    "numpy",
+    "scipy",
+    "torch",
+    "linear_operator",
+    "lowrank-gcrf",
+    "pydensecrf2",
+    "cupy-cuda12x",
+    "cupy-cuda13x",
+)
+
+
 def machine(device: Device, thread_config: dict[str, Any]) -> dict[str, Any]:
     """The machine, library versions, thread pools, load and date of this run."""
-    cpu = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in (
-        "numpy",
-        "scipy",
-        "torch",
-        "linear_operator",
-        "lowrank-gcrf",
-        "pydensecrf2",
-        "cupy-cuda12x",
-        "cupy-cuda13x",
-    ):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
     return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cpu": cpu_model(),
+        "cores": cores(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "versions": versions,
+        "versions": package_versions(VERSIONS),
         "device": device.name,
         "threads": thread_config,
         "load_average_start": os.getloadavg(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit,
+        "date": utc_timestamp(),
+        "commit": git_commit(),
     }
 
 
@@ -235,7 +220,7 @@ def run(
         records += run_case(
             case, problem, [contenders[n] for n in case.contenders], device, plan_, step
         )
-    mean_field: dict[str, Any] = {"unavailable": meanfield.unavailable(), "runs": []}
+    mean_field: dict[str, Any] = {"unavailable": unavailable(), "runs": []}
     for side, iterations in plan_.meanfield:
         step(f"meanfield {side}×{side} {iterations} iterations")
         if mean_field["unavailable"] is None:

@@ -1,4 +1,10 @@
-"""Segmentation quality: mean IoU over a split and boundary F-score per image."""
+"""Segmentation quality: the confusion matrix, mean IoU and the boundary F-score.
+
+Mean IoU follows PASCAL VOC: per class TP / (TP + FP + FN) over every pixel of a split,
+averaged over the classes present in the ground truth *or* the prediction. A class absent
+from both has no IoU (0 / 0) and is left out; a class predicted where the truth has none
+counts with IoU 0, so that spurious labels cost what they should.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,35 @@ from scipy import ndimage
 BOUNDARY_TOLERANCE = 2
 
 
-def confusion(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
-    """The (truth, prediction) count matrix of one label map."""
-    index = truth.reshape(-1) * num_classes + pred.reshape(-1)
+def confusion(predicted: np.ndarray, truth: np.ndarray, num_classes: int) -> np.ndarray:
+    """The (truth, prediction) count matrix of label maps of any (equal) shape.
+
+    Parameters
+    ----------
+    predicted, truth : ndarray of int
+        Labels in ``[0, num_classes)``.
+    num_classes : int
+
+    Returns
+    -------
+    ndarray (num_classes, num_classes), int64
+        ``counts[t, p]``: the pixels of true class t predicted as p.
+    """
+    index = truth.reshape(-1) * num_classes + predicted.reshape(-1)
     return np.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def mean_iou(counts: np.ndarray) -> float:
-    """Mean over the classes present in the ground truth of TP / (TP + FP + FN)."""
+    """Mean over the classes with a non-empty union of TP / (TP + FP + FN), a fraction.
+
+    Parameters
+    ----------
+    counts : ndarray (C, C)
+        A :func:`confusion` matrix, usually summed over a split.
+    """
     tp = np.diag(counts).astype(np.float64)
     union = counts.sum(axis=0) + counts.sum(axis=1) - tp
-    present = counts.sum(axis=1) > 0
+    present = union > 0
     return float(np.mean(tp[present] / union[present]))
 
 
