@@ -66,9 +66,8 @@ for i, side in enumerate(sides):
 # -------------------
 # On log-log axes a slope of one is linear scaling. Timings of a few milliseconds on a shared
 # machine are noisy; at the paper's size (41×41 pixels, L = 21, κ = 10³) the speed benchmark
-# measured CG at 0.85–2.5× the direct solve's time for the general model up to D = 128
-# (where CG iterates on the capacitance system) and 2.5–11× above, which is why
-# ``method="auto"`` picks the direct solve for D ≤ 1024.
+# measures CG slower than the direct solve for the general model at every D up to 1024 (its
+# figures: the benchmarks page), which is why ``method="auto"`` picks the direct solve there.
 
 fig, ax = plt.subplots(figsize=(6, 4))
 pixels = np.array(sides) ** 2
