@@ -1,12 +1,17 @@
 """TensorFlow adapter: the dense G-CRF solve as a custom-gradient op and Keras 3 layers.
 
-Split by role: :mod:`~lowrank_gcrf.adapters.tensorflow.op` (the core solve as a
-custom-gradient op: DLPack, eager and graph modes, XLA), :mod:`~lowrank_gcrf.adapters.
-tensorflow.functional` (the differentiable solves and ``pd_scaled``),
-:mod:`~lowrank_gcrf.adapters.tensorflow.layers` (``DenseGCRF``) with its shape operations in
-:mod:`~lowrank_gcrf.adapters.tensorflow.layout_ops`, :mod:`~lowrank_gcrf.adapters.
-tensorflow.heads` (``GCRFHead``) and :mod:`~lowrank_gcrf.adapters.tensorflow.image_refine`
-(``refine``). Everything a layer decides that is not a tensor operation is in
+Split by role:
+
+* :mod:`~lowrank_gcrf.adapters.tensorflow.op`: the core solve as a custom-gradient op
+  (DLPack, eager and graph modes, XLA);
+* :mod:`~lowrank_gcrf.adapters.tensorflow.functional`: the differentiable solves and
+  ``pd_scaled``;
+* :mod:`~lowrank_gcrf.adapters.tensorflow.layers`: ``DenseGCRF``, with its shape operations
+  in :mod:`~lowrank_gcrf.adapters.tensorflow.layout_ops`;
+* :mod:`~lowrank_gcrf.adapters.tensorflow.heads`: ``GCRFHead``;
+* :mod:`~lowrank_gcrf.adapters.tensorflow.image_refine`: ``refine``.
+
+Everything a layer decides that is not a tensor operation is in
 :mod:`lowrank_gcrf.adapters.layer_plan`, and the one door to the core is
 :mod:`lowrank_gcrf.adapters.bridge`.
 

@@ -1,12 +1,17 @@
 """PyTorch adapter: the dense G-CRF solve as an autograd function and ``nn.Module`` layers.
 
-Split by role: :mod:`~lowrank_gcrf.adapters.torch.autograd` (the core solve as an autograd
-function), :mod:`~lowrank_gcrf.adapters.torch.functional` (the differentiable solves and
-``pd_scaled``), :mod:`~lowrank_gcrf.adapters.torch.modules` (``DenseGCRF``),
-:mod:`~lowrank_gcrf.adapters.torch.heads` (``GCRFHead``) and
-:mod:`~lowrank_gcrf.adapters.torch.image_refine` (``refine``). Everything a layer decides
-that is not a tensor operation is in :mod:`lowrank_gcrf.adapters.layer_plan`, and the one
-door to the core is :mod:`lowrank_gcrf.adapters.bridge`.
+Split by role:
+
+* :mod:`~lowrank_gcrf.adapters.torch.autograd`: the core solve as an autograd function;
+* :mod:`~lowrank_gcrf.adapters.torch.functional`: the differentiable solves and
+  ``pd_scaled``;
+* :mod:`~lowrank_gcrf.adapters.torch.modules`: ``DenseGCRF``;
+* :mod:`~lowrank_gcrf.adapters.torch.heads`: ``GCRFHead``;
+* :mod:`~lowrank_gcrf.adapters.torch.image_refine`: ``refine``.
+
+Everything a layer decides that is not a tensor operation is in
+:mod:`lowrank_gcrf.adapters.layer_plan`, and the one door to the core is
+:mod:`lowrank_gcrf.adapters.bridge`.
 
 The adapter holds no maths of its own, and core errors propagate unchanged.
 
