@@ -1,7 +1,8 @@
 """Shared cases and checks of the bad-input tests of the adapters and layers.
 
 NumPy and the core only: the cases (λ of the wrong type, bad solver keywords), the systems
-and the core's reference results they are compared with, and the assertions.
+of every model (tests/model_cases.py) and the core's reference results they are compared
+with, and the assertions.
 """
 
 from __future__ import annotations
@@ -10,12 +11,8 @@ import numpy as np
 import pytest
 
 import lowrank_gcrf as lg
-from lowrank_gcrf.testing import make_general_system, make_potts_system
 
-MODELS = ["general", "potts"]
 METHODS = ["direct", "cg"]
-CORE_SOLVE = {"general": lg.solve, "potts": lg.solve_potts}
-CORE_VJP = {"general": lg.solve_vjp, "potts": lg.solve_potts_vjp}
 TRACED = pytest.mark.parametrize("traced", [False, True], ids=["eager", "tf.function"])
 # One tolerance per dtype for the solves and the comparisons with the core.
 RTOL = {np.float32: 1e-5, np.float64: 1e-11}
@@ -54,19 +51,17 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def core_system(model: str, dtype=np.float64, batch=()):
-    """NumPy (embeddings, b, λ), κ = 10: general D = 3, N = 12; Potts D = 3, P = 6, L = 3."""
-    if model == "potts":
-        s = make_potts_system(1, rank=3, pixels=6, labels=3, kappa=10.0, batch_shape=batch)
-    else:
-        s = make_general_system(1, rank=3, n=12, kappa=10.0, batch_shape=batch)
-    return s.embeddings.astype(dtype), s.b.astype(dtype), s.lam
+def core_system(case, dtype=np.float64, batch=()):
+    """NumPy (embeddings, b, λ), κ = 10: D = 3 and N = 12 (general; signed with E = 2 more
+    rows) or P = 4, L = 3 (Potts)."""
+    system = case.make(1, rank=3, pixels=4, labels=3, kappa=10.0, batch_shape=batch, dtype=dtype)
+    return system.args()
 
 
-def core_gradients(model, U, b, lam, weights, rtol):
+def core_gradients(case, U, b, lam, weights, rtol):
     """(∂L/∂U, ∂L/∂b, ∂L/∂λ summed over the batch) of L = Σ weights·x, from the core."""
-    x = CORE_SOLVE[model](U, b, lam, rtol=rtol)
-    g_u, g_b, g_lam = CORE_VJP[model](U, x, weights, lam, rtol=rtol)
+    x = case.solve(U, b, lam, rtol=rtol)
+    g_u, g_b, g_lam = case.vjp(U, x, weights, lam, rtol=rtol)
     return g_u, g_b, np.sum(g_lam)
 
 

@@ -1,6 +1,6 @@
-"""Bad input to the adapters' functions: PyTorch ``gcrf_solve``/``potts_solve``, and the
-TensorFlow ones eagerly and inside ``tf.function``. The layers are in
-``test_bad_input_layers.py``, the core in ``test_bad_input_core.py``.
+"""Bad input to the adapters' functions of every model (``solve``, ``solve_potts``,
+``solve_signed``): PyTorch's, and TensorFlow's eagerly and inside ``tf.function``. The layers
+are in ``test_bad_input_layers.py``, the core in ``test_bad_input_core.py``.
 
 The decisions are those of ``test_bad_input_core.py`` (integer, boolean and complex tensors
 and booleans as λ refused with ``GCRFTypeError``, finite tolerances, integer ``maxiter``,
@@ -13,6 +13,7 @@ call itself are raised while tracing, with their own type.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -23,11 +24,9 @@ torch = pytest.importorskip("torch")
 tf = pytest.importorskip("tensorflow")
 
 from bad_input_checks import (  # noqa: E402
-    CORE_SOLVE,
     KEYWORD_ERRORS,
     LAM_TYPE_ERRORS,
     METHODS,
-    MODELS,
     RTOL,
     TRACED,
     assert_close,
@@ -37,6 +36,7 @@ from bad_input_checks import (  # noqa: E402
     maybe_traced,
     one_torch_thread,  # noqa: F401 (a fixture)
 )
+from model_cases import each_model  # noqa: E402
 
 import lowrank_gcrf as lg  # noqa: E402
 from lowrank_gcrf.adapters import tensorflow as tfa  # noqa: E402
@@ -47,8 +47,15 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
 )
 
-TORCH_SOLVE = {"general": tha.gcrf_solve, "potts": tha.potts_solve}
-TF_SOLVE = {"general": tfa.gcrf_solve, "potts": tfa.potts_solve}
+
+def torch_solve(case):
+    """The PyTorch adapter's function of ``case``'s model, on stacked embeddings."""
+    return functools.partial(case.adapter_solve, tha)
+
+
+def tf_solve(case):
+    """The TensorFlow adapter's function of ``case``'s model, on stacked embeddings."""
+    return functools.partial(case.adapter_solve, tfa)
 
 
 # -- PyTorch: values ---------------------------------------------------------------------
@@ -57,13 +64,13 @@ TF_SOLVE = {"general": tfa.gcrf_solve, "potts": tfa.potts_solve}
 @pytest.mark.parametrize("scale", [1e20, 1e-25, 1e200, 1e-200])
 @pytest.mark.parametrize("batch", [(), (2,)])
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("model", MODELS)
-def test_torch_any_magnitude_of_b(model, method, batch, scale):
-    """D1: |b| = 1e20 or 1e-25 in float32 (1e200, 1e-200 in float64) returned x = 0."""
+@each_model
+def test_torch_any_magnitude_of_b(case, method, batch, scale):
+    """|b| = 1e20 or 1e-25 in float32 (1e200, 1e-200 in float64) is solved, not x = 0."""
     dtype = np.float32 if 1e-30 < scale < 1e30 else np.float64
-    U, b, lam = core_system(model, dtype, batch)
-    expected = CORE_SOLVE[model](U, b, lam, method=method, rtol=RTOL[dtype]) * dtype(scale)
-    x = TORCH_SOLVE[model](
+    U, b, lam = core_system(case, dtype, batch)
+    expected = case.solve(U, b, lam, method=method, rtol=RTOL[dtype]) * dtype(scale)
+    x = torch_solve(case)(
         torch.from_numpy(U), torch.from_numpy(b * dtype(scale)), lam, method=method,
         rtol=RTOL[dtype],
     )  # fmt: skip
@@ -74,30 +81,31 @@ def test_torch_any_magnitude_of_b(model, method, batch, scale):
     ("batch", "lam_kind"),
     [((), "float"), ((), "0-d tensor"), ((2,), "float"), ((2,), "0-d tensor"), ((2,), "batch")],
 )
-@pytest.mark.parametrize("model", MODELS)
-def test_torch_backward(model, batch, lam_kind):
-    """D2: the unbatched backward crashed ("from_dlpack received an invalid capsule")."""
-    U, b, lam = core_system(model, np.float64, batch)
+@each_model
+def test_torch_backward(case, batch, lam_kind):
+    """The backward of an unbatched system too (it once crashed in DLPack: "from_dlpack
+    received an invalid capsule"), with λ a float, a 0-d tensor or one per system."""
+    U, b, lam = core_system(case, np.float64, batch)
     lam = np.full(batch, lam) if lam_kind == "batch" else lam
     weights = np.random.default_rng(0).standard_normal(b.shape)
     U_t, b_t = (torch.tensor(a, requires_grad=True) for a in (U, b))
     lam_t = (
         lam if lam_kind == "float" else torch.tensor(lam, dtype=torch.float64, requires_grad=True)
     )
-    x = TORCH_SOLVE[model](U_t, b_t, lam_t, rtol=RTOL[np.float64])
+    x = torch_solve(case)(U_t, b_t, lam_t, rtol=RTOL[np.float64])
     (x * torch.from_numpy(weights)).sum().backward()
-    expected = core_gradients(model, U, b, lam, weights, RTOL[np.float64])
+    expected = core_gradients(case, U, b, lam, weights, RTOL[np.float64])
     got = [U_t.grad, b_t.grad] + ([] if lam_kind == "float" else [lam_t.grad.sum()])
     for g, e in zip(got, expected, strict=False):
         assert_close(g.numpy(), e, 100 * RTOL[np.float64])
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_torch_gradient_overflow_raises(model):
-    """D4: a float32 cotangent whose solve overflows gave inf/NaN gradients."""
-    U, b, lam = core_system(model, np.float32)
+@each_model
+def test_torch_gradient_overflow_raises(case):
+    """A float32 cotangent whose solve overflows raises, rather than giving inf/NaN gradients."""
+    U, b, lam = core_system(case, np.float32)
     U_t = torch.tensor(U, requires_grad=True)
-    x = TORCH_SOLVE[model](U_t, torch.from_numpy(b), lam)
+    x = torch_solve(case)(U_t, torch.from_numpy(b), lam)
     with pytest.raises(lg.GCRFError, match=r"the gradient of \w+ overflows float32"):
         (x * 3e38).sum().backward()
 
@@ -105,10 +113,10 @@ def test_torch_gradient_overflow_raises(model):
 # -- PyTorch: types, λ, keywords ---------------------------------------------------------
 
 
-def bad_calls(library: str, model: str, category: str) -> list:
+def bad_calls(library: str, case, category: str) -> list:
     """(args, kwargs, error, fragment) of bad calls of one category, with ``library``'s
-    tensors: λ of the wrong type (D6, D10), bad keywords (D5), non-floating tensors."""
-    U, b, lam = core_system(model)
+    tensors: λ of the wrong type, bad keywords, non-floating tensors."""
+    U, b, lam = core_system(case)
     if library == "torch":
         tensor, cast = torch.as_tensor, torch.Tensor.to
         dtypes = (torch.int64, torch.int32, torch.bool, torch.complex64)
@@ -131,44 +139,45 @@ CATEGORIES = pytest.mark.parametrize("category", ["lam", "lam tensors", "keyword
 
 
 @CATEGORIES
-@pytest.mark.parametrize("model", MODELS)
-def test_torch_refuses_bad_input(model, category):
-    """D6 (a complex λ tensor lost its imaginary part, a boolean one was taken as 1), D5
-    (raw TypeError, OverflowError or ValueError from keywords), and integer or boolean
-    tensors, which were cast to float silently where the core and TensorFlow refused them."""
-    for args, kwargs, error, fragment in bad_calls("torch", model, category):
-        assert_error(error, fragment, TORCH_SOLVE[model], *args, **kwargs)
-    U, b, lam = core_system(model)
-    assert_error(lg.GCRFTypeError, "expected torch tensors", TORCH_SOLVE[model], U, b, lam)
+@each_model
+def test_torch_refuses_bad_input(case, category):
+    """The core's errors for a complex λ tensor (which must not lose its imaginary part) or
+    a boolean one (not taken as 1), for bad keywords (no raw TypeError, OverflowError or
+    ValueError), and for integer or boolean tensors (refused as the core and TensorFlow
+    refuse them, not cast to float silently)."""
+    for args, kwargs, error, fragment in bad_calls("torch", case, category):
+        assert_error(error, fragment, torch_solve(case), *args, **kwargs)
+    U, b, lam = core_system(case)
+    assert_error(lg.GCRFTypeError, "expected torch tensors", torch_solve(case), U, b, lam)
 
 
-def half_precision_overflow(model: str):
+def half_precision_overflow(case):
     """Zero embeddings, b = 6e4 and λ = 0.5: x = b/λ = 1.2e5 does not fit in float16."""
-    U, b, _ = core_system(model)
+    U, b, _ = core_system(case)
     return np.zeros_like(U, np.float16), np.full_like(b, 6e4, np.float16), 0.5
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_torch_half_precision_overflow_raises(model):
-    """D4: a float16 result above 65504 came back as inf (solved in float32, then cast)."""
-    U, b, lam = half_precision_overflow(model)
+@each_model
+def test_torch_half_precision_overflow_raises(case):
+    """A float16 result above 65504 raises, not inf (it is solved in float32, then cast)."""
+    U, b, lam = half_precision_overflow(case)
     args = (torch.from_numpy(U), torch.from_numpy(b), lam)
-    assert_error(lg.GCRFError, "x overflows float16", TORCH_SOLVE[model], *args)
+    assert_error(lg.GCRFError, "x overflows float16", torch_solve(case), *args)
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("model", MODELS)
-def test_adapters_name_an_overflowing_gram(model, method):
-    """D9 through the adapters: float32 embeddings of 1e30 were reported as "lam is too
-    small" or "not positive definite"."""
-    U, b, lam = core_system(model, np.float32)
+@each_model
+def test_adapters_name_an_overflowing_gram(case, method):
+    """Float32 embeddings of 1e30 are reported as an overflow through the adapters, not as
+    "lam is too small" or "not positive definite"."""
+    U, b, lam = core_system(case, np.float32)
     U = U * np.float32(1e30)
     fragment = "overflow"
     args = (torch.from_numpy(U), torch.from_numpy(b), lam)
-    assert_error(lg.GCRFError, fragment, TORCH_SOLVE[model], *args, method=method)
+    assert_error(lg.GCRFError, fragment, torch_solve(case), *args, method=method)
     args = (tf.constant(U), tf.constant(b), lam)
-    assert_error(lg.GCRFError, fragment, TF_SOLVE[model], *args, method=method)
-    traced = tf.function(TF_SOLVE[model], autograph=False)
+    assert_error(lg.GCRFError, fragment, tf_solve(case), *args, method=method)
+    traced = tf.function(tf_solve(case), autograph=False)
     assert_error(tf.errors.InvalidArgumentError, fragment, traced, *args, method=method)
 
 
@@ -185,75 +194,79 @@ def tf_gradients(solve, U, b, lam, weights, **kwargs):
 
 
 @TRACED
-@pytest.mark.parametrize("model", MODELS)
-def test_tf_gradients(model, traced):
-    """D2: the unbatched backward failed ("No module named cupy" eagerly, UnknownError in
-    a graph); batched too, with a 0-d λ tensor (its gradient is summed over the batch)."""
+@each_model
+def test_tf_gradients(case, traced):
+    """The backward of an unbatched system, eagerly and in a graph (where it once failed
+    with "No module named cupy" and UnknownError); batched too, with a 0-d λ tensor (its
+    gradient is summed over the batch)."""
     run = maybe_traced(tf_gradients, traced)
     for batch in [(), (2,)]:
-        U, b, lam = core_system(model, np.float64, batch)
+        U, b, lam = core_system(case, np.float64, batch)
         weights = np.random.default_rng(3).standard_normal(b.shape)
         _, grads = run(
-            TF_SOLVE[model], tf.constant(U), tf.constant(b), tf.constant(lam, tf.float64), weights,
+            tf_solve(case), tf.constant(U), tf.constant(b), tf.constant(lam, tf.float64), weights,
             rtol=RTOL[np.float64],
         )  # fmt: skip
-        expected = core_gradients(model, U, b, lam, weights, RTOL[np.float64])
+        expected = core_gradients(case, U, b, lam, weights, RTOL[np.float64])
         for g, e in zip(grads, expected, strict=True):
             assert_close(g.numpy(), e, 100 * RTOL[np.float64])
 
 
-def test_tf_gradient_of_a_variable_lam():
-    """D2 with λ a tf.Variable (an unbatched system)."""
-    U, b, lam = core_system("general")
+@each_model
+def test_tf_gradient_of_a_variable_lam(case):
+    """The gradient of λ a tf.Variable (an unbatched system)."""
+    U, b, lam = core_system(case)
     lam_v = tf.Variable(lam, dtype=tf.float64)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(tfa.gcrf_solve(tf.constant(U), tf.constant(b), lam_v, rtol=1e-11))
-    expected = core_gradients("general", U, b, lam, np.ones_like(b), 1e-11)[2]
+        loss = tf.reduce_sum(tf_solve(case)(tf.constant(U), tf.constant(b), lam_v, rtol=1e-11))
+    expected = core_gradients(case, U, b, lam, np.ones_like(b), 1e-11)[2]
     assert_close(tape.gradient(loss, lam_v).numpy(), expected, 100 * RTOL[np.float64])
 
 
 @TRACED
-@pytest.mark.parametrize("model", MODELS)
-def test_tf_any_magnitude_of_b(model, traced):
-    """D1: x = 0 for float32 |b| = 1e20 or 1e-25, unbatched and batched, direct and cg."""
-    solve = maybe_traced(TF_SOLVE[model], traced)
+@each_model
+def test_tf_any_magnitude_of_b(case, traced):
+    """Float32 |b| = 1e20 or 1e-25 is solved (not x = 0), unbatched and batched, direct and
+    cg."""
+    solve = maybe_traced(tf_solve(case), traced)
     for batch in [(), (2,)]:
-        U, b, lam = core_system(model, np.float32, batch)
+        U, b, lam = core_system(case, np.float32, batch)
         for scale, method in [(1e20, "direct"), (1e-25, "cg")]:
-            expected = CORE_SOLVE[model](U, b, lam, method=method) * np.float32(scale)
+            expected = case.solve(U, b, lam, method=method) * np.float32(scale)
             x = solve(tf.constant(U), tf.constant(b * np.float32(scale)), lam, method=method)
             assert_close(x.numpy() / scale, expected / scale, 100 * RTOL[np.float32])
 
 
 @CATEGORIES
-@pytest.mark.parametrize("model", MODELS)
-def test_tf_refuses_bad_input_eagerly_and_while_tracing(model, category):
-    """D6 (complex λ lost its imaginary part), D10 (lam=None: ValueError; lam='1.0':
-    UnimplementedError), D5 (raw Python errors from keywords), non-floating tensors."""
-    traced = tf.function(TF_SOLVE[model], autograph=False)
-    for args, kwargs, error, fragment in bad_calls("tensorflow", model, category):
-        assert_error(error, fragment, TF_SOLVE[model], *args, **kwargs)
+@each_model
+def test_tf_refuses_bad_input_eagerly_and_while_tracing(case, category):
+    """The core's errors, eagerly and while tracing, for: a complex λ (which must not lose
+    its imaginary part), lam=None or '1.0' (not TensorFlow's ValueError or
+    UnimplementedError), bad keywords (no raw Python errors), non-floating tensors."""
+    traced = tf.function(tf_solve(case), autograph=False)
+    for args, kwargs, error, fragment in bad_calls("tensorflow", case, category):
+        assert_error(error, fragment, tf_solve(case), *args, **kwargs)
         assert_error(error, fragment, traced, *args, **kwargs)
 
 
 @TRACED
-@pytest.mark.parametrize("model", MODELS)
-def test_tf_half_precision_overflow_raises(model, traced):
-    """D4: a float16 result above 65504 came back as inf (eagerly: GCRFError; in a graph
+@each_model
+def test_tf_half_precision_overflow_raises(case, traced):
+    """A float16 result above 65504 raises, not inf (eagerly: GCRFError; in a graph
     TensorFlow's InvalidArgumentError with the same message)."""
-    U, b, lam = half_precision_overflow(model)
+    U, b, lam = half_precision_overflow(case)
     error = tf.errors.InvalidArgumentError if traced else lg.GCRFError
-    solve = maybe_traced(TF_SOLVE[model], traced)
+    solve = maybe_traced(tf_solve(case), traced)
     assert_error(error, "x overflows float16", solve, tf.constant(U), tf.constant(b), lam)
 
 
 @TRACED
-@pytest.mark.parametrize("model", MODELS)
-def test_tf_gradient_overflow_raises(model, traced):
-    """D4: a float32 cotangent whose solve overflows gave inf/NaN gradients (eager: the
+@each_model
+def test_tf_gradient_overflow_raises(case, traced):
+    """A float32 cotangent whose solve overflows raises, not inf/NaN gradients (eager: the
     core's GCRFError; in a graph: InvalidArgumentError with the core's message)."""
-    U, b, lam = core_system(model, np.float32)
+    U, b, lam = core_system(case, np.float32)
     weights = np.full(b.shape, 3e38, np.float32)
-    args = (TF_SOLVE[model], tf.constant(U), tf.constant(b), tf.constant(lam, tf.float32))
+    args = (tf_solve(case), tf.constant(U), tf.constant(b), tf.constant(lam, tf.float32))
     error = tf.errors.InvalidArgumentError if traced else lg.GCRFError
     assert_error(error, "overflows float32", maybe_traced(tf_gradients, traced), *args, weights)

@@ -1,6 +1,6 @@
-"""Bad input to the layers: the PyTorch ``DenseGCRF`` module and the Keras ``DenseGCRF``
-layer (eagerly and traced, as ``model.fit`` runs it). The decisions are those of
-``test_bad_input_core.py``; the cases are shared with ``test_bad_input_adapters.py``.
+"""Bad input to the layers of every model: the PyTorch ``DenseGCRF`` module and the Keras
+``DenseGCRF`` layer (eagerly and traced, as ``model.fit`` runs it). The decisions are those
+of ``test_bad_input_core.py``; the cases are shared with ``test_bad_input_adapters.py``.
 """
 
 from __future__ import annotations
@@ -25,80 +25,113 @@ from bad_input_checks import (  # noqa: E402
     maybe_traced,
     one_torch_thread,  # noqa: F401 (a fixture)
 )
+from model_cases import MODEL_CASES, each_model, top_eigenvalue  # noqa: E402
 
 import lowrank_gcrf as lg  # noqa: E402
 from lowrank_gcrf.adapters import tensorflow as tfa  # noqa: E402
 from lowrank_gcrf.adapters import torch as tha  # noqa: E402
 
+#: The models whose layers rescale (some of) their embeddings to ‖·‖₂² ≤ pd_bound·λ.
+bounded_models = pytest.mark.parametrize(
+    "case", [case for case in MODEL_CASES if case.bounded_rows is not None], ids=str
+)
 
-def layer_inputs(dtype=np.float32):
-    """Unary (B, L, H, W) = (1, 2, 2, 3) and general embeddings (B, D, L, H, W), D = 3."""
+
+def layer_inputs(case, dtype=np.float32):
+    """Unary (B, L, H, W) = (1, 2, 2, 3) and embeddings with D = 3 (B, *channels, H, W), so
+    small that no bound is active: the layer's system is the core's on the same values."""
     rng = np.random.default_rng(2)
     unary = rng.standard_normal((1, 2, 2, 3)).astype(dtype)
-    return unary, rng.standard_normal((1, 3, 2, 2, 3)).astype(dtype)
+    embeddings = 0.1 * rng.standard_normal((1, *case.embedding_channels(3, 2), 2, 3))
+    system = case.layer_system(unary, embeddings, 2.0)
+    if case.bounded_rows is not None:
+        assert np.all(top_eigenvalue(system.embeddings[:, case.bounded_rows]) < 0.9 * 2.0)
+    return unary, embeddings.astype(dtype)
 
 
-def test_torch_layer_takes_a_tensor_lam():
-    """D9: DenseGCRF(lam=torch.tensor(2.)) said "different library than the embeddings"."""
-    unary, embeddings = (torch.from_numpy(a) for a in layer_inputs())
-    by_float = tha.DenseGCRF(lam=2.0)(unary, embeddings)
-    torch.testing.assert_close(tha.DenseGCRF(lam=torch.tensor(2.0))(unary, embeddings), by_float)
+@each_model
+def test_torch_layer_takes_a_tensor_lam(case):
+    """DenseGCRF(lam=torch.tensor(2.)) is DenseGCRF(lam=2.), not "different library than
+    the embeddings"."""
+    unary, embeddings = (torch.from_numpy(a) for a in layer_inputs(case))
+    by_float = tha.DenseGCRF(lam=2.0, **case.layer_kwargs())(unary, embeddings)
+    by_tensor = tha.DenseGCRF(lam=torch.tensor(2.0), **case.layer_kwargs())(unary, embeddings)
+    torch.testing.assert_close(by_tensor, by_float)
 
 
-def test_torch_layer_any_magnitude_of_unary():
-    """D1 through the layer: the output is linear in the unaries, so 1e20 × unary gives
-    1e20 × output (it gave 0)."""
-    unary, embeddings = (torch.from_numpy(a) for a in layer_inputs())
-    layer = tha.DenseGCRF(lam=2.0, method="cg")
+@each_model
+def test_torch_layer_any_magnitude_of_unary(case):
+    """The output is linear in the unaries, so 1e20 × unary gives 1e20 × output (not 0)."""
+    unary, embeddings = (torch.from_numpy(a) for a in layer_inputs(case))
+    layer = tha.DenseGCRF(lam=2.0, method="cg", **case.layer_kwargs())
     large = layer(unary * 1e20, embeddings)
     assert_close(large / 1e20, layer(unary, embeddings), 100 * RTOL[np.float32])
 
 
-def test_torch_layer_learns_lam():
-    """D2 through the layer: a learnt λ is a 0-d tensor shared by the batch; its gradient is
-    −Σ gᵀx summed over the batch."""
-    unary, embeddings = (torch.from_numpy(a).double() for a in layer_inputs())
-    layer = tha.DenseGCRF(lam=2.0, learn_lam=True, rtol=1e-12)
+def core_lam_gradient(case, unary, embeddings, lam):
+    """−Σ gᵀx of the layer's output summed, from the core (no bound active)."""
+    system = case.layer_system(unary, embeddings, lam)
+    U, b, _ = system.args()
+    return core_gradients(case, U, b, lam, np.ones_like(b), 1e-12)[2]
+
+
+@each_model
+def test_torch_layer_learns_lam(case):
+    """A learnt λ is a 0-d tensor shared by the batch; its gradient is −Σ gᵀx summed over
+    the batch."""
+    unary, embeddings = (torch.from_numpy(a).double() for a in layer_inputs(case))
+    layer = tha.DenseGCRF(lam=2.0, learn_lam=True, rtol=1e-12, **case.layer_kwargs())
     layer(unary, embeddings).sum().backward()
-    A = embeddings.reshape(1, 3, -1).numpy()
-    gx = np.ones((1, A.shape[-1]))
-    g_lam = core_gradients("general", A, unary.reshape(1, -1).numpy(), 2.0, gx, 1e-12)[2]
+    g_lam = core_lam_gradient(case, unary.numpy(), embeddings.numpy(), 2.0)
     sigmoid = 1 - np.exp(-2.0)  # d softplus / d raw at softplus(raw) = 2
     # raw_lam is a float32 parameter: λ, and so its gradient, has float32 digits.
     assert_close(layer.raw_lam.grad.numpy(), g_lam * sigmoid, 1e-6)
 
 
-#: κ of a Potts layer's system: at most (1 + (L − 1)ρ) / (1 − ρ) with ρ = pd_bound = 0.9.
-POTTS_LAYER_KAPPA = (1 + 2 * 0.9) / (1 - 0.9)
-
-
-def potts_layer_inputs(dtype):
-    """Unary (1, L = 3, 4, 4) and Potts embeddings (1, D = 4, 4, 4), above the bound."""
+def bounded_layer_inputs(case, dtype):
+    """Unary (1, L = 3, 4, 4) and embeddings with D = 4 whose bounded rows are far above the
+    bound; the others (signed: A) small, so that the layer's κ stays that of its bound."""
     rng = np.random.default_rng(5)
     unary = rng.standard_normal((1, 3, 4, 4)).astype(dtype)
-    return unary, rng.standard_normal((1, 4, 4, 4)).astype(dtype)
+    embeddings = rng.standard_normal((1, *case.embedding_channels(4, 3), 4, 4))
+    free = np.ones(embeddings.shape[1], dtype=bool)
+    free[case.bounded_rows] = False
+    embeddings[:, free] *= 0.01
+    return unary, embeddings.astype(dtype)
 
 
-def potts_layer_tolerance(dtype) -> float:
-    """Inputs rounded to ``dtype`` and the layer's rtol (1000ε of float32), times κ."""
-    return POTTS_LAYER_KAPPA * (2 * float(np.finfo(dtype).eps) + 1000 * 2.0**-23)
+def bounded_layer_tolerance(case, dtype) -> float:
+    """Inputs rounded to ``dtype`` and the layer's rtol (1000ε of float32), times the
+    layer's κ (Potts: at most (1 + (L − 1)ρ)/(1 − ρ) = 28 with ρ = pd_bound = 0.9)."""
+    unary, embeddings = bounded_layer_inputs(case, np.float64)
+    kappa = case.layer_system(unary, embeddings, 1.0).kappa
+    return kappa * (2 * float(np.finfo(dtype).eps) + 1000 * 2.0**-23)
 
 
-POTTS_MAGNITUDES = pytest.mark.parametrize(
+BOUNDED_MAGNITUDES = pytest.mark.parametrize(
     ("dtype", "scale"), [(np.float16, 100.0), (np.float32, 1e19)], ids=["float16", "float32"]
 )
 
 
-@POTTS_MAGNITUDES
-def test_torch_potts_layer_any_magnitude_of_embeddings(dtype, scale):
-    """The Potts layer rescales its embeddings to the bound, so that c·Â gives the output of
-    Â; a float16 Gram above 65504 or a float32 one above 3e38 raised a raw LinAlgError."""
-    unary, embeddings = (torch.from_numpy(a) for a in potts_layer_inputs(dtype))
-    layer = tha.DenseGCRF(lam=1.0, potts=True)
-    expected = layer(unary.double(), embeddings.double())
-    got = layer(unary, embeddings * scale)
-    assert got.dtype == unary.dtype
-    assert_close(got.double().numpy(), expected.numpy(), potts_layer_tolerance(dtype))
+def scaled_bounded_rows(case, embeddings, scale):
+    scaled = embeddings.copy()
+    scaled[:, case.bounded_rows] *= scale
+    return scaled
+
+
+@BOUNDED_MAGNITUDES
+@bounded_models
+def test_torch_layer_any_magnitude_of_bounded_embeddings(case, dtype, scale):
+    """The layer rescales its bounded embeddings (Potts: Â, signed: Γ) to the bound, so
+    that c times them gives the output of the embeddings themselves; a float16 Gram above
+    65504 or a float32 one above 3e38 raised a raw LinAlgError."""
+    unary, embeddings = bounded_layer_inputs(case, dtype)
+    layer = tha.DenseGCRF(lam=1.0, **case.layer_kwargs())
+    expected = layer(torch.from_numpy(unary).double(), torch.from_numpy(embeddings).double())
+    big = torch.from_numpy(scaled_bounded_rows(case, embeddings, dtype(scale)))
+    got = layer(torch.from_numpy(unary), big)
+    assert got.dtype == torch.from_numpy(unary).dtype
+    assert_close(got.double().numpy(), expected.numpy(), bounded_layer_tolerance(case, dtype))
 
 
 def test_torch_layer_refuses_bad_arguments():
@@ -123,18 +156,21 @@ def channels_first():
     tf.keras.config.set_image_data_format(previous)
 
 
-def test_keras_layer_takes_a_tensor_lam(channels_first):
-    """D9: DenseGCRF(lam=tf.constant(2.)) said "got EagerTensor"."""
-    unary, embeddings = layer_inputs()
-    by_float = tfa.DenseGCRF(lam=2.0)(unary, embeddings)
-    by_tensor = tfa.DenseGCRF(lam=tf.constant(2.0))(unary, embeddings)
+@each_model
+def test_keras_layer_takes_a_tensor_lam(case, channels_first):
+    """DenseGCRF(lam=tf.constant(2.)) is DenseGCRF(lam=2.), not "got EagerTensor"."""
+    unary, embeddings = layer_inputs(case)
+    by_float = tfa.DenseGCRF(lam=2.0, **case.layer_kwargs())(unary, embeddings)
+    by_tensor = tfa.DenseGCRF(lam=tf.constant(2.0), **case.layer_kwargs())(unary, embeddings)
     np.testing.assert_array_equal(by_tensor.numpy(), by_float.numpy())
 
 
-def test_keras_layer_any_magnitude_of_unary(channels_first):
-    """D1 through the layer, eagerly and traced as model.predict runs it."""
-    unary, embeddings = layer_inputs()
-    layer = tfa.DenseGCRF(lam=2.0, method="cg")
+@each_model
+def test_keras_layer_any_magnitude_of_unary(case, channels_first):
+    """1e20 × unary gives 1e20 × output (not 0), eagerly and traced as model.predict runs
+    it."""
+    unary, embeddings = layer_inputs(case)
+    layer = tfa.DenseGCRF(lam=2.0, method="cg", **case.layer_kwargs())
     small = layer(unary, embeddings).numpy()
     for run in (layer, tf.function(layer)):
         large = run(unary * np.float32(1e20), embeddings).numpy()
@@ -142,34 +178,36 @@ def test_keras_layer_any_magnitude_of_unary(channels_first):
 
 
 @TRACED
-def test_keras_layer_learns_lam(traced, channels_first):
-    """D2 through the Keras layer: the gradient of the learnt λ's weight, as model.fit
-    takes it (traced) and eagerly."""
-    unary, embeddings = layer_inputs(np.float64)
-    layer = tfa.DenseGCRF(lam=2.0, learn_lam=True, rtol=1e-12, dtype="float64")
+@each_model
+def test_keras_layer_learns_lam(case, traced, channels_first):
+    """The gradient of the learnt λ's weight, as model.fit takes it (traced) and eagerly."""
+    unary, embeddings = layer_inputs(case, np.float64)
+    layer = tfa.DenseGCRF(
+        lam=2.0, learn_lam=True, rtol=1e-12, dtype="float64", **case.layer_kwargs()
+    )
 
     def gradient():
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(layer(unary, embeddings))
         return tape.gradient(loss, layer.raw_lam)
 
-    A = embeddings.reshape(1, 3, -1)
-    gx = np.ones((1, A.shape[-1]))
-    g_lam = core_gradients("general", A, unary.reshape(1, -1), 2.0, gx, 1e-12)[2]
+    g_lam = core_lam_gradient(case, unary, embeddings, 2.0)
     sigmoid = 1 - np.exp(-2.0)  # d softplus / d raw at softplus(raw) = 2
     # The weight is float32 (Keras keeps λ in float32): its gradient has float32 digits.
     assert_close(maybe_traced(gradient, traced)().numpy(), g_lam * sigmoid, 1e-6)
 
 
-@POTTS_MAGNITUDES
-def test_keras_potts_layer_any_magnitude_of_embeddings(dtype, scale, channels_first):
+@BOUNDED_MAGNITUDES
+@bounded_models
+def test_keras_layer_any_magnitude_of_bounded_embeddings(case, dtype, scale, channels_first):
     """As for PyTorch: an InvalidArgumentError from eigvalsh where the Gram overflowed."""
-    unary, embeddings = potts_layer_inputs(dtype)
-    expected = tfa.DenseGCRF(lam=1.0, potts=True, dtype="float64")(unary, embeddings)
-    layer = tfa.DenseGCRF(lam=1.0, potts=True, dtype=np.dtype(dtype).name)
-    got = layer(unary, embeddings * dtype(scale))
+    unary, embeddings = bounded_layer_inputs(case, dtype)
+    kwargs = case.layer_kwargs()
+    expected = tfa.DenseGCRF(lam=1.0, dtype="float64", **kwargs)(unary, embeddings)
+    layer = tfa.DenseGCRF(lam=1.0, dtype=np.dtype(dtype).name, **kwargs)
+    got = layer(unary, scaled_bounded_rows(case, embeddings, dtype(scale)))
     assert got.dtype == np.dtype(dtype).name
-    assert_close(got.numpy(), expected.numpy(), potts_layer_tolerance(dtype))
+    assert_close(got.numpy(), expected.numpy(), bounded_layer_tolerance(case, dtype))
 
 
 def test_keras_layer_refuses_bad_arguments():

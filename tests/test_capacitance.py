@@ -1,9 +1,10 @@
 """CG in the capacitance space (``lowrank_gcrf.capacitance``), against float64 maths.
 
-The dense-reference hypothesis tests of ``test_solve.py`` run every ``method="cg"`` draw
-with D < n (and D ≤ 128 for the general model) through this path; here are the identities
-it rests on, the choice of space, and the masks of a batch. float64 identities hold to a
-few ε·‖·‖ (1e-12 relative).
+The dense-reference hypothesis tests of ``test_solve.py`` run every general and Potts
+``method="cg"`` draw with D < n (and D ≤ 128 for the general model) through this path; here
+are the identities it rests on, the choice of space, and the masks of a batch. float64
+identities hold to a few ε·‖·‖ (1e-12 relative). General and Potts only: the signed model
+has no capacitance CG (its CG iterates on the unknowns).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_cases import each_model
 
 import lowrank_gcrf as lg
 from lowrank_gcrf.cg import cg_sweep, inner
@@ -84,44 +85,36 @@ def test_inputs_untouched_and_result_not_a_view(batch):
 
 
 @pytest.mark.parametrize("policy", ["raise", "warn", "ignore"])
-def test_only_raise_and_warn_diagnose(monkeypatch, policy):
+@each_model
+def test_only_raise_and_warn_diagnose(monkeypatch, case, policy):
     """``on_failure="ignore"`` returns what it has, as documented: the model's diagnosis of a
-    failed solve (for Potts an eigensolve, which may raise IndefiniteSystemError) is for
-    "raise" and "warn" only."""
+    failed solve (for Potts and signed an eigensolve, which may raise IndefiniteSystemError)
+    is for "raise" and "warn" only."""
+    system = case.make(0, rank=4, pixels=10, labels=3, kappa=100.0)
+    op = case.operator(system.embeddings, system.lam, system.num_labels)
     calls = []
-    monkeypatch.setattr(lg.PottsOperator, "_diagnose_failure", lambda self, info: calls.append(1))
-    rng = np.random.default_rng(0)
-    Ahat = rng.standard_normal((4, 30)) / 10
-    b = rng.standard_normal((3, 30))
+    monkeypatch.setattr(type(op), "_diagnose_failure", lambda self, info: calls.append(1))
     with pytest.warns(lg.ConvergenceWarning) if policy == "warn" else nullcontext():
         try:
-            x, info = lg.solve_potts(
-                Ahat, b, 1.0, method="cg", maxiter=1, on_failure=policy, return_info=True
-            )
+            x, info = op.solve(system.b, method="cg", maxiter=1, on_failure=policy)
         except lg.ConvergenceError:
             assert policy == "raise"
         else:
-            assert policy != "raise" and not bool(info.converged) and x.shape == b.shape
+            assert policy != "raise" and not bool(info.converged) and x.shape == system.b.shape
     assert len(calls) == (policy != "ignore")
 
 
-@pytest.mark.parametrize("model", ["general", "potts"])
-def test_numpy_batch_solved_system_by_system_equals_each_alone(model):
+@each_model
+def test_numpy_batch_solved_system_by_system_equals_each_alone(case):
     """A NumPy batch of distinct embeddings is solved one system after another; each
-    result and iteration count is that system's own solve (float64, κ ≈ 10: 1e-12)."""
-    rng = np.random.default_rng(2)
-    if model == "general":
-        U, b = rng.standard_normal((3, 4, 40)) / 4, rng.standard_normal((3, 40))
-        lam = np.array([0.1, 1.0, 10.0])
-        op, alone = lg.GeneralOperator(U, lam), lg.GeneralOperator
-        kw = {}
-    else:
-        U, b = rng.standard_normal((3, 4, 20)) / 10, rng.standard_normal((3, 3, 20))
-        lam = np.array([1.0, 2.0, 5.0])
-        op, alone = lg.PottsOperator(U, lam, num_labels=3), lg.PottsOperator
-        kw = {"num_labels": 3}
-    x, info = op.solve(b, method="cg", rtol=1e-10)
+    result and iteration count is that system's own solve (float64, κ ≤ 100 and λ spread
+    over two decades: 1e-12)."""
+    system = case.make(2, rank=4, pixels=10, labels=3, kappa=100.0, batch_shape=(3,))
+    U, b = system.embeddings, system.b
+    lam = system.lam * np.array([1.0, 10.0, 100.0])  # a larger λ keeps every model definite
+    x, info = case.operator(U, lam, system.num_labels).solve(b, method="cg", rtol=1e-10)
     for i in range(3):
-        x_i, info_i = alone(U[i], lam[i], **kw).solve(b[i], method="cg", rtol=1e-10)
+        alone = case.operator(U[i], lam[i], system.num_labels)
+        x_i, info_i = alone.solve(b[i], method="cg", rtol=1e-10)
         np.testing.assert_allclose(x[i], x_i, rtol=1e-12, atol=1e-14)
         assert int(info.iterations[i]) == int(info_i.iterations)

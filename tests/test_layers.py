@@ -1,11 +1,13 @@
-"""The ``DenseGCRF`` layers and ``GCRFHead`` of both frameworks as a user meets them: raw
-convolution outputs, N-D volumes, Keras' channels-last layout, the failure policy, and the
-Potts layer's positive-definiteness scaling with its gradients.
+"""The ``DenseGCRF`` layers of every model and the ``GCRFHead`` of both frameworks as a user
+meets them: raw convolution outputs, N-D volumes, Keras' channels-last layout, the failure
+policy, and the positive-definiteness scaling (Potts: Â, signed: Γ) with its gradients.
 
-References are core solves (``lg.solve`` / ``lg.solve_potts``) of the flattened float64
-systems at rtol=1e-12. The layers solve to their float64 default rtol = 1000ε ≈ 2.2e-13 on
-systems with κ ≤ 190, so that the solutions agree to about κ·rtol < 1e-10; ``rtol=1e-9``
-below leaves a margin without hiding a layout error (which changes x at order 1).
+References are core solves of the flattened float64 systems at rtol=1e-12
+(``ModelCase.layer_reference``). The layers solve to their float64 default rtol = 1000ε ≈
+2.2e-13 on systems with κ ≤ 1000 (asserted where they are drawn; the signed layers' Γ bound
+leaves κ up to a few hundred, general and Potts stay below 40), so that the solutions agree
+to about κ·rtol ≤ 2.2e-10; ``rtol=1e-9`` below leaves a margin without hiding a layout
+error (which changes x at order 1).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from model_cases import MODEL_CASES, REGISTRY, each_model, top_eigenvalue
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 torch = pytest.importorskip("torch")
@@ -34,7 +37,14 @@ from lowrank_gcrf.adapters.bridge import softplus_inverse  # noqa: E402
 
 TIGHT = dict(rtol=1e-12)
 AGREE = dict(rtol=1e-9, atol=1e-12)
-MODELS = pytest.mark.parametrize("model", ["potts", "general"])
+#: The models whose layers rescale (some of) their embeddings to ‖·‖₂² ≤ pd_bound·λ.
+bounded_models = pytest.mark.parametrize(
+    "case", [case for case in MODEL_CASES if case.bounded_rows is not None], ids=str
+)
+#: The models GCRFHead builds.
+head_models = pytest.mark.parametrize(
+    "case", [case for case in MODEL_CASES if case.has_head], ids=str
+)  # GCRFHead refuses "signed" (test_head_arguments_are_checked)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -81,34 +91,19 @@ class Keras:
 FRAMEWORKS = pytest.mark.parametrize("fw", [Torch(), Keras()], ids=["torch", "keras"])
 
 
-def top_eigenvalue(Ahat: np.ndarray) -> np.ndarray:
-    """‖Â‖₂² of each (D, P) embedding of a batch, from the D×D Gram in float64."""
-    Ahat = np.asarray(Ahat, dtype=np.float64)
-    return np.linalg.eigvalsh(Ahat @ np.swapaxes(Ahat, -1, -2))[..., -1]
-
-
-def core_reference(unary, embeddings, lam, model, pd_bound=0.9) -> np.ndarray:
+def core_reference(case, unary, embeddings, lam, pd_bound=0.9) -> np.ndarray:
     """The layer's output computed from the core on the flattened (label-major) system, with
-    the Potts embeddings scaled to ‖Â‖₂² ≤ pd_bound·λ in NumPy."""
-    batch, labels, *spatial = unary.shape
-    pixels = math.prod(spatial)
-    A = embeddings.reshape(batch, embeddings.shape[1], -1)
-    if model == "potts":
-        if pd_bound is not None:
-            A = A * np.sqrt(np.minimum(1.0, pd_bound * lam / top_eigenvalue(A)))[:, None, None]
-        x = lg.solve_potts(A, unary.reshape(batch, labels, pixels), lam, **TIGHT)
-    else:
-        x = lg.solve(A, unary.reshape(batch, labels * pixels), lam, **TIGHT)
-    return x.reshape(unary.shape)
+    the bounded embeddings scaled to ‖·‖₂² ≤ pd_bound·λ in NumPy."""
+    return case.layer_reference(unary, embeddings, lam, pd_bound, **TIGHT)
 
 
-def layer_inputs(seed: int, model: str, spatial: tuple[int, ...], *, labels=3, dim=2, scale=3.0):
-    """Unary (B, L, *spatial) and embeddings (B, D, *spatial) or (B, D, L, *spatial) in
-    float64; ``scale`` sets the embeddings' size (the Potts bound is active for large ones)."""
+def layer_inputs(seed: int, case, spatial: tuple[int, ...], *, labels=3, dim=2, scale=3.0):
+    """Unary (B, L, *spatial) and embeddings (B, D, *spatial) or (B, D(+E), L, *spatial) in
+    float64; ``scale`` sets the embeddings' size (the bounds are active for large ones)."""
     rng = np.random.default_rng(seed)
     unary = rng.standard_normal((2, labels, *spatial))
-    channels = (dim,) if model == "potts" else (dim, labels)
-    n = math.prod(spatial) * (1 if model == "potts" else labels)
+    channels = case.embedding_channels(dim, labels)
+    n = math.prod(spatial) * (1 if len(channels) == 1 else labels)
     embeddings = rng.standard_normal((2, *channels, *spatial)) * (scale / math.sqrt(n))
     return unary, embeddings
 
@@ -120,23 +115,24 @@ spatial_shapes = st.lists(st.integers(1, 4), min_size=1, max_size=3).map(tuple)
 
 
 @FRAMEWORKS
-@MODELS
+@each_model
 @given(spatial=spatial_shapes, seed=st.integers(0, 2**16), scale=st.sampled_from([0.3, 3.0]))
-def test_layer_is_the_core_solve_of_the_flattened_volume(fw, model, spatial, seed, scale):
-    unary, embeddings = layer_inputs(seed, model, spatial, scale=scale)
-    x = fw.call(fw.layer(lam=1.0, model=model), unary, embeddings)
-    np.testing.assert_allclose(x, core_reference(unary, embeddings, 1.0, model), **AGREE)
+def test_layer_is_the_core_solve_of_the_flattened_volume(fw, case, spatial, seed, scale):
+    unary, embeddings = layer_inputs(seed, case, spatial, scale=scale)
+    assert case.layer_system(unary, embeddings, 1.0).kappa <= 1000  # what AGREE assumes
+    x = fw.call(fw.layer(lam=1.0, **case.layer_kwargs()), unary, embeddings)
+    np.testing.assert_allclose(x, core_reference(case, unary, embeddings, 1.0), **AGREE)
 
 
 @pytest.mark.parametrize("spatial", [(7,), (3, 4, 5)], ids=["1d", "3d"])
-@MODELS
+@each_model
 @given(seed=st.integers(0, 2**16))
-def test_keras_channels_last_is_channels_first_transposed(spatial, model, seed):
-    unary, embeddings = layer_inputs(seed, model, spatial)
-    first = Keras().call(Keras().layer(lam=1.0, model=model), unary, embeddings)
-    channels = 1 if model == "potts" else 2
+def test_keras_channels_last_is_channels_first_transposed(spatial, case, seed):
+    unary, embeddings = layer_inputs(seed, case, spatial)
+    first = Keras().call(Keras().layer(lam=1.0, **case.layer_kwargs()), unary, embeddings)
+    channels = len(case.embedding_channels(2, 3))
     last_layer = tf_adapter.DenseGCRF(
-        lam=1.0, model=model, data_format="channels_last", dtype="float64"
+        lam=1.0, data_format="channels_last", dtype="float64", **case.layer_kwargs()
     )
     last = last_layer(
         tf.constant(np.moveaxis(unary, 1, -1)),
@@ -162,11 +158,13 @@ def test_keras_data_format_defaults_to_the_keras_setting():
         ("general", (2, 3, 7), (2, 4, 7), "(B, D, L, W)"),
         ("potts", (2, 3, 4, 5, 6), (2, 4, 4, 5, 7), "(B, D, Z, H, W)"),
         ("general", (2, 3, 4, 5, 6), (2, 4, 3, 4, 5), "(B, D, L, Z, H, W)"),
+        ("signed", (2, 3, 7), (2, 4, 7), "(B, D+E, L, W)"),
+        ("signed", (2, 3, 4, 5), (2, 4, 2, 4, 5), "(B, D+E, L, H, W)"),
     ],
 )
 def test_shape_errors_name_the_expected_layout(fw, model, unary_shape, embeddings_shape, expected):
-    layer = fw.layer(model=model)
-    with pytest.raises(lg.GCRFError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+    layer = fw.layer(**REGISTRY[model].layer_kwargs())
+    with pytest.raises(lg.GCRFError, match=re.escape(expected)):
         fw.call(layer, np.zeros(unary_shape), np.zeros(embeddings_shape))
 
 
@@ -176,7 +174,8 @@ def test_more_than_three_spatial_dimensions_are_refused(fw):
         fw.call(fw.layer(model="potts"), np.zeros((1, 2, 2, 2, 2, 2)), np.zeros((1, 1, 2, 2, 2, 2)))
 
 
-# -- the Potts layer is positive definite by construction ------------------------------------
+# -- the Potts and signed layers are positive definite by construction -----------------------
+# pd_scaled rescales Â (Potts) and Γ (signed) alike: its own tests take Potts embeddings.
 
 
 def test_pd_scaled_reaches_the_bound_exactly_and_is_the_identity_below_it():
@@ -220,13 +219,18 @@ def test_tensorflow_pd_scaling_gradient_matches_finite_differences():
         np.testing.assert_allclose(t, n, rtol=1e-6, atol=1e-8)
 
 
-def test_torch_layer_gradients_through_scaling_solve_and_learnt_lam():
+@each_model
+def test_torch_layer_gradients_through_scaling_solve_and_learnt_lam(case):
     rng = np.random.default_rng(1)
     unary = torch.from_numpy(rng.standard_normal((2, 3, 2, 3))).requires_grad_()
-    embeddings = torch.from_numpy(5.0 * rng.standard_normal((2, 2, 2, 3))).requires_grad_()
-    layer = torch_adapter.DenseGCRF(lam=0.7, model="potts", learn_lam=True).double()
+    channels = case.embedding_channels(2, 3)
+    embeddings = torch.from_numpy(5.0 * rng.standard_normal((2, *channels, 2, 3)))
+    embeddings.requires_grad_()
+    layer = torch_adapter.DenseGCRF(lam=0.7, learn_lam=True, **case.layer_kwargs()).double()
     raw_lam = layer.raw_lam.detach().clone().requires_grad_()
-    assert np.all(top_eigenvalue(embeddings.detach().numpy().reshape(2, 2, 6)) > 0.9 * 0.7)
+    if case.bounded_rows is not None:  # the bound is active: its gradient is checked too
+        U = embeddings.detach().numpy().reshape(2, channels[0], -1)
+        assert np.all(top_eigenvalue(U[:, case.bounded_rows]) > 0.9 * 0.7)
 
     def scores(u, e, r):
         return torch.func.functional_call(layer, {"raw_lam": r}, (u, e))
@@ -235,52 +239,77 @@ def test_torch_layer_gradients_through_scaling_solve_and_learnt_lam():
 
 
 @FRAMEWORKS
-def test_learnt_lam_moves_the_bound_with_it(fw):
-    unary, embeddings = layer_inputs(2, "potts", (3, 4), scale=10.0)
-    layer = fw.layer(lam=1.0, model="potts", learn_lam=True)
+@bounded_models
+def test_learnt_lam_moves_the_bound_with_it(fw, case):
+    unary, embeddings = layer_inputs(2, case, (3, 4), scale=10.0)
+    layer = fw.layer(lam=1.0, learn_lam=True, **case.layer_kwargs())
     for lam in (1.0, 5.0):
         lam = fw.set_lam(layer, lam)
-        expected = core_reference(unary, embeddings, lam, "potts")
+        expected = core_reference(case, unary, embeddings, lam)
         np.testing.assert_allclose(fw.call(layer, unary, embeddings), expected, **AGREE)
 
 
 @FRAMEWORKS
-def test_pd_bound_none_leaves_the_embeddings_to_the_user(fw):
-    unary, embeddings = layer_inputs(3, "potts", (4, 4), scale=10.0)
+@bounded_models
+def test_pd_bound_none_leaves_the_embeddings_to_the_user(fw, case):
+    unary, embeddings = layer_inputs(3, case, (4, 4), scale=10.0)
+    unbounded = fw.layer(lam=1.0, pd_bound=None, **case.layer_kwargs())
     with pytest.raises(lg.IndefiniteSystemError):
-        fw.call(fw.layer(lam=1.0, model="potts", pd_bound=None), unary, embeddings)
-    # Where ‖Â‖₂² < λ already, bound or no bound gives the plain Potts solve.
+        fw.call(unbounded, unary, embeddings)
+    # Where the bounded rows are below the bound already, bound or no bound gives the
+    # plain solve.
     small = embeddings / 20.0
-    x = fw.call(fw.layer(lam=1.0, model="potts", pd_bound=None), unary, small)
-    np.testing.assert_allclose(x, core_reference(unary, small, 1.0, "potts", None), **AGREE)
+    x = fw.call(unbounded, unary, small)
+    np.testing.assert_allclose(x, core_reference(case, unary, small, 1.0, None), **AGREE)
 
 
 @pytest.mark.parametrize("pd_bound", [0.0, 1.0, 1.5, True, "0.9"])
-def test_pd_bound_outside_the_open_unit_interval_is_refused(pd_bound):
+@bounded_models
+def test_pd_bound_outside_the_open_unit_interval_is_refused(case, pd_bound):
     for layer in (torch_adapter.DenseGCRF, tf_adapter.DenseGCRF):
         with pytest.raises(lg.GCRFError, match="pd_bound"):
-            layer(model="potts", pd_bound=pd_bound)
+            layer(pd_bound=pd_bound, **case.layer_kwargs())
 
 
 # -- raw convolution outputs train ------------------------------------------------------------
 
 
-def test_torch_potts_layer_trains_on_raw_convolution_outputs():
+def raw_bounded_rows(case, embeddings: np.ndarray) -> np.ndarray:
+    """The rows a layer bounds, of channels-first raw embeddings in the core's layout."""
+    return embeddings.reshape(embeddings.shape[0], embeddings.shape[1], -1)[:, case.bounded_rows]
+
+
+def raw_dim(case) -> int:
+    """D of the raw embeddings: 8 for Potts; signed: none, Γ alone (E = 2 per label), whose
+    bound then bounds κ as Potts' does (raw repulsive embeddings would leave κ unbounded,
+    and the float32 layer warns that it cannot reach its rtol)."""
+    return 0 if case.name == "signed" else 8
+
+
+@bounded_models
+def test_torch_layer_trains_on_raw_convolution_outputs(case):
     torch.manual_seed(0)
     images = 20.0 * torch.randn(2, 3, 12, 12)
     targets = torch.randint(4, (2, 12, 12))
-    unary_conv, embed_conv = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
-    raw = embed_conv(images)
-    assert np.all(top_eigenvalue(raw.detach().reshape(2, 8, -1).numpy()) > 100.0)  # ≫ λ = 1
-    with pytest.raises(lg.IndefiniteSystemError):
-        torch_adapter.DenseGCRF(lam=1.0, model="potts", pd_bound=None)(unary_conv(images), raw)
+    channels = case.embedding_channels(raw_dim(case), 4)
+    unary_conv = nn.Conv2d(3, 4, 3, padding=1)
+    embed_conv = nn.Conv2d(3, math.prod(channels), 3, padding=1)
 
-    layer = torch_adapter.DenseGCRF(lam=1.0, model="potts")
+    def embed(x):
+        return embed_conv(x).reshape(2, *channels, 12, 12)
+
+    raw = embed(images).detach().numpy()
+    assert np.all(top_eigenvalue(raw_bounded_rows(case, raw)) > 100.0)  # ≫ λ = 1
+    unbounded = torch_adapter.DenseGCRF(lam=1.0, pd_bound=None, **case.layer_kwargs())
+    with pytest.raises(lg.IndefiniteSystemError):
+        unbounded(unary_conv(images), embed(images))
+
+    layer = torch_adapter.DenseGCRF(lam=1.0, **case.layer_kwargs())
     parameters = [*unary_conv.parameters(), *embed_conv.parameters()]
     optimizer = torch.optim.Adam(parameters, lr=0.01)
     losses = []
     for _ in range(5):
-        loss = F.cross_entropy(layer(unary_conv(images), embed_conv(images)), targets)
+        loss = F.cross_entropy(layer(unary_conv(images), embed(images)), targets)
         optimizer.zero_grad()
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in parameters)
@@ -290,45 +319,53 @@ def test_torch_potts_layer_trains_on_raw_convolution_outputs():
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
-def raw_keras_segmenter(labels: int, *, pd_bound: float | None = 0.9) -> keras.Model:
-    """Channels-last convolutions straight into the Potts layer (no normalisation)."""
+def raw_keras_segmenter(case, labels: int, *, pd_bound: float | None = 0.9) -> keras.Model:
+    """Channels-last convolutions straight into the layer (no normalisation)."""
+    channels = case.embedding_channels(raw_dim(case), labels)
     images = keras.Input((12, 12, 3))
     unary = keras.layers.Conv2D(labels, 3, padding="same", name="unary")(images)
-    embeddings = keras.layers.Conv2D(8, 3, padding="same", name="embed")(images)
-    scores = tf_adapter.DenseGCRF(lam=1.0, model="potts", pd_bound=pd_bound)(unary, embeddings)
-    return keras.Model(images, scores)
+    embeddings = keras.layers.Conv2D(math.prod(channels), 3, padding="same", name="embed")(images)
+    embeddings = keras.layers.Reshape((12, 12, *channels))(embeddings)
+    layer = tf_adapter.DenseGCRF(lam=1.0, pd_bound=pd_bound, **case.layer_kwargs())
+    return keras.Model(images, layer(unary, embeddings))
 
 
-def test_keras_potts_layer_trains_on_raw_convolution_outputs():
+@bounded_models
+def test_keras_layer_trains_on_raw_convolution_outputs(case):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     images = 20.0 * rng.standard_normal((4, 12, 12, 3)).astype("float32")
     targets = rng.integers(4, size=(4, 12, 12))
-    model = raw_keras_segmenter(4)
-    raw = keras.Model(model.input, model.get_layer("embed").output)(images).numpy()
-    raw = np.moveaxis(raw, -1, 1).reshape(4, 8, -1)
-    assert np.all(top_eigenvalue(raw) > 100.0)  # ≫ λ = 1
-    unbounded = raw_keras_segmenter(4, pd_bound=None)
+    model = raw_keras_segmenter(case, 4)
+    raw = keras.Model(model.input, model.layers[-2].output)(images).numpy()
+    channels_first = np.moveaxis(raw, range(3, raw.ndim), range(1, raw.ndim - 2))
+    assert np.all(top_eigenvalue(raw_bounded_rows(case, channels_first)) > 100.0)  # ≫ λ = 1
+    unbounded = raw_keras_segmenter(case, 4, pd_bound=None)
     unbounded.set_weights(model.get_weights())
     with pytest.raises(lg.IndefiniteSystemError):
         unbounded(images)
 
     model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(True))
+    # The untrained model's loss, as PyTorch's first step measures it (an epoch's loss in
+    # the history is averaged over the steps it takes).
+    before = model.evaluate(images, targets, verbose=0)
     losses = model.fit(images, targets, batch_size=2, epochs=4, verbose=0).history["loss"]
-    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    after = model.evaluate(images, targets, verbose=0)
+    assert np.all(np.isfinite(losses)) and after < before, (before, losses, after)
 
 
 # -- the failure policy -----------------------------------------------------------------------
 
 
 @FRAMEWORKS
-def test_layers_warn_and_return_the_best_iterate_by_default(fw):
-    unary, embeddings = layer_inputs(4, "general", (5, 5), scale=30.0)
-    layer = fw.layer(lam=1.0, model="general", method="cg", maxiter=1)
+@each_model
+def test_layers_warn_and_return_the_best_iterate_by_default(fw, case):
+    unary, embeddings = layer_inputs(4, case, (5, 5), scale=30.0)
+    layer = fw.layer(lam=1.0, method="cg", maxiter=1, **case.layer_kwargs())
     with pytest.warns(lg.ConvergenceWarning, match="residual"):
         x = fw.call(layer, unary, embeddings)
     assert np.all(np.isfinite(x))
-    raising = fw.layer(lam=1.0, model="general", method="cg", maxiter=1, on_failure="raise")
+    raising = fw.layer(lam=1.0, method="cg", maxiter=1, on_failure="raise", **case.layer_kwargs())
     with pytest.raises(lg.ConvergenceError):
         fw.call(raising, unary, embeddings)
 
@@ -351,22 +388,22 @@ def pointwise(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.
     )
 
 
-def head_reference(features, unary_wb, embed_wb, lam, model, embed_dim) -> np.ndarray:
+def head_reference(features, unary_wb, embed_wb, lam, case, embed_dim) -> np.ndarray:
     """A head's output from its branch weights: the 1×1 convolutions in NumPy, channel
     d·L + l of the general embedding branch as A[d, l], then the core solve."""
     unary = pointwise(features, *unary_wb)
     embeddings = pointwise(features, *embed_wb)
-    if model == "general":
-        batch, _, *spatial = embeddings.shape
-        embeddings = embeddings.reshape(batch, embed_dim, unary.shape[1], *spatial)
-    return core_reference(unary, embeddings, lam, model)
+    batch, _, *spatial = embeddings.shape
+    channels = case.embedding_channels(embed_dim, unary.shape[1])
+    embeddings = embeddings.reshape(batch, *channels, *spatial)
+    return core_reference(case, unary, embeddings, lam)
 
 
-@MODELS
+@head_models
 @pytest.mark.parametrize("spatial", [(7,), (3, 4), (2, 3, 4)], ids=["1d", "2d", "3d"])
-def test_torch_head_is_its_branches_then_the_core_solve(model, spatial):
+def test_torch_head_is_its_branches_then_the_core_solve(case, spatial):
     torch.manual_seed(0)
-    head = torch_adapter.GCRFHead(5, 3, embed_dim=2, model=model, spatial_dims=len(spatial))
+    head = torch_adapter.GCRFHead(5, 3, embed_dim=2, model=case.name, spatial_dims=len(spatial))
     head = head.double()
     features = np.random.default_rng(0).standard_normal((2, 5, *spatial))
     x = head(torch.from_numpy(features)).detach().numpy()
@@ -375,15 +412,15 @@ def test_torch_head_is_its_branches_then_the_core_solve(model, spatial):
         for conv in (head.unary, head.embed)
     ]
     lam = float(head.crf.lam.detach())
-    np.testing.assert_allclose(x, head_reference(features, *weights, lam, model, 2), **AGREE)
+    np.testing.assert_allclose(x, head_reference(features, *weights, lam, case, 2), **AGREE)
 
 
-@MODELS
+@head_models
 @pytest.mark.parametrize("spatial", [(7,), (3, 4), (2, 3, 4)], ids=["1d", "2d", "3d"])
-def test_keras_head_is_its_branches_then_the_core_solve(model, spatial):
+def test_keras_head_is_its_branches_then_the_core_solve(case, spatial):
     keras.utils.set_random_seed(0)
     head = tf_adapter.GCRFHead(
-        3, embed_dim=2, model=model, data_format="channels_last", dtype="float64"
+        3, embed_dim=2, model=case.name, data_format="channels_last", dtype="float64"
     )
     features = np.random.default_rng(0).standard_normal((2, *spatial, 5))
     x = head(tf.constant(features)).numpy()
@@ -391,7 +428,8 @@ def test_keras_head_is_its_branches_then_the_core_solve(model, spatial):
         (conv.kernel.numpy().reshape(5, -1).T, conv.bias.numpy())
         for conv in (head.unary, head.embed)
     ]
-    expected = head_reference(np.moveaxis(features, -1, 1), *weights, float(head.crf.lam), model, 2)
+    lam = float(head.crf.lam)
+    expected = head_reference(np.moveaxis(features, -1, 1), *weights, lam, case, 2)
     np.testing.assert_allclose(x, np.moveaxis(expected, 1, -1), **AGREE)
 
 
@@ -412,6 +450,7 @@ def test_heads_learn_lam_by_default_and_pass_the_layer_settings_on():
     [
         (dict(num_labels=0), "num_labels"),
         (dict(embed_dim=2.5), "embed_dim"),
+        # The heads build the general and Potts models (model_cases: has_head).
         (dict(model="signed"), "model"),
         (dict(lam=-1.0), "lam"),
     ],
@@ -464,12 +503,13 @@ def test_keras_head_model_saves_and_loads(tmp_path):
         ("potts", (2, 7, 3), (2, 7, 4, 1), "(B, W, D)"),
         ("general", (2, 4, 5, 6, 3), (2, 4, 5, 7, 2, 3), "(B, Z, H, W, D, L)"),
         ("general", (2, 4, 5, 3), (2, 4, 5, 2, 4), "(B, H, W, D, L)"),
+        ("signed", (2, 4, 5, 3), (2, 4, 5, 2, 4), "(B, H, W, D+E, L)"),
     ],
 )
 def test_keras_channels_last_errors_name_the_channels_last_layout(
     model, unary_shape, embeddings_shape, expected
 ):
-    layer = tf_adapter.DenseGCRF(model=model, data_format="channels_last")
+    layer = tf_adapter.DenseGCRF(data_format="channels_last", **REGISTRY[model].layer_kwargs())
     # The message shows the user's shape, B being None in a functional model.
     got = ", ".join(map(str, embeddings_shape[1:])) + ")"
     pattern = re.escape(f"embeddings {expected}") + ".*" + re.escape(got)

@@ -1,5 +1,6 @@
-"""The signed model ``λI + AᵀA − ΓᵀΓ``: dense float64 references, its identities with the
-general and Potts models, exact definiteness, gradients and factorization reuse.
+"""The signed model ``λI + AᵀA − ΓᵀΓ``: what the generic suites (parametrized by
+tests/model_cases.py, which draws A and Γ both present) leave out: one factor absent (None),
+its identities with the general and Potts models, exact definiteness, factorization reuse.
 
 Tolerances: a solve stops at ``‖b − Mx‖ ≤ rtol‖b‖`` measured in its own dtype; the float64
 dense residual of the returned x differs from that by the rounding of one matvec, about
@@ -52,8 +53,9 @@ def _draw_system(seed, D, E, N, batch_shape, kappa, per_batch):
 
 @st.composite
 def signed_systems(draw, max_rank=5, max_n=24, log10_kappa=(0.3, 6.0)):
-    D = draw(st.integers(0, max_rank))
-    E = draw(st.integers(0 if D else 1, max_rank))
+    """Systems with A or Γ absent (None)."""
+    rank = draw(st.integers(1, max_rank))
+    D, E = (rank, 0) if draw(st.booleans()) else (0, rank)
     return _draw_system(
         draw(st.integers(0, 2**31)),
         D,
@@ -75,10 +77,11 @@ def _kappa(M):
 def test_matches_dense_reference_float64(method, system):
     A, Gamma, b, lam = system
     M = signed_dense_matrix(A, Gamma, lam)
-    rtol = 1e-10
+    kappa = _kappa(M)
+    # No residual below about ε·κ can be certified (tests/test_solve.py): ask for no less.
+    rtol = max(1e-10, 8 * EPS[np.float64] * kappa)
     x, info = lg.solve_signed(A, Gamma, b, lam, method=method, rtol=rtol, return_info=True)
     assert x.shape == b.shape and x.dtype == np.float64
-    kappa = _kappa(M)
     assert np.all(relative_residual(M, x, b) <= rtol + 10 * EPS[np.float64] * kappa)
     reference = reference_solve(M, b)
     error = np.linalg.norm(x - reference, axis=-1) / np.linalg.norm(reference, axis=-1)
@@ -214,6 +217,21 @@ def test_definiteness_boundary(method, seed, D, E, N, relative):
     # The message's threshold is the critical λ, to the digits it prints.
     shown = float(message.split("Increase lam above ")[1].split(",")[0])
     assert shown == pytest.approx(critical, rel=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("D", [3, 8], ids=["D+E<N", "D+E>=N"])
+def test_repulsive_embeddings_too_large_for_float32_name_the_overflow(method, D):
+    """M = λI + 10⁶⁰AᵀA − ΓᵀΓ is definite, but its float32 matvec overflows: refused as an
+    overflow, like the general and Potts models' Grams, not as "not positive definite in
+    the working precision" (a float64 Gram hides the overflow)."""
+    rng = np.random.default_rng(5)
+    A = (1e30 * rng.standard_normal((D, 8))).astype(np.float32)
+    Gamma = (0.1 * rng.standard_normal((2, 8))).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    with pytest.raises(lg.GCRFError, match=r"Gram matrix of \[A; Gamma\] overflows") as exc:
+        lg.solve_signed(A, Gamma, b, 1.0, method=method)
+    assert not isinstance(exc.value, lg.IndefiniteSystemError)
 
 
 def test_indefinite_batch_names_the_bad_systems():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -18,65 +19,50 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from model_cases import REGISTRY, each_model  # noqa: E402
+
 import lowrank_gcrf as lg  # noqa: E402
 from lowrank_gcrf.adapters import bridge  # noqa: E402
 from lowrank_gcrf.adapters import tensorflow as tf_adapter  # noqa: E402
-from lowrank_gcrf.adapters.tensorflow import op as tf_op  # noqa: E402
 from lowrank_gcrf.adapters.tensorflow import (  # noqa: E402
     DenseGCRF,
     XLAUnsupportedError,
     gcrf_solve,
     potts_solve,
 )
-from lowrank_gcrf.testing import make_general_system, make_potts_system  # noqa: E402
+from lowrank_gcrf.adapters.tensorflow import op as tf_op  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["cg", "direct"]
 TIGHT = dict(rtol=1e-12)
-POTTS = pytest.mark.parametrize("potts", [False, True], ids=["general", "potts"])
 # Keras converts weights with np.array(variable) while saving; TensorFlow's variables
 # predate NumPy 2's copy keyword.
 KERAS_COPY_WARNING = "ignore:__array__ implementation doesn't accept a copy keyword"
 
 
-def system(potts: bool, seed: int = 0, batch_shape=(2,)):
-    """D = 3, P = 6, L = 3 (Potts, λ > ‖Â‖₂²) or N = 12 (general), per-system λ, float64."""
-    if potts:
-        return make_potts_system(
-            seed,
-            rank=3,
-            pixels=6,
-            labels=3,
-            kappa=20.0,
-            batch_shape=batch_shape,
-            per_batch_lam=True,
-        )
-    return make_general_system(
-        seed, rank=3, n=12, kappa=20.0, batch_shape=batch_shape, per_batch_lam=True
-    )
+def system(case, seed: int = 0, batch_shape=(2,)):
+    """κ = 20, D = 3 and N = 12 (general; signed with E = 2 more rows) or P = 4, L = 3
+    (Potts), per-system λ, float64."""
+    return case.make(
+        seed, rank=3, pixels=4, labels=3, kappa=20.0, batch_shape=batch_shape,
+        per_batch_lam=True,
+    )  # fmt: skip
 
 
-def solve_fn(potts: bool):
-    return potts_solve if potts else gcrf_solve
-
-
-def core_solve(potts: bool):
-    return lg.solve_potts if potts else lg.solve
-
-
-def core_vjp(potts: bool):
-    return lg.solve_potts_vjp if potts else lg.solve_vjp
+def solve_fn(case):
+    """The adapter's function of ``case``'s model, on stacked embeddings."""
+    return functools.partial(case.adapter_solve, tf_adapter)
 
 
 # -- the ops: values and gradients -------------------------------------------------------------
 
 
-def tape_gradients(potts, method, U, b, lam, gx, mode):
+def tape_gradients(case, method, U, b, lam, gx, mode):
     """x and the tape's gradients in U, b and λ: eagerly, with the tape inside a
     tf.function, or with the tape around a call of a tf.function."""
 
     def forward(U, b, lam):
-        return solve_fn(potts)(U, b, lam, method=method, **TIGHT)
+        return solve_fn(case)(U, b, lam, method=method, **TIGHT)
 
     def differentiate(forward, U, b, lam):
         with tf.GradientTape() as tape:
@@ -95,14 +81,14 @@ def tape_gradients(potts, method, U, b, lam, gx, mode):
 
 @pytest.mark.parametrize("mode", ["eager", "tape inside tf.function", "tape around tf.function"])
 @pytest.mark.parametrize("method", METHODS)
-@POTTS
-def test_tape_gradients_equal_core_vjps(potts, method, mode):
-    s = system(potts)
+@each_model
+def test_tape_gradients_equal_core_vjps(case, method, mode):
+    s = system(case)
     lam = np.asarray(s.lam)
     gx = np.random.default_rng(1).standard_normal(s.b.shape)
-    x, (gU, gb, glam) = tape_gradients(potts, method, s.embeddings, s.b, lam, gx, mode)
-    x_core = core_solve(potts)(s.embeddings, s.b, lam, method=method, **TIGHT)
-    expected = core_vjp(potts)(s.embeddings, x_core, gx, lam, method=method, **TIGHT)
+    x, (gU, gb, glam) = tape_gradients(case, method, s.embeddings, s.b, lam, gx, mode)
+    x_core = case.solve(s.embeddings, s.b, lam, method=method, **TIGHT)
+    expected = case.vjp(s.embeddings, x_core, gx, lam, method=method, **TIGHT)
     assert x.shape == s.b.shape
     np.testing.assert_allclose(x.numpy(), x_core, rtol=1e-10, atol=1e-12)
     for got, want in zip((gU, gb, glam), expected, strict=True):
@@ -112,13 +98,13 @@ def test_tape_gradients_equal_core_vjps(potts, method, mode):
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("method", METHODS)
-@POTTS
-def test_compute_gradient_float64(potts, method, graph):
+@each_model
+def test_compute_gradient_float64(case, method, graph):
     """The theoretical Jacobians (our VJPs) equal tf.test.compute_gradient's numerical ones."""
-    s = system(potts, seed=3)
+    s = system(case, seed=3)
 
     def f(U, b, lam):
-        return solve_fn(potts)(U, b, lam, method=method, **TIGHT)
+        return solve_fn(case)(U, b, lam, method=method, **TIGHT)
 
     theoretical, numerical = tf.test.compute_gradient(
         tf.function(f) if graph else f,
@@ -129,17 +115,17 @@ def test_compute_gradient_float64(potts, method, graph):
         np.testing.assert_allclose(t, n, rtol=1e-5, atol=1e-7)
 
 
-@POTTS
-def test_python_float_lam_keeps_float64(potts):
-    s = system(potts, batch_shape=())
+@each_model
+def test_python_float_lam_keeps_float64(case):
+    s = system(case, batch_shape=())
     lam = float(np.max(s.lam)) * 1.1  # a float with no exact float32 value
-    x = solve_fn(potts)(tf.constant(s.embeddings), tf.constant(s.b), lam, **TIGHT)
-    expected = core_solve(potts)(s.embeddings, s.b, lam, **TIGHT)
+    x = solve_fn(case)(tf.constant(s.embeddings), tf.constant(s.b), lam, **TIGHT)
+    expected = case.solve(s.embeddings, s.b, lam, **TIGHT)
     np.testing.assert_allclose(x.numpy(), expected, rtol=1e-12, atol=1e-14)
 
 
 def test_scalar_lam_gradient_sums_over_batch():
-    s = system(False)
+    s = system(REGISTRY["general"])
     lam = tf.Variable(0.3, dtype=tf.float64)
     with tf.GradientTape() as tape:
         x = gcrf_solve(tf.constant(s.embeddings), tf.constant(s.b), lam, **TIGHT)
@@ -151,7 +137,7 @@ def test_scalar_lam_gradient_sums_over_batch():
 
 
 def test_half_precision_solved_in_float32():
-    s = system(False)
+    s = system(REGISTRY["general"])
     U16, b16 = tf.constant(s.embeddings, tf.float16), tf.constant(s.b, tf.float16)
     x = gcrf_solve(U16, b16, 0.5)
     assert x.dtype == tf.float16
@@ -164,7 +150,7 @@ def test_half_precision_solved_in_float32():
 
 def test_inputs_cross_by_dlpack_without_copy(monkeypatch):
     """The arrays handed to the core are views of TensorFlow's buffers."""
-    s = system(True)
+    s = system(REGISTRY["potts"])
     U, b = tf.constant(s.embeddings), tf.constant(s.b)
     seen = []
     original = bridge.CoreSolve.__init__
@@ -228,7 +214,7 @@ def spy_solves(monkeypatch) -> dict:
 
 def test_graph_backward_reuses_the_forward_factorization(monkeypatch):
     counts = spy_solves(monkeypatch)
-    s = system(True)
+    s = system(REGISTRY["potts"])
     U, b = tf.constant(s.embeddings), tf.constant(s.b)
 
     @tf.function
@@ -245,7 +231,7 @@ def test_graph_backward_reuses_the_forward_factorization(monkeypatch):
 
 def test_graph_inference_keeps_no_solve(monkeypatch):
     counts = spy_solves(monkeypatch)
-    s = system(False)
+    s = system(REGISTRY["general"])
     infer = tf.function(lambda U, b: gcrf_solve(U, b, 0.5))
     for _ in range(3):
         infer(tf.constant(s.embeddings), tf.constant(s.b))
@@ -304,7 +290,7 @@ def test_trace_time_errors_keep_their_type():
 
 
 def test_xla_gives_the_documented_error():
-    s = system(False)
+    s = system(REGISTRY["general"])
 
     @tf.function(jit_compile=True)
     def compiled(U, b):
@@ -344,41 +330,36 @@ def test_layer_checks_sizes_unknown_while_tracing():
 # -- the Keras layer ---------------------------------------------------------------------------
 
 
-def layer_inputs(potts: bool, batch=2, labels=3, dim=2, height=3, width=4, seed=0):
+def layer_inputs(case, batch=2, labels=3, dim=2, height=3, width=4, seed=0):
+    """Unary (B, L, H, W) and embeddings (B, *channels, H, W) scaled so that every
+    embedding's ‖·‖₂² ≤ ‖·‖_F² < λ = 1: well conditioned, no bound active."""
     rng = np.random.default_rng(seed)
     unary = rng.standard_normal((batch, labels, height, width))
-    if potts:
-        embeddings = rng.standard_normal((batch, dim, height, width))
-        embeddings *= 0.5 / np.sqrt(height * width * dim)  # ‖Â‖₂² ≤ ‖Â‖_F² < λ = 1
-    else:
-        embeddings = rng.standard_normal((batch, dim, labels, height, width))
+    channels = case.embedding_channels(dim, labels)
+    embeddings = rng.standard_normal((batch, *channels, height, width))
+    embeddings *= 0.5 / np.sqrt(height * width * np.prod(channels))
     return unary, embeddings
 
 
-@POTTS
-def test_layer_is_the_core_solve_in_label_major_layout(potts):
-    unary, embeddings = layer_inputs(potts)
+@each_model
+def test_layer_is_the_core_solve_in_label_major_layout(case):
+    unary, embeddings = layer_inputs(case)
     B, L, H, W = unary.shape
-    D = embeddings.shape[1]
-    scores = DenseGCRF(
-        lam=1.0, potts=potts, dtype="float64", **TIGHT, data_format="channels_first"
-    )(unary, embeddings)
-    if potts:
-        x = lg.solve_potts(
-            embeddings.reshape(B, D, H * W), unary.reshape(B, L, H * W), 1.0, **TIGHT
-        )
-    else:
-        x = lg.solve(embeddings.reshape(B, D, L * H * W), unary.reshape(B, L * H * W), 1.0, **TIGHT)
+    layer = DenseGCRF(
+        lam=1.0, dtype="float64", data_format="channels_first", **TIGHT, **case.layer_kwargs()
+    )
+    scores = layer(unary, embeddings)
+    x = case.layer_reference(unary, embeddings, 1.0, **TIGHT)
     assert scores.shape == (B, L, H, W) and scores.dtype == tf.float64
-    np.testing.assert_allclose(scores.numpy(), x.reshape(B, L, H, W), rtol=1e-10)
+    np.testing.assert_allclose(scores.numpy(), x, rtol=1e-10)
 
 
-@POTTS
-def test_layer_with_sizes_unknown_while_tracing(potts):
+@each_model
+def test_layer_with_sizes_unknown_while_tracing(case):
     """A fully convolutional model: B, H and W unknown while tracing."""
-    layer = DenseGCRF(lam=1.0, potts=potts, dtype="float64", data_format="channels_first")
+    layer = DenseGCRF(lam=1.0, dtype="float64", data_format="channels_first", **case.layer_kwargs())
     L, D = 3, 2
-    embed_spec = (None, D, None, None) if potts else (None, D, L, None, None)
+    embed_spec = (None, *case.embedding_channels(D, L), None, None)
     call = tf.function(
         layer,
         input_signature=[
@@ -387,7 +368,7 @@ def test_layer_with_sizes_unknown_while_tracing(potts):
         ],
     )
     for height, width in ((3, 4), (5, 2)):
-        unary, embeddings = layer_inputs(potts, labels=L, dim=D, height=height, width=width)
+        unary, embeddings = layer_inputs(case, labels=L, dim=D, height=height, width=width)
         np.testing.assert_allclose(
             call(unary, embeddings).numpy(), layer(unary, embeddings).numpy(), rtol=1e-12
         )
@@ -411,20 +392,20 @@ class UnitEmbeddings(keras.layers.Layer):
         return {**super().get_config(), "lam": self.lam}
 
 
-def segmenter(potts: bool, labels=3, dim=4, size=6, learn_lam=True) -> keras.Model:
+def segmenter(case, labels=3, dim=4, size=6, learn_lam=True) -> keras.Model:
     """Channels last, Keras' default (TensorFlow's CPU kernels have no NCHW convolution
     gradient without XLA)."""
     images = keras.Input((size, size, 2))
     features = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(images)
     unary = keras.layers.Conv2D(labels, 1)(features)
-    channels = dim if potts else dim * labels
-    embeddings = keras.layers.Conv2D(channels, 1)(features)
-    if potts:
+    channels = case.embedding_channels(dim, labels)
+    embeddings = keras.layers.Conv2D(int(np.prod(channels)), 1)(features)
+    if case.potts_layout:
         embeddings = UnitEmbeddings(1.0)(embeddings)
     else:
-        embeddings = keras.layers.Reshape((size, size, dim, labels))(embeddings)
-    scores = DenseGCRF(lam=1.0, potts=potts, learn_lam=learn_lam)(unary, embeddings)
-    return keras.Model(images, scores)
+        embeddings = keras.layers.Reshape((size, size, *channels))(embeddings)
+    crf = DenseGCRF(lam=1.0, learn_lam=learn_lam, **case.layer_kwargs())
+    return keras.Model(images, crf(unary, embeddings))
 
 
 def consensus_task(n=32, size=6, labels=3, seed=0):
@@ -445,10 +426,10 @@ def pixel_ce(y_true, scores):
     return keras.losses.sparse_categorical_crossentropy(y_true, scores, from_logits=True)
 
 
-@POTTS
-def test_model_fit_reduces_loss(potts):
+@each_model
+def test_model_fit_reduces_loss(case):
     keras.utils.set_random_seed(0)
-    model = segmenter(potts)
+    model = segmenter(case)
     model.compile(keras.optimizers.Adam(0.02), pixel_ce)
     x, y = consensus_task()
     history = model.fit(x, y, batch_size=8, epochs=6, verbose=0)
@@ -460,7 +441,7 @@ def test_model_fit_reduces_loss(potts):
 
 def test_keras_embedding_branch_receives_gradients():
     keras.utils.set_random_seed(1)
-    model = segmenter(True)
+    model = segmenter(REGISTRY["potts"])
     x, y = consensus_task(n=4)
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(pixel_ce(y, model(x)))
@@ -472,7 +453,7 @@ def test_keras_embedding_branch_receives_gradients():
 @pytest.mark.filterwarnings(KERAS_COPY_WARNING)
 def test_save_and_load_round_trip(tmp_path):
     keras.utils.set_random_seed(2)
-    model = segmenter(True)
+    model = segmenter(REGISTRY["potts"])
     model.compile(keras.optimizers.Adam(0.05), pixel_ce)
     x, y = consensus_task(n=8)
     model.fit(x, y, epochs=1, verbose=0)
@@ -532,7 +513,7 @@ def test_mixed_float16_policy(mixed_float16, monkeypatch):
 
 
 def test_keras_jit_compile_falls_back_to_graph_mode():
-    model = segmenter(False)
+    model = segmenter(REGISTRY["general"])
     with pytest.warns(UserWarning, match="jit_compile"):
         model.compile("sgd", "mse", jit_compile=True)
     assert model.jit_compile is False
@@ -561,7 +542,7 @@ def test_mirrored_strategy_step_equals_single_device():
 @pytest.mark.skipif(not tf.config.list_physical_devices("GPU"), reason="needs a GPU")
 def test_gpu_matches_cpu():
     pytest.importorskip("cupy", reason="GPU tensors need CuPy (extra cuda12/cuda13)")
-    s = system(False)
+    s = system(REGISTRY["general"])
     lam = np.asarray(s.lam)
     gx = np.random.default_rng(1).standard_normal(s.b.shape)
     with tf.device("/GPU:0"):

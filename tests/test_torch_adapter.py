@@ -6,6 +6,8 @@ Sizes are tiny so that the whole module runs in well under a minute on two cores
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import re
 import socket
@@ -19,17 +21,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from model_cases import INDEFINITE_CASES, REGISTRY, each_model  # noqa: E402
 from torch import nn  # noqa: E402
 
 import lowrank_gcrf as lg  # noqa: E402
 import lowrank_gcrf.adapters.torch as adapter  # noqa: E402
-from lowrank_gcrf.adapters.torch import autograd as torch_autograd  # noqa: E402
 from lowrank_gcrf.adapters.torch import DenseGCRF, gcrf_solve, potts_solve  # noqa: E402
-from lowrank_gcrf.testing import make_general_system, make_potts_system  # noqa: E402
+from lowrank_gcrf.adapters.torch import autograd as torch_autograd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["cg", "direct"]
-MODELS = pytest.mark.parametrize("potts", [False, True], ids=["general", "potts"])
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -43,23 +44,14 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def system(potts: bool, *, dtype=np.float64, per_batch_lam: bool = True):
-    """A well-conditioned batch of 2 systems (D=3, P=6, L=3) as NumPy arrays; λ of the batch
-    shape (2,) or a float."""
-    if potts:
-        return make_potts_system(
-            0,
-            rank=3,
-            pixels=6,
-            labels=3,
-            kappa=10.0,
-            batch_shape=(2,),
-            dtype=dtype,
-            per_batch_lam=per_batch_lam,
-        )
-    return make_general_system(
-        0, rank=3, n=18, kappa=10.0, batch_shape=(2,), dtype=dtype, per_batch_lam=per_batch_lam
-    )
+def system(case, *, dtype=np.float64, per_batch_lam: bool = True):
+    """A well-conditioned (κ = 10) batch of 2 systems as NumPy arrays, D = 3 and N = 18
+    (general; signed with E = 2 more rows) or P = 6, L = 3 (Potts); λ of the batch shape (2,)
+    or a float."""
+    return case.make(
+        0, rank=3, pixels=6, labels=3, kappa=10.0, batch_shape=(2,), dtype=dtype,
+        per_batch_lam=per_batch_lam,
+    )  # fmt: skip
 
 
 def leaves(*arrays):
@@ -67,36 +59,34 @@ def leaves(*arrays):
     return [torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True) for a in arrays]
 
 
-def solver(potts: bool):
-    return potts_solve if potts else gcrf_solve
-
-
-def core_solver(potts: bool):
-    return (lg.solve_potts, lg.solve_potts_vjp) if potts else (lg.solve, lg.solve_vjp)
+def solver(case):
+    """The adapter's function of ``case``'s model, on stacked embeddings."""
+    return functools.partial(case.adapter_solve, adapter)
 
 
 # -- gradients -------------------------------------------------------------------------------
 
 
-@MODELS
+@each_model
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("lam_shape", ["0-d", "batch"])
-def test_gradcheck_functions(potts, method, lam_shape):
-    s = system(potts)
-    lam = s.lam if lam_shape == "batch" else np.max(s.lam)  # Potts needs λ > max μ
+def test_gradcheck_functions(case, method, lam_shape):
+    s = system(case)
+    lam = s.lam if lam_shape == "batch" else np.max(s.lam)  # the largest keeps all definite
     U, b, lam_t = leaves(s.embeddings, s.b, lam)
-    solve = solver(potts)
+    solve = solver(case)
     torch.autograd.gradcheck(
         lambda U, b, lam: solve(U, b, lam, method=method, rtol=1e-12), (U, b, lam_t)
     )
 
 
-@MODELS
-def test_gradcheck_module(potts):
+@each_model
+def test_gradcheck_module(case):
     """Through the module, with a learnt λ: unaries, embeddings and the raw λ parameter."""
     torch.manual_seed(0)
-    layer = DenseGCRF(lam=2.0, potts=potts, learn_lam=True, method="direct", rtol=1e-12).double()
-    shape = (2, 3, 3, 2) if potts else (2, 3, 2, 3, 2)  # D=3, L=2, H=3, W=2
+    layer = DenseGCRF(lam=2.0, learn_lam=True, method="direct", rtol=1e-12, **case.layer_kwargs())
+    layer = layer.double()
+    shape = (2, *case.embedding_channels(3, 2), 3, 2)  # D=3, L=2, H=3, W=2
     unary = torch.randn(2, 2, 3, 2, dtype=torch.float64, requires_grad=True)
     embeddings = (0.2 * torch.randn(shape, dtype=torch.float64)).requires_grad_()
     raw_lam = layer.raw_lam.detach().clone().requires_grad_()
@@ -107,35 +97,34 @@ def test_gradcheck_module(potts):
     torch.autograd.gradcheck(forward, (unary, embeddings, raw_lam))
 
 
-@MODELS
+@each_model
 @pytest.mark.parametrize("method", METHODS)
-def test_results_and_gradients_equal_the_core(potts, method):
-    s = system(potts)
+def test_results_and_gradients_equal_the_core(case, method):
+    s = system(case)
     U, b, lam = leaves(s.embeddings, s.b, s.lam)
-    x = solver(potts)(U, b, lam, method=method)
+    x = solver(case)(U, b, lam, method=method)
     gx = np.random.default_rng(1).standard_normal(x.shape)
     x.backward(torch.from_numpy(gx))
-    solve, vjp = core_solver(potts)
-    x_core = solve(s.embeddings, s.b, s.lam, method=method)
+    x_core = case.solve(s.embeddings, s.b, s.lam, method=method)
     np.testing.assert_allclose(x.detach().numpy(), x_core, rtol=1e-12)
-    grads = vjp(s.embeddings, x_core, gx, s.lam, method=method)
+    grads = case.vjp(s.embeddings, x_core, gx, s.lam, method=method)
     for got, want in zip((U, b, lam), grads, strict=True):
         np.testing.assert_allclose(got.grad.numpy(), want, rtol=1e-10, atol=1e-14)
 
 
-@MODELS
-def test_gradient_of_a_0d_lam_is_the_sum_over_the_batch(potts):
-    s = system(potts, per_batch_lam=False)
+@each_model
+def test_gradient_of_a_0d_lam_is_the_sum_over_the_batch(case):
+    s = system(case, per_batch_lam=False)
     U, b, lam = leaves(s.embeddings, s.b, s.lam)
-    solver(potts)(U, b, lam).sum().backward()
-    x = core_solver(potts)[0](s.embeddings, s.b, s.lam)
-    _, _, g_lam = core_solver(potts)[1](s.embeddings, x, np.ones_like(x), s.lam)
+    solver(case)(U, b, lam).sum().backward()
+    x = case.solve(s.embeddings, s.b, s.lam)
+    _, _, g_lam = case.vjp(s.embeddings, x, np.ones_like(x), s.lam)
     assert lam.grad.shape == ()
     np.testing.assert_allclose(lam.grad.numpy(), g_lam.sum(), rtol=1e-10)
 
 
 def test_float_lam_and_inputs_without_grad():
-    s = system(False, per_batch_lam=False)
+    s = system(REGISTRY["general"], per_batch_lam=False)
     A, b = torch.from_numpy(s.embeddings), torch.from_numpy(s.b)
     x = gcrf_solve(A, b, s.lam)
     assert x.grad_fn is None
@@ -147,17 +136,15 @@ def test_float_lam_and_inputs_without_grad():
 def test_backward_reuses_the_forward_factorization(monkeypatch):
     calls = []
     factorize = lg.PottsOperator._factorize
-    monkeypatch.setattr(
-        lg.PottsOperator, "_factorize", lambda op: calls.append(1) or factorize(op)
-    )
-    s = system(True)
+    monkeypatch.setattr(lg.PottsOperator, "_factorize", lambda op: calls.append(1) or factorize(op))
+    s = system(REGISTRY["potts"])
     U, b, lam = leaves(s.embeddings, s.b, s.lam)
     potts_solve(U, b, lam, method="direct").sum().backward()
     assert len(calls) == 1
 
 
 def test_in_place_change_of_the_output_is_detected():
-    s = system(False)
+    s = system(REGISTRY["general"])
     U, b, lam = leaves(s.embeddings, s.b, s.lam)
     x = gcrf_solve(U, b, lam)
     x.mul_(2.0)
@@ -166,7 +153,7 @@ def test_in_place_change_of_the_output_is_detected():
 
 
 def test_double_backward_is_not_supported():
-    s = system(False)
+    s = system(REGISTRY["general"])
     U, b, lam = leaves(s.embeddings, s.b, s.lam)
     (g,) = torch.autograd.grad(gcrf_solve(U, b, lam).square().sum(), b, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
@@ -193,7 +180,7 @@ def test_cpu_hand_over_is_zero_copy(monkeypatch):
 
     monkeypatch.setattr(torch_autograd, "to_core", spy_to_core)
     monkeypatch.setattr(torch_autograd, "CoreSolve", SpyCoreSolve)
-    s = system(False)
+    s = system(REGISTRY["general"])
     U, b, lam = leaves(s.embeddings, s.b, s.lam)
     x = gcrf_solve(U, b, lam)
     for tensor, array in handed:
@@ -206,7 +193,7 @@ def test_cpu_hand_over_is_zero_copy(monkeypatch):
 
 
 def test_non_contiguous_inputs():
-    s = system(False)
+    s = system(REGISTRY["general"])
     A = torch.from_numpy(np.ascontiguousarray(np.swapaxes(s.embeddings, -1, -2))).mT
     b = torch.from_numpy(np.stack([s.b, s.b], axis=-1))[..., 0]
     assert not A.is_contiguous() and not b.is_contiguous()
@@ -216,19 +203,19 @@ def test_non_contiguous_inputs():
 # -- the module ------------------------------------------------------------------------------
 
 
-@MODELS
-def test_module_matches_the_functions(potts):
+@each_model
+def test_module_matches_the_functions(case):
     torch.manual_seed(0)
     B, D, L, H, W = 2, 3, 4, 3, 5
     unary = torch.randn(B, L, H, W, dtype=torch.float64)
-    embeddings = 0.2 * torch.randn((B, D, H, W) if potts else (B, D, L, H, W), dtype=torch.float64)
-    layer = DenseGCRF(lam=1.5, potts=potts)
+    channels = case.embedding_channels(D, L)
+    # Small enough that no bound is active (then the layer solves its inputs as they are).
+    embeddings = 0.05 * torch.randn((B, *channels, H, W), dtype=torch.float64)
+    layer = DenseGCRF(lam=1.5, **case.layer_kwargs())
     out = layer(unary, embeddings)
     assert out.shape == (B, L, H, W)
-    if potts:
-        want = potts_solve(embeddings.flatten(2), unary.flatten(2), 1.5)
-    else:
-        want = gcrf_solve(embeddings.flatten(2), unary.flatten(1), 1.5)
+    core_unary = unary.flatten(2) if len(channels) == 1 else unary.flatten(1)
+    want = solver(case)(embeddings.flatten(2), core_unary, 1.5)
     torch.testing.assert_close(out, want.reshape(B, L, H, W), rtol=0, atol=0)
 
 
@@ -307,14 +294,14 @@ def test_training_uses_long_range_context():
 # -- precision -------------------------------------------------------------------------------
 
 
-@MODELS
+@each_model
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_precision_is_solved_in_float32(potts, dtype):
-    s = system(potts, dtype=np.float32)
+def test_half_precision_is_solved_in_float32(case, dtype):
+    s = system(case, dtype=np.float32)
     U, b = (torch.from_numpy(a).to(dtype).requires_grad_() for a in (s.embeddings, s.b))
-    x = solver(potts)(U, b, torch.tensor(s.lam))
+    x = solver(case)(U, b, torch.tensor(s.lam))
     assert x.dtype == dtype
-    want = solver(potts)(U.detach().float(), b.detach().float(), torch.tensor(s.lam))
+    want = solver(case)(U.detach().float(), b.detach().float(), torch.tensor(s.lam))
     torch.testing.assert_close(x, want.to(dtype))
     x.float().square().sum().backward()
     assert U.grad.dtype == dtype and b.grad.dtype == dtype
@@ -322,7 +309,7 @@ def test_half_precision_is_solved_in_float32(potts, dtype):
 
 
 def test_mixed_float_dtypes_promote():
-    s = system(False)
+    s = system(REGISTRY["general"])
     A = torch.from_numpy(s.embeddings).float().requires_grad_()
     b = torch.from_numpy(s.b).requires_grad_()
     x = gcrf_solve(A, b, s.lam)
@@ -334,19 +321,19 @@ def test_mixed_float_dtypes_promote():
     assert A.grad.dtype == torch.float32 and b.grad.dtype == torch.float64
 
 
-@MODELS
-def test_autocast_bfloat16(potts):
+@each_model
+def test_autocast_bfloat16(case):
     """Under autocast bfloat16 inputs are solved in float32 and returned as bfloat16."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(2, 3 + 2 * (1 if potts else 3), 1)
-    layer = DenseGCRF(lam=1.0, potts=potts, learn_lam=True)
+    channels = case.embedding_channels(2, 3)
+    conv = nn.Conv2d(2, 3 + math.prod(channels), 1)
+    layer = DenseGCRF(lam=1.0, learn_lam=True, **case.layer_kwargs())
     images = torch.randn(2, 2, 3, 3)
 
     def run():
         features = conv(images)
         unary, embeddings = features[:, :3], 0.1 * features[:, 3:]
-        if not potts:
-            embeddings = embeddings.unflatten(1, (2, 3))
+        embeddings = embeddings.unflatten(1, channels)
         return unary, embeddings, layer(unary, embeddings)
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -475,18 +462,18 @@ def cupy_or_skip():
 
 @needs_cuda
 @pytest.mark.gpu
-@MODELS
+@each_model
 @pytest.mark.parametrize("method", METHODS)
-def test_cuda_matches_cpu(potts, method):
+def test_cuda_matches_cpu(case, method):
     cupy_or_skip()
-    s = system(potts)
+    s = system(case)
     cpu = leaves(s.embeddings, s.b, s.lam)
     gpu = [t.detach().cuda().requires_grad_() for t in cpu]
     for tensors in (cpu, gpu):
-        x = solver(potts)(*tensors, method=method, rtol=1e-10)
+        x = solver(case)(*tensors, method=method, rtol=1e-10)
         x.square().sum().backward()
     assert x.is_cuda and all(t.grad.is_cuda for t in gpu)
-    torch.testing.assert_close(x.cpu(), solver(potts)(*cpu, method=method, rtol=1e-10))
+    torch.testing.assert_close(x.cpu(), solver(case)(*cpu, method=method, rtol=1e-10))
     for c, g in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(g.grad.cpu(), c.grad, rtol=1e-7, atol=1e-9)
 
@@ -527,7 +514,7 @@ def test_cuda_runs_on_the_current_stream(monkeypatch):
 @pytest.mark.gpu
 def test_cuda_half_precision():
     cupy_or_skip()
-    s = system(True, dtype=np.float32)
+    s = system(REGISTRY["potts"], dtype=np.float32)
     U, b = (torch.from_numpy(a).cuda().half() for a in (s.embeddings, s.b))
     x = potts_solve(U, b, torch.tensor(s.lam))
     assert x.dtype == torch.float16 and x.is_cuda
@@ -545,32 +532,36 @@ def core_message(error, call):
     return str(info.value)
 
 
-@MODELS
-def test_bad_layer_shapes_name_the_layout(potts):
-    layer = DenseGCRF(potts=potts)
-    embeddings = torch.zeros(2, 3, 5, 4) if potts else torch.zeros(2, 3, 4, 5, 4)
+#: The embeddings layout each model's layer names in its errors.
+LAYOUTS = {"potts": "(B, D, H, W)", "general": "(B, D, L, H, W)", "signed": "(B, D+E, L, H, W)"}
+
+
+@each_model
+def test_bad_layer_shapes_name_the_layout(case):
+    layer = DenseGCRF(**case.layer_kwargs())
+    embeddings = torch.zeros(2, *case.embedding_channels(3, 4), 5, 4)
     with pytest.raises(lg.GCRFError, match=re.escape("(B, L, H, W)")):
         layer(torch.zeros(2, 4), embeddings)  # 1 to 3 spatial dimensions are accepted
-    layout = "(B, D, H, W)" if potts else "(B, D, L, H, W)"
+    layout = LAYOUTS[case.name]
     with pytest.raises(lg.GCRFError, match=re.escape(layout)):
         layer(torch.zeros(2, 4, 5, 4), torch.zeros(2, 3, 5, 4, 1, 1))
     with pytest.raises(lg.GCRFError, match=re.escape(f"expected {layout}")):
         layer(torch.zeros(2, 4, 5, 3), embeddings)
 
 
-@MODELS
-def test_core_shape_errors_surface_unchanged(potts):
-    s = system(potts)
+@each_model
+def test_core_shape_errors_surface_unchanged(case):
+    s = system(case)
     b = s.b[..., :-1]
-    want = core_message(lg.GCRFError, lambda: core_solver(potts)[0](s.embeddings, b, s.lam))
+    want = core_message(lg.GCRFError, lambda: case.solve(s.embeddings, b, s.lam))
     with pytest.raises(lg.GCRFError) as info:
-        solver(potts)(torch.from_numpy(s.embeddings), torch.from_numpy(b), s.lam)
+        solver(case)(torch.from_numpy(s.embeddings), torch.from_numpy(b), s.lam)
     assert type(info.value) is lg.GCRFError and str(info.value) == want
 
 
 @pytest.mark.parametrize("lam", [0.0, -1.0, float("nan")])
 def test_non_positive_lam(lam):
-    s = system(False, per_batch_lam=False)
+    s = system(REGISTRY["general"], per_batch_lam=False)
     want = core_message(lg.GCRFError, lambda: lg.solve(s.embeddings, s.b, lam))
     A, b = torch.from_numpy(s.embeddings), torch.from_numpy(s.b)
     for bad in (lam, torch.tensor(lam, dtype=torch.float64)):
@@ -585,18 +576,21 @@ def test_non_positive_lam(lam):
         assert str(info.value) == want
 
 
-def test_indefinite_potts_system_surfaces_unchanged():
-    s = system(True)
-    lam = 0.5 * np.linalg.norm(s.embeddings, ord=2, axis=(-2, -1)) ** 2
-    want = core_message(lg.IndefiniteSystemError, lambda: lg.solve_potts(s.embeddings, s.b, lam))
+@pytest.mark.parametrize("case", INDEFINITE_CASES, ids=str)
+def test_indefinite_system_surfaces_unchanged(case):
+    s = system(case)
+    lam = case.indefinite_lam(s)
+    with pytest.raises(lg.IndefiniteSystemError) as core:
+        case.solve(s.embeddings, s.b, lam)
     U, b, lam_t = leaves(s.embeddings, s.b, lam)
     with pytest.raises(lg.IndefiniteSystemError) as info:
-        potts_solve(U, b, lam_t)
-    assert str(info.value) == want and info.value.mu_max is not None
+        solver(case)(U, b, lam_t)
+    assert str(info.value) == str(core.value)
+    assert (info.value.lam, info.value.mu_max) == (core.value.lam, core.value.mu_max)
 
 
 def test_convergence_error_surfaces_unchanged():
-    s = system(False)
+    s = system(REGISTRY["general"])
     kwargs = {"method": "cg", "rtol": 1e-12, "maxiter": 1}
     want = core_message(lg.ConvergenceError, lambda: lg.solve(s.embeddings, s.b, s.lam, **kwargs))
     with pytest.raises(lg.ConvergenceError) as info:
@@ -605,7 +599,7 @@ def test_convergence_error_surfaces_unchanged():
 
 
 def test_unknown_keywords_and_non_tensors():
-    s = system(False)
+    s = system(REGISTRY["general"])
     A, b = torch.from_numpy(s.embeddings), torch.from_numpy(s.b)
     with pytest.raises(lg.GCRFError, match=r"unknown solver keyword.*tol"):
         gcrf_solve(A, b, 1.0, tol=1e-3)
