@@ -13,6 +13,7 @@ from typing import Any
 from .errors import GCRFError
 from .models import make_operator
 from .operators import GCRFOperator
+from .validation import check_array
 
 _COMMON_DOC = """
     method : {"auto", "cg", "direct"}, default "auto"
@@ -39,10 +40,10 @@ def _solver_parameters(f: Any) -> Any:
 
 
 def _potts_labels(v: Any, name: str) -> int:
-    if getattr(v, "ndim", 0) < 2:
+    check_array(v, name)
+    if v.ndim < 2:
         raise GCRFError(
-            f"{name} must have shape (..., L, P) for the Potts model, got shape "
-            f"{tuple(getattr(v, 'shape', ()))}"
+            f"{name} must have shape (..., L, P) for the Potts model, got shape {tuple(v.shape)}"
         )
     return int(v.shape[-2])
 

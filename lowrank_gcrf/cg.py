@@ -112,26 +112,27 @@ def cg_sweep(
     # tell an overflow from a breakdown at the next check.
     failed = xp.zeros(rr.shape, dtype=xp.bool, device=_device(x))
     failed_pq = xp.zeros_like(rr)
-    for it in range(budget):
-        q = matvec(p)
-        pq = kernels.inner(p, q)
-        good = active & (pq > 0) & (pq < math.inf)
-        bad = active ^ good
-        failed = failed | bad
-        failed_pq = xp.where(bad, pq, failed_pq)
-        alpha = kernels.ratio(rr, pq, good)
-        x, r = kernels.step(x, r, p, q, alpha[..., None, None])
-        rr_new = kernels.inner(r, r)
-        beta = kernels.ratio(rr_new, rr, good)
-        p = kernels.direction(p, r, beta[..., None, None])
-        steps = steps + xp.astype(good, xp.int64)
-        rr = xp.where(good, rr_new, rr)
-        active = good & (rr_new > tol2)
-        if (it + 1) % check_every == 0 or it + 1 == budget:
-            if bool(to_host(xp, xp.any(failed))):
-                _raise_failure(xp, failed, failed_pq, steps, x.dtype)
-            if not bool(to_host(xp, xp.any(active))):
-                break
+    with np.errstate(over="ignore", invalid="ignore"):  # see _raise_failure
+        for it in range(budget):
+            q = matvec(p)
+            pq = kernels.inner(p, q)
+            good = active & (pq > 0) & (pq < math.inf)
+            bad = active ^ good
+            failed = failed | bad
+            failed_pq = xp.where(bad, pq, failed_pq)
+            alpha = kernels.ratio(rr, pq, good)
+            x, r = kernels.step(x, r, p, q, alpha[..., None, None])
+            rr_new = kernels.inner(r, r)
+            beta = kernels.ratio(rr_new, rr, good)
+            p = kernels.direction(p, r, beta[..., None, None])
+            steps = steps + xp.astype(good, xp.int64)
+            rr = xp.where(good, rr_new, rr)
+            active = good & (rr_new > tol2)
+            if (it + 1) % check_every == 0 or it + 1 == budget:
+                if bool(to_host(xp, xp.any(failed))):
+                    _raise_failure(xp, failed, failed_pq, steps, x.dtype)
+                if not bool(to_host(xp, xp.any(active))):
+                    break
     return x, steps
 
 
@@ -191,37 +192,46 @@ def _single_system_sweep(
     # Flat views of C-contiguous arrays of a BLAS dtype: axpy and scal update them in place.
     flat_x, flat_p, flat_r = x.reshape(-1), p.reshape(-1), r.reshape(-1)
     rho, target = float(rr.item()), float(tol2.item())
-    for _ in range(budget):
-        q = matvec(p)
-        flat_q = np.ascontiguousarray(q).reshape(-1)
-        pq = float(np.dot(flat_p, flat_q))
-        if not 0.0 < pq < math.inf:
-            _raise_failure(np, np.asarray(True), np.asarray(pq), np.asarray(steps), x.dtype)
-        alpha = rho / pq
-        axpy(flat_p, flat_x, a=alpha)
-        axpy(flat_q, flat_r, a=-alpha)
-        rho_new = float(np.dot(flat_r, flat_r))
-        steps += 1
-        scal(rho_new / rho, flat_p)
-        axpy(flat_r, flat_p)
-        rho = rho_new
-        if rho <= target:
-            break
+    with np.errstate(over="ignore", invalid="ignore"):  # see _raise_failure
+        for _ in range(budget):
+            q = matvec(p)
+            flat_q = np.ascontiguousarray(q).reshape(-1)
+            pq = float(np.dot(flat_p, flat_q))
+            if not 0.0 < pq < math.inf:
+                _raise_failure(np, np.asarray(True), np.asarray(pq), np.asarray(steps), x.dtype)
+            alpha = rho / pq
+            axpy(flat_p, flat_x, a=alpha)
+            axpy(flat_q, flat_r, a=-alpha)
+            rho_new = float(np.dot(flat_r, flat_r))
+            steps += 1
+            scal(rho_new / rho, flat_p)
+            axpy(flat_r, flat_p)
+            rho = rho_new
+            if rho <= target:
+                break
     return x, np.full(rr.shape, steps, dtype=np.int64)
 
 
 def _raise_failure(xp: Any, failed: Any, failed_pq: Any, steps: Any, dtype: Any) -> None:
-    """An overflow of pᵀMp (inf or NaN) or a breakdown (pᵀMp ≤ 0), as a clear error."""
+    """An overflow of pᵀMp (inf or NaN) or a breakdown (pᵀMp ≤ 0), as a clear error.
+
+    The loops test pᵀMp themselves and run with NumPy's overflow warnings off: a warning
+    would come before this error, or under ``-W error`` instead of it.
+    """
     if bool(to_host(xp, xp.any(failed & ~(failed_pq <= 0)))):
         raise GCRFError(
             f"the matrix-vector product overflowed {dtype_name(dtype)} during conjugate "
             "gradient: the embeddings are too large for this dtype (their squared norm exceeds "
-            "its range); rescale them or use float64"
+            "its range), or the system is so ill-conditioned in it that the iterates diverged; "
+            "rescale the embeddings, increase lam, or use float64"
         )
     count = int(to_host(xp, xp.sum(xp.astype(failed, xp.int64))))
     raise IndefiniteSystemError(
         f"conjugate gradient broke down (pᵀMp ≤ 0) in {count} system(s) after "
         f"{int(to_host(xp, xp.max(steps)))} iteration(s): the system matrix is not positive "
-        "definite in the working precision. Increase lam, or use float64 inputs if lam is tiny "
-        "compared with the squared norm of the embeddings."
+        f"definite in the working precision ({dtype_name(dtype)}), even if it is in exact "
+        "arithmetic: its rounding outweighs its smallest eigenvalue. Increase lam, or use "
+        "float64 inputs if lam is tiny compared with the squared norm of the embeddings; "
+        "method='direct' reports a definite system that is merely too ill-conditioned for the "
+        "dtype as a ConvergenceError."
     )

@@ -112,6 +112,13 @@ def cast_result(xp: Any, value: Any, dtype: Any, what: str) -> Any:
     return out
 
 
+def results_checked() -> Any:
+    """A context in which NumPy does not warn of overflow: for computing results that
+    :func:`cast_result` then checks, so that its error is what an overflow raises (a
+    warning would come before it, and under ``-W error`` instead of it)."""
+    return np.errstate(over="ignore", invalid="ignore")
+
+
 def overflow_message(name: str, what: str) -> str:
     """The message of a result too large for the dtype ``name`` (shared with the adapters,
     which cast half-precision results themselves)."""

@@ -258,9 +258,23 @@ def dense_crf_features(
     """``Φ = T K`` with ``ΦᵀΦ ≈ w_a K_appearance + w_s K_smooth`` for one image (C, *spatial).
 
     The smoothness kernel gets :func:`smoothness_share` of the landmarks; T is block
-    diagonal with ``√w_a`` and ``√w_s`` times the blocks' transforms.
+    diagonal with ``√w_a`` and ``√w_s`` times the blocks' transforms. The features and
+    kernel values are in ``dtype``, or in float64 where the scaled features are too large
+    for it (:func:`kernel_dtype`).
+
+    Raises
+    ------
+    GCRFError
+        A bandwidth so small for this image that even float64 cannot evaluate the kernel.
     """
     m_smooth = smoothness_share(landmarks, w_smooth, w_appearance)
+    extent = math.hypot(*(n - 1 for n in image.shape[1:]))
+    scales = []
+    if landmarks > m_smooth:
+        scales.append((("sxy", extent, sxy), ("srgb", colour_extent(xp, image), srgb)))
+    if m_smooth:
+        scales.append((("sxy_smooth", extent, sxy_smooth),))
+    dtype = kernel_dtype(xp, dtype, scales)
     blocks, transforms = [], []
     if landmarks > m_smooth:
         F = pixel_features(xp, image, sxy=sxy, srgb=srgb, dtype=dtype)
@@ -273,6 +287,44 @@ def dense_crf_features(
         blocks.append(block)
         transforms.append(math.sqrt(w_smooth) * T)
     return FactoredFeatures(_block_diagonal(xp, transforms), tuple(blocks))
+
+
+def colour_extent(xp: Any, image: Any) -> float:
+    """A bound on the colour vectors' norm in ``image`` (C, *spatial): √C · max |I|."""
+    top = max(abs(float(xp.max(image))), abs(float(xp.min(image))))
+    return math.sqrt(image.shape[0]) * top
+
+
+def kernel_dtype(xp: Any, dtype: Any, scales: list[tuple[tuple[str, float, float], ...]]) -> Any:
+    """The dtype to compute the kernels in: ``dtype``, else float64, else a GCRFError.
+
+    Each kernel's features f are its coordinates' extents divided by their bandwidths,
+    ``scales`` giving ``(name, extent, bandwidth)`` per coordinate group and kernel. The
+    Gaussian's exponent ``−|f − g|²/2`` is computed as ``f·g − |f|²/2 − |g|²/2`` (one matrix
+    product), which rounds by about ε·|f|²: beyond ``|f| = 1/√ε`` that exceeds 1 and the
+    kernel values are wrong by more than a factor e (NaN and inf further on). Random
+    features' phases ``Ωf + β`` are held to the same bound, with room to spare. A dtype
+    whose bound the features pass is used; float32 features beyond it are computed in
+    float64, whose bound, about 6.7e7, only a bandwidth many orders of magnitude below
+    the image's resolution breaks.
+    """
+    magnitudes = [
+        math.hypot(*(extent / bandwidth for _, extent, bandwidth in kernel)) for kernel in scales
+    ]
+    for candidate in (dtype, xp.float64):
+        limit = 1.0 / math.sqrt(float(xp.finfo(candidate).eps))
+        if all(magnitude <= limit for magnitude in magnitudes):
+            return candidate
+    name, extent, bandwidth = max(
+        (term for kernel in scales for term in kernel), key=lambda term: term[1] / term[2]
+    )
+    what = "colour vectors" if name == "srgb" else "pixel positions"
+    raise GCRFError(
+        f"{name} = {bandwidth!r} is too small for this image: the {what} reach {extent:.4g}, "
+        f"{extent / bandwidth:.3g} bandwidths, beyond the {limit:.3g} (1/√ε of float64) at "
+        "which the rounding of the Gaussian kernel's exponent −|f − g|²/2 exceeds 1; use "
+        f"{name} ≥ {math.sqrt(2.0) * extent / limit:.3g}"
+    )
 
 
 def _block_diagonal(xp: Any, matrices: list[Any]) -> Any:
@@ -317,6 +369,11 @@ def potts_embeddings(
         Tk = T @ k
         weights = xp.astype(xp.matrix_transpose(T) @ Tk, dtype)
         floor = DEGREE_FLOOR * float(xp.sum(Tk * Tk)) / P
+        if not floor >= float(xp.finfo(dtype).smallest_normal):
+            # The approximate kernel vanishes at every pixel to the precision of dtype
+            # (k-means centres fall between the pixels of a kernel narrower than their
+            # spacing): it couples no pixels, and degrees that underflow cannot normalise it.
+            return xp.zeros((rank, P), dtype=dtype, device=device)
 
     def scaled(K: Any) -> Any:
         if weights is None:

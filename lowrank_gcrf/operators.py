@@ -27,7 +27,7 @@ from typing import Any
 from array_api_compat import device as _device
 
 from .cg import inner
-from .dtypes import cast_result, check_floating, dtype_name, floating_dtypes
+from .dtypes import cast_result, check_floating, dtype_name, floating_dtypes, results_checked
 from .errors import GCRFError
 from .factorization import Factorization
 from .info import SolveInfo
@@ -36,10 +36,21 @@ from .solve_driver import report_failure, solve_rows
 from .validation import (
     array_namespace,
     as_lam,
+    check_array,
     check_embeddings,
     check_finite,
     check_system_shape,
 )
+
+#: A system whose distance from singular, relative to λ (Potts: ``(λ − ‖Â‖₂²)/λ``; signed:
+#: the smallest eigenvalue of ``I − Γ(λI + AᵀA)⁻¹Γᵀ``), is at most this many ε of its dtype
+#: cannot be told from singular: correct computations of ‖Â‖₂² (SVD, either Gram's
+#: eigenvalues) differ by up to about 13ε (measured for D ≤ 128, P ≤ 2000), so a λ set to
+#: "‖Â‖₂²" may land on either side of ours; and with κ·ε ≥ L/16 no solve in the dtype means
+#: anything. A failed system farther from singular is reported as ill-conditioned (a
+#: ConvergenceError), which it is: a bound of the worst-case rounding, 2(D + n)ε, would
+#: call singular float32 systems that reach a relative residual of 1e-3.
+SINGULAR_ULPS = 16
 
 
 class GCRFOperator:
@@ -64,6 +75,7 @@ class GCRFOperator:
     factors_to_check_definiteness = False
 
     def __init__(self, embeddings: Any, lam: Any, *, num_rows: int):
+        check_array(embeddings, self.embedding_name)
         xp = array_namespace(embeddings)
         check_embeddings(xp, embeddings, self.embedding_name)
         compute, self._input_dtype = floating_dtypes(xp, **{self.embedding_name: embeddings})
@@ -210,6 +222,7 @@ class GCRFOperator:
         """Raise unless ``v`` is a finite floating array of the operator's array library
         (``array_namespace`` raises a GCRFTypeError for a foreign one), shaped like one
         right-hand side per system of the batch in the public layout."""
+        check_array(v, name)
         array_namespace(self._U, v)
         check_floating(dtype_name(v.dtype), name)
         expected = self.batch_shape + self._public_system_shape()
@@ -298,12 +311,26 @@ class GCRFOperator:
             factorization = None
         x0_rows = None if x0 is None else op._rows(x0)
         x, scale, info = solve_rows(op, op._rows(b), x0_rows, options, factorization)
-        x = op._from_rows(cast_result(op.xp, x * scale[..., None, None], out_dtype, "x"))
+        with results_checked():
+            x = op._from_rows(cast_result(op.xp, x * scale[..., None, None], out_dtype, "x"))
         report_failure(op, x, info, options)
         return x, info
 
     def _diagnose_failure(self, info: SolveInfo) -> None:
         """Raise a more precise error than ConvergenceError where the model knows one."""
+
+    def _rounding_bound(self, dtype: Any = None) -> float:
+        """γ = 2(D + n)ε of ``dtype`` (default: the compute dtype): a bound on the relative
+        rounding of a Gram or a sum of squares of the embeddings in that dtype, for what
+        must hold whatever the rounding (a certificate of definiteness)."""
+        n = self._U.shape[-2] + self._U.shape[-1]
+        return 2.0 * n * float(self.xp.finfo(self._U.dtype if dtype is None else dtype).eps)
+
+    def _singular_tolerance(self) -> float:
+        """The relative distance from singular, ``SINGULAR_ULPS``·ε of the compute dtype,
+        within which a definite system that failed to solve is reported as singular in the
+        working precision rather than as ill-conditioned."""
+        return SINGULAR_ULPS * float(self.xp.finfo(self._U.dtype).eps)
 
     # -- gradients -------------------------------------------------------------------------
 
@@ -380,18 +407,20 @@ class GCRFOperator:
         xp = op.xp
         x_rows = op._rows(x)
         g, scale, info = solve_rows(op, op._rows(gx), None, options, factorization)
-        g_b = cast_result(xp, g * scale[..., None, None], out_dtype, "the gradient of b")
+        with results_checked():
+            g_b = cast_result(xp, g * scale[..., None, None], out_dtype, "the gradient of b")
         report_failure(op, op._from_rows(g_b), info, options)
         left, right = op._gradient_rows(x_rows, g)
-        # −[(U lᵀ) r + (U rᵀ) l] as one (D, 2m) @ (2m, n) product, with −scale folded into
-        # the small factor, so that the only (D, n) array allocated is the result.
-        small = op._U @ xp.matrix_transpose(xp.concat([left, right], axis=-2))
-        small = op._embedding_signature(small * (-scale)[..., None, None])
-        g_U = small @ xp.concat([right, left], axis=-2)
-        g_lam = -inner(xp, g, x_rows) * scale
-        return (
-            cast_result(xp, g_U, op._input_dtype, f"the gradient of {op.embedding_name}"),
-            op._from_rows(g_b),
-            cast_result(xp, g_lam, out_dtype, "the gradient of lam"),
-            info,
-        )
+        with results_checked():
+            # −[(U lᵀ) r + (U rᵀ) l] as one (D, 2m) @ (2m, n) product, with −scale folded
+            # into the small factor, so that the only (D, n) array allocated is the result.
+            small = op._U @ xp.matrix_transpose(xp.concat([left, right], axis=-2))
+            small = op._embedding_signature(small * (-scale)[..., None, None])
+            g_U = small @ xp.concat([right, left], axis=-2)
+            g_lam = -inner(xp, g, x_rows) * scale
+            return (
+                cast_result(xp, g_U, op._input_dtype, f"the gradient of {op.embedding_name}"),
+                op._from_rows(g_b),
+                cast_result(xp, g_lam, out_dtype, "the gradient of lam"),
+                info,
+            )

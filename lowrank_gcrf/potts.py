@@ -6,6 +6,7 @@ from typing import Any
 
 from .capacitance import CapacitanceSystem
 from .cholesky import cholesky_lower
+from .dtypes import dtype_name
 from .errors import GCRFError, IndefiniteSystemError
 from .factorization import Factorization
 from .host_reads import to_host
@@ -162,8 +163,7 @@ class PottsOperator(GCRFOperator):
         xp = self.xp
         U = self.U
         frobenius = xp.sum(xp.vecdot(U, U, axis=-1), axis=-1)
-        gamma = 2.0 * (U.shape[-2] + U.shape[-1]) * float(xp.finfo(U.dtype).eps)
-        return bool(to_host(xp, xp.all(frobenius * (1.0 + gamma) < self.lam)))
+        return bool(to_host(xp, xp.all(frobenius * (1.0 + self._rounding_bound()) < self.lam)))
 
     def _mu_max(self, gram: Any) -> Any:
         xp = self.xp
@@ -173,21 +173,40 @@ class PottsOperator(GCRFOperator):
         xp = self.xp
         mu = self._mu_max(gram)
         bad = xp.astype(self.lam, xp.float64) <= mu
-        # The Cholesky factor fails only with rounding to blame when no λ ≤ μ_max.
-        raise self._indefinite_error(mu, bad if bool(xp.any(bad)) else xp.ones_like(bad), "")
+        if bool(xp.any(bad)):
+            raise self._indefinite_error(mu, bad, in_precision=False)
+        # The Cholesky factor failed with only rounding to blame: λ is within it of μ_max.
+        bad = self._within_rounding(mu)
+        bad = bad if bool(xp.any(bad)) else xp.ones_like(bad)
+        raise self._indefinite_error(mu, bad, in_precision=True)
 
-    def _indefinite_error(self, mu: Any, bad: Any, precision: str) -> IndefiniteSystemError:
+    def _within_rounding(self, mu: Any) -> Any:
+        """Systems whose ``λ − μ_max`` (float64) is within rounding of 0 (relative to λ)."""
+        lam = self.xp.astype(self.lam, self.xp.float64)
+        return lam - mu <= self._singular_tolerance() * lam
+
+    def _indefinite_error(self, mu: Any, bad: Any, *, in_precision: bool) -> IndefiniteSystemError:
         xp = self.xp
         lam = xp.astype(self.lam, xp.float64)
         lam_bad = float(xp.max(xp.where(bad, lam, -xp.inf)))
         mu_bad = float(xp.max(xp.where(bad, mu, -xp.inf)))
         count = int(xp.sum(xp.astype(bad, xp.int64)))
+        if in_precision:
+            tolerance = self._singular_tolerance()
+            where = " in the working precision"
+            advice = (
+                f"lam is within the rounding of {dtype_name(self.dtype)} (a relative "
+                f"{tolerance:.2g}) of ‖Ahat‖₂²: increase lam above ‖Ahat‖₂²·(1 + {tolerance:.2g})"
+                f" = {mu_bad * (1 + tolerance):.6g}"
+            )
+        else:
+            where, advice = "", "Increase lam above ‖Ahat‖₂²"
         return IndefiniteSystemError(
-            f"the Potts system λI + (J − I) ⊗ ÂᵀÂ is not positive definite{precision} in "
+            f"the Potts system λI + (J − I) ⊗ ÂᵀÂ is not positive definite{where} in "
             f"{count} system(s): lam = {lam_bad:.6g} but ‖Ahat‖₂² = {mu_bad:.6g} (the Potts "
-            "G-CRF needs lam > ‖Ahat‖₂², the largest eigenvalue of Ahat·Ahatᵀ). Increase lam "
-            "above ‖Ahat‖₂² or rescale the embeddings (the layers of lowrank_gcrf.adapters do "
-            "this by construction).",
+            f"G-CRF needs lam > ‖Ahat‖₂², the largest eigenvalue of Ahat·Ahatᵀ). {advice} or "
+            "rescale the embeddings (the layers of lowrank_gcrf.adapters do this by "
+            "construction).",
             lam=lam_bad,
             mu_max=mu_bad,
         )
@@ -197,11 +216,12 @@ class PottsOperator(GCRFOperator):
         xp = self.xp
         if self.num_rows == 1:
             return
+        # μ_max comes from a Gram rounded in the working dtype: within its rounding, a λ at
+        # ‖Â‖₂² (as another computation of it rounds) is singular, not merely ill-conditioned.
         mu = self._mu_max(small_gram(xp, self.U, self.embedding_name))
-        lam = xp.astype(self.lam, xp.float64)
-        bad = lam - mu <= float(xp.finfo(self.dtype).eps) * lam
+        bad = self._within_rounding(mu)
         if bool(xp.any(bad)):
-            raise self._indefinite_error(mu, bad, " in the working precision")
+            raise self._indefinite_error(mu, bad, in_precision=True)
 
     def _gradient_rows(self, x: Any, g: Any) -> tuple[Any, Any]:
         # C = J − I: Σᵢⱼ Cᵢⱼ (U gᵢ) xⱼᵀ = (U S_g) S_xᵀ − Σₖ (U gₖ) xₖᵀ, stacked as rows.

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import warnings
 from typing import Any
+
+import array_api_compat
+import numpy as np
 
 from .api import solve_potts
 from .dtypes import dtype_name, floating_dtypes
@@ -31,7 +35,7 @@ from .image_kernels import (
     potts_embeddings,
     scaled_to_strength,
 )
-from .validation import array_namespace, check_finite
+from .validation import array_namespace, check_array, check_finite
 
 #: Probabilities are clipped below at this value before their logarithm (as pydensecrf's
 #: ``unary_from_softmax``), so that a zero probability is a large finite penalty.
@@ -41,9 +45,41 @@ PROB_FLOOR = 1e-5
 SOLVE_RTOL = 1e-4
 
 
+#: The unit roundoff of float32, the precision networks compute their softmax in.
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+#: The largest colour a 0–255 image holds; a wider integer image above it is on another scale.
+COLOUR_MAX = 255
+#: A floating image above this is on another scale too: a 0–255 image stays far below it,
+#: even with the overshoot of a resampling filter (bicubic, Lanczos) at its edges.
+FLOAT_COLOUR_MAX = 2 * COLOUR_MAX
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _real(name: str, value: Any) -> float:
+    """``value`` as a Python float; a GCRFTypeError naming ``name`` unless it is a real
+    number (Python or NumPy, booleans refused: ``sxy=True`` is a bug, not 1 pixel)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise GCRFTypeError(f"{name} must be a real number, got {_describe(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range
+        return math.inf
+
+
+def _integer(name: str, value: Any) -> int:
+    """``value`` as a Python int; a GCRFTypeError naming ``name`` unless it is an integer
+    (Python or NumPy; booleans and floats refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise GCRFTypeError(f"{name} must be an integer, got {_describe(value)}")
+    return int(value)
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     ok = value >= 0 if allow_zero else value > 0
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
+    if not (math.isfinite(value) and ok):
         bound = "≥ 0" if allow_zero else "> 0"
         raise GCRFError(f"{name} must be a finite number {bound}, got {value!r}")
 
@@ -53,7 +89,9 @@ class RefineParameters:
     """The dense CRF kernels, their approximation and the strength of a refinement.
 
     The fields and their defaults are :func:`refine`'s keywords of the same names (see
-    there); construction validates them and raises :class:`GCRFError` on bad values.
+    there). Construction validates them, raising :class:`GCRFTypeError` for a value of the
+    wrong type and :class:`GCRFError` for one out of range, and stores numbers as Python
+    ``float`` and ``int`` (NumPy scalars are accepted).
     """
 
     sxy: float = 80.0
@@ -70,6 +108,10 @@ class RefineParameters:
     normalization: str = "symmetric"
 
     def __post_init__(self) -> None:
+        for name in ("sxy", "srgb", "sxy_smooth", "w_appearance", "w_smooth", "strength", "lam"):
+            object.__setattr__(self, name, _real(name, getattr(self, name)))
+        for name in ("rank", "landmarks", "seed"):
+            object.__setattr__(self, name, _integer(name, getattr(self, name)))
         for name in ("sxy", "srgb", "sxy_smooth", "lam"):
             _positive(name, getattr(self, name))
         _positive("w_appearance", self.w_appearance, allow_zero=True)
@@ -78,29 +120,62 @@ class RefineParameters:
             raise GCRFError(
                 "w_appearance and w_smooth are both 0: set at least one kernel weight > 0"
             )
-        if not (isinstance(self.strength, (int, float)) and 0 <= self.strength < 1):
+        if not 0 <= self.strength < 1:
             raise GCRFError(
                 f"strength must be in [0, 1) (it is ‖Â‖₂²/λ; the Potts system is positive "
                 f"definite only below 1), got {self.strength!r}"
             )
-        if not _is_count(self.rank) or self.rank < 1:
+        if self.rank < 1:
             raise GCRFError(f"rank must be a positive integer, got {self.rank!r}")
-        if not _is_count(self.landmarks) or self.landmarks < self.rank:
+        if self.landmarks < self.rank:
             raise GCRFError(
                 f"landmarks must be an integer ≥ rank ({self.rank}), got {self.landmarks!r}: "
                 "the rank-D embeddings are compressed from the m landmarks' approximation"
             )
-        if not _is_count(self.seed):
-            raise GCRFError(f"seed must be an integer, got {self.seed!r}")
+        if self.seed < 0:
+            raise GCRFError(
+                f"seed must be an integer ≥ 0 (it seeds numpy.random.default_rng), got "
+                f"{self.seed!r}"
+            )
         check_kernel_options(self.approximation, self.normalization)
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _spatial_dims(value: Any) -> int:
+    spatial_dims = _integer("spatial_dims", value)
+    if spatial_dims not in (1, 2, 3):
+        raise GCRFError(f"spatial_dims must be 1, 2 or 3, got {value!r}")
+    return spatial_dims
 
 
-def _check_shapes(probs: Any, image: Any, spatial_dims: int) -> tuple[tuple[int, ...], ...]:
-    """Batch shape, labels and spatial shape; raise when probs and image disagree."""
+def _channels_first(xp: Any, image: Any, spatial_dims: int, channel_axis: Any) -> Any:
+    """``image`` with its channel axis moved where refine reads it, before the spatial axes.
+
+    ``channel_axis=None`` reads the image as it is, (..., C, *spatial).
+    """
+    if channel_axis is None:
+        return image
+    axis = _integer("channel_axis", channel_axis)
+    if not -image.ndim <= axis < image.ndim:
+        raise GCRFError(
+            f"channel_axis={axis} is not an axis of image, whose shape is {tuple(image.shape)}"
+        )
+    target = image.ndim - spatial_dims - 1
+    axis %= image.ndim
+    if target < 0 or axis == target:
+        return image  # too few axes: the shape check reports it
+    order = [i for i in range(image.ndim) if i != axis]
+    order.insert(target, axis)
+    return xp.permute_dims(image, tuple(order))
+
+
+def _check_shapes(
+    probs: Any, image: Any, spatial_dims: int, given: tuple[int, ...], channel_axis: Any
+) -> tuple[tuple[int, ...], ...]:
+    """Batch shape, labels and spatial shape; raise when probs and image disagree.
+
+    ``image`` is read as (..., C, *spatial) (channels moved by :func:`_channels_first`);
+    ``given`` is its shape as passed, for the messages.
+    """
     for name, a in (("probs", probs), ("image", image)):
         if a.ndim < spatial_dims + 1:
             axis = "L" if name == "probs" else "C"
@@ -108,19 +183,32 @@ def _check_shapes(probs: Any, image: Any, spatial_dims: int) -> tuple[tuple[int,
                 f"{name} has shape {tuple(a.shape)}; with spatial_dims={spatial_dims} it must "
                 f"have shape (..., {axis}, {', '.join('S' * spatial_dims)}) — set spatial_dims "
                 "to the number of trailing spatial axes"
+                + ("; a grayscale image needs a channel axis of length 1" if axis == "C" else "")
             )
     batch, spatial = tuple(probs.shape[: -spatial_dims - 1]), tuple(probs.shape[-spatial_dims:])
-    if (
-        tuple(image.shape[: -spatial_dims - 1]) != batch
-        or tuple(image.shape[-spatial_dims:]) != spatial
-    ):
+    image_batch = tuple(image.shape[: -spatial_dims - 1])
+    image_spatial = tuple(image.shape[-spatial_dims:])
+    if (image_batch, image_spatial) != (batch, spatial):
+        if channel_axis is None and given[-1] in (3, 4) and given[:-1] == batch + spatial:
+            raise GCRFError(
+                f"image has shape {given}, channels last (as scikit-image, PIL and pydensecrf "
+                "lay images out), but refine reads image as (..., C, *spatial) by default: "
+                "pass channel_axis=-1"
+            )
+        read = "as (..., C, *spatial)"
+        if channel_axis is not None:
+            read += f" with its channel_axis={channel_axis} moved there"
         raise GCRFError(
             f"probs has shape {tuple(probs.shape)} (batch {batch}, spatial {spatial}) but image "
-            f"has shape {tuple(image.shape)}: image must be (..., C, *spatial) with the batch "
-            "and spatial shape of probs (resize the probabilities to the image first)"
+            f"has shape {given}, read {read}: batch {image_batch}, spatial {image_spatial}. "
+            "The image must be (..., C, *spatial) with the batch and spatial shape of probs: "
+            "pass channel_axis for another layout of the image, and resize the "
+            "probabilities (or the image) where the spatial shapes differ"
         )
     if probs.shape[-spatial_dims - 1] == 0 or image.shape[-spatial_dims - 1] == 0:
         raise GCRFError("probs needs at least one label and image at least one channel")
+    if math.prod(spatial) == 0:
+        raise GCRFError(f"probs and image have no pixels: their spatial shape is {spatial}")
     return batch, (int(probs.shape[-spatial_dims - 1]),), spatial
 
 
@@ -136,9 +224,15 @@ def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> Non
             "probs has negative values; pass probabilities (a softmax), or pass the scores "
             "with logits=True"
         )
-    # Rounding of a softmax computed in this dtype and of its L-term sum stays far below this.
+    if probs.size == 0:
+        return
+    # A softmax computed in precision ε sums to 1 within about L·ε (the roundings of its L
+    # exponentials, of their sum and of each quotient), and √ε is room for what comes after
+    # it (resampling, averaging). The precision the values carry is not their dtype's when
+    # they were cast up: a network's float32 softmax cast to float64 has float32's
+    # rounding. Networks compute in float32 or wider, so L·ε is taken at least float32's.
     eps = float(xp.finfo(probs.dtype).eps)
-    tol = math.sqrt(eps) + num_labels * eps
+    tol = math.sqrt(eps) + num_labels * max(eps, FLOAT32_EPS)
     total = xp.sum(xp.astype(probs, _compute_dtype(xp, probs)), axis=axis)
     worst = float(xp.max(xp.abs(total - 1.0)))
     if worst > tol:
@@ -150,8 +244,9 @@ def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> Non
 
 
 def _check_image(xp: Any, image: Any) -> None:
+    integral = xp.isdtype(image.dtype, "integral")
     if xp.isdtype(image.dtype, "bool") or not (
-        xp.isdtype(image.dtype, "integral")
+        integral
         or xp.isdtype(image.dtype, "real floating")
         or dtype_name(image.dtype) in ("float16", "bfloat16")
     ):
@@ -159,15 +254,26 @@ def _check_image(xp: Any, image: Any) -> None:
             f"image has dtype {dtype_name(image.dtype)}; pass uint8 (0–255) or a real floating "
             "image on the 0–255 scale"
         )
-    if not xp.isdtype(image.dtype, "integral"):
+    if not integral:
         check_finite(xp, image, "image")
-        if image.size and float(xp.max(xp.abs(image))) <= 1.0:
-            warnings.warn(
-                "image is floating point with values in [-1, 1]; refine reads colours on the "
-                "0–255 scale (srgb is in those units): multiply a [0, 1] image by 255",
-                UserWarning,
-                stacklevel=3,
-            )
+    if image.size == 0 or dtype_name(image.dtype) == "uint8":
+        return
+    top = float(xp.max(image))
+    if not integral and max(top, -float(xp.min(image))) <= 1.0:
+        warnings.warn(
+            "image is floating point with values in [-1, 1]; refine reads colours on the "
+            "0–255 scale (srgb is in those units): multiply a [0, 1] image by 255",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif top > (COLOUR_MAX if integral else FLOAT_COLOUR_MAX):
+        warnings.warn(
+            f"image has values up to {top:g} ({dtype_name(image.dtype)}); refine reads colours "
+            "on the 0–255 scale (srgb is in those units): rescale a 12- or 16-bit image to "
+            "0–255 (e.g. image * (255 / 4095) for 12 bits), or give srgb in its units",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def refine(
@@ -183,6 +289,7 @@ def refine(
     rank: int = 32,
     landmarks: int = 128,
     spatial_dims: int = 2,
+    channel_axis: int | None = None,
     seed: int = 0,
     logits: bool = False,
     lam: float = 1.0,
@@ -204,10 +311,12 @@ def refine(
     probs : array (..., L, *spatial)
         Class probabilities (a softmax over axis ``-spatial_dims - 1``), or unnormalised
         scores with ``logits=True``. float16 and bfloat16 are computed in float32.
-    image : array (..., C, *spatial)
+    image : array (..., C, *spatial), or the layout ``channel_axis`` names
         The image, any number of channels C, same batch and spatial shape as ``probs``:
         uint8 (0–255) or floating **on the same 0–255 scale** (multiply a [0, 1] image by
-        255; a warning is emitted for a floating image within [−1, 1]).
+        255). A warning is emitted for a floating image within [−1, 1], and for an image
+        on a wider scale, such as 12- or 16-bit: an integer image above 255, a floating one
+        above 510 (a 0–255 image resampled with overshoot stays below).
     sxy, srgb : float, default 80 and 13
         Appearance kernel bandwidths (pydensecrf's ``addPairwiseBilateral(sxy, srgb)``,
         DeepLab's θα and θβ): pixels within about sxy pixels and srgb colour levels of each
@@ -233,7 +342,14 @@ def refine(
         D (see the benchmark); the feature map costs about m·P kernel evaluations and one
         rank × m by m × P product.
     spatial_dims : {1, 2, 3}, default 2
-        Number of trailing spatial axes (3 for volumes).
+        Number of trailing spatial axes of ``probs`` (3 for volumes).
+    channel_axis : int, optional
+        The axis of ``image`` that holds its channels, as scikit-image's ``channel_axis``:
+        ``-1`` for the (..., H, W, C) layout of scikit-image, PIL and pydensecrf. The other
+        axes are read as ``probs``'s, batch then spatial. Default: channels right before
+        the spatial axes, (..., C, *spatial) (axis −3 for 2-D images). Unlike in
+        scikit-image, ``None`` does not mean grayscale: give a grayscale image a channel
+        axis of length 1.
     seed : int, default 0
         Seeds the landmark sampling and k-means (or the random features): the result is
         deterministic, and each image of a batch gets the same result as alone.
@@ -261,9 +377,19 @@ def refine(
     ------
     GCRFError
         Shapes that disagree, NaN or Inf, probabilities that are negative or do not sum to
-        1 (tolerance √eps + L·eps of their dtype), parameters out of range.
+        1 (tolerance √ε + L·ε, ε that of their dtype, at least float32's: a float32
+        softmax cast to float64 carries float32's rounding), parameters out of range, a
+        bandwidth too small for the image to evaluate its kernel even in float64.
     GCRFTypeError
-        Non-array inputs, arrays from different libraries, a non-floating ``probs``.
+        Non-array inputs, arrays from different libraries, a non-floating ``probs``,
+        parameters of the wrong type (booleans included; NumPy scalars are accepted).
+
+    Notes
+    -----
+    The kernels are computed in the dtype of the solve (float32 or float64, from
+    ``probs``), or in float64 where a bandwidth is so small against the image that the
+    scaled features exceed 1/√ε of float32 (beyond it the Gaussian's exponent loses all
+    precision); an empty batch gives an empty result.
 
     Examples
     --------
@@ -275,6 +401,9 @@ def refine(
     >>> refined = lg.refine(probs, image)
     >>> refined.shape, bool(np.allclose(refined.sum(axis=0), 1.0))
     ((4, 32, 32), True)
+    >>> hwc = np.ascontiguousarray(image.transpose(1, 2, 0))   # (H, W, C), as scikit-image
+    >>> bool(np.array_equal(lg.refine(probs, hwc, channel_axis=-1), refined))
+    True
     """
     params = RefineParameters(
         sxy=sxy,
@@ -290,9 +419,13 @@ def refine(
         approximation=approximation,
         normalization=normalization,
     )
-    shape = check_refine_inputs(probs, image, spatial_dims=spatial_dims, logits=logits)
+    shape = check_refine_inputs(
+        probs, image, spatial_dims=spatial_dims, logits=logits, channel_axis=channel_axis
+    )
     xp = shape.xp
-    Ahat = refine_embeddings(image, params, spatial_dims=spatial_dims, dtype=shape.compute)
+    Ahat = refine_embeddings(
+        image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
+    )
     scores = xp.astype(probs, shape.compute)
     if not logits:
         scores = xp.log(xp.maximum(scores, PROB_FLOOR))
@@ -324,7 +457,9 @@ class RefineShape:
     compute: Any
 
 
-def check_refine_inputs(probs: Any, image: Any, *, spatial_dims: int, logits: bool) -> RefineShape:
+def check_refine_inputs(
+    probs: Any, image: Any, *, spatial_dims: int, logits: bool, channel_axis: int | None = None
+) -> RefineShape:
     """Validate :func:`refine`'s arrays (the adapters call it on their tensors' core views).
 
     Raises
@@ -332,10 +467,15 @@ def check_refine_inputs(probs: Any, image: Any, *, spatial_dims: int, logits: bo
     GCRFError, GCRFTypeError
         As listed in :func:`refine`.
     """
+    check_array(probs, "probs")
+    check_array(image, "image")
     xp = array_namespace(probs, image)
-    if spatial_dims not in (1, 2, 3):
-        raise GCRFError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-    batch, (num_labels,), spatial = _check_shapes(probs, image, spatial_dims)
+    spatial_dims = _spatial_dims(spatial_dims)
+    if not isinstance(logits, (bool, np.bool_)):
+        raise GCRFTypeError(f"logits must be True or False, got {_describe(logits)}")
+    given = tuple(image.shape)
+    image = _channels_first(xp, image, spatial_dims, channel_axis)
+    batch, (num_labels,), spatial = _check_shapes(probs, image, spatial_dims, given, channel_axis)
     compute = _compute_dtype(xp, probs)
     _check_image(xp, image)
     check_finite(xp, probs, "probs")
@@ -345,39 +485,57 @@ def check_refine_inputs(probs: Any, image: Any, *, spatial_dims: int, logits: bo
 
 
 def refine_embeddings(
-    image: Any, params: RefineParameters, *, spatial_dims: int, dtype: Any
+    image: Any,
+    params: RefineParameters,
+    *,
+    spatial_dims: int,
+    dtype: Any,
+    channel_axis: int | None = None,
 ) -> Any:
     """The Potts embeddings Â (n, D, P) that :func:`refine` solves with, one per image.
 
-    ``image`` (..., C, *spatial) is flattened to n = prod(...) images; each gets the
-    rank-D features of the dense CRF kernels (:mod:`lowrank_gcrf.image_kernels`), and the
-    batch is scaled so that ``‖Â‖₂² = strength · λ`` per image. Not differentiable (the image
-    is data): the adapters compute Â with it and differentiate through the solve.
+    ``image`` (..., C, *spatial), or the layout ``channel_axis`` names (see :func:`refine`),
+    is flattened to n = prod(...) images; each gets the rank-D features of the dense CRF
+    kernels (:mod:`lowrank_gcrf.image_kernels`), and the batch is scaled so that
+    ``‖Â‖₂² = strength · λ`` per image. Â comes in ``dtype``; an empty batch gives an empty
+    (0, D, P) array. Not differentiable (the image is data): the adapters compute Â with it
+    and differentiate through the solve.
     """
     xp = array_namespace(image)
+    spatial_dims = _spatial_dims(spatial_dims)
+    image = _channels_first(xp, image, spatial_dims, channel_axis)
     spatial = tuple(image.shape[-spatial_dims:])
     channels = image.shape[-spatial_dims - 1]
     n_images = math.prod(image.shape[: -spatial_dims - 1])
+    if n_images == 0:
+        device = array_api_compat.device(image)
+        return xp.zeros((0, params.rank, math.prod(spatial)), dtype=dtype, device=device)
     images = xp.reshape(image, (n_images, channels, *spatial))
+    # Only the weights' ratio matters (the embeddings are scaled to the strength): relative
+    # to the larger, a weight such as 1e300 cannot overflow float32 on its way.
+    top = max(params.w_appearance, params.w_smooth)
     embeddings = [
-        potts_embeddings(
-            xp,
-            dense_crf_features(
+        xp.astype(
+            potts_embeddings(
                 xp,
-                images[i, ...],
-                sxy=params.sxy,
-                srgb=params.srgb,
-                sxy_smooth=params.sxy_smooth,
-                w_appearance=params.w_appearance,
-                w_smooth=params.w_smooth,
-                landmarks=params.landmarks,
-                approximation=params.approximation,
+                dense_crf_features(
+                    xp,
+                    images[i, ...],
+                    sxy=params.sxy,
+                    srgb=params.srgb,
+                    sxy_smooth=params.sxy_smooth,
+                    w_appearance=params.w_appearance / top,
+                    w_smooth=params.w_smooth / top,
+                    landmarks=params.landmarks,
+                    approximation=params.approximation,
+                    seed=params.seed,
+                    dtype=dtype,
+                ),
+                rank=params.rank,
+                normalization=params.normalization,
                 seed=params.seed,
-                dtype=dtype,
             ),
-            rank=params.rank,
-            normalization=params.normalization,
-            seed=params.seed,
+            dtype,
         )
         for i in range(n_images)
     ]

@@ -43,14 +43,26 @@ def is_numpy(xp: Any) -> bool:
     return array_api_compat.is_numpy_namespace(xp)
 
 
+def check_array(a: Any, name: str) -> None:
+    """Raise :class:`GCRFTypeError` naming ``name`` unless ``a`` is an array-API array."""
+    if not array_api_compat.is_array_api_obj(a):
+        raise GCRFTypeError(
+            f"expected arrays (NumPy, CuPy or another array-API library), but {name} is a "
+            f"{type(a).__name__}; convert it with numpy.asarray or cupy.asarray first"
+        )
+
+
 def check_finite(xp: Any, a: Any, name: str) -> None:
     """Raise if ``a`` holds NaN or ±Inf."""
     if is_numpy(xp) and a.dtype in (np.float32, np.float64) and a.flags.c_contiguous:
         # A finite ‖a‖² proves every entry finite (NaN and ±Inf propagate through the squares)
         # and is one BLAS dot, half the time of isfinite + all on a large embedding; an
-        # overflowing sum of finite entries falls through to the exact test.
+        # overflowing sum of finite entries falls through to the exact test, so its overflow
+        # is expected and must not warn.
         flat = a.reshape(-1)
-        if math.isfinite(float(np.dot(flat, flat))):
+        with np.errstate(over="ignore", invalid="ignore"):
+            norm2 = float(np.dot(flat, flat))
+        if math.isfinite(norm2):
             return
     if not bool(to_host(xp, xp.all(xp.isfinite(a)))):
         raise GCRFError(
@@ -59,15 +71,25 @@ def check_finite(xp: Any, a: Any, name: str) -> None:
         )
 
 
+#: The layout of each embedding argument, for messages (others read as ``(..., D, N)``).
+EMBEDDING_LAYOUTS = {"A": "(..., D, N)", "Ahat": "(..., D, P)", "Gamma": "(..., E, N)"}
+
+
 def check_embeddings(xp: Any, A: Any, name: str) -> None:
-    """Check an embedding array of shape (..., D, n)."""
-    if A.ndim < 2:
+    """Check an embedding array of shape (..., D, n): at least 2 dimensions, none empty."""
+    check_embedding_shape(tuple(A.shape), name)
+
+
+def check_embedding_shape(shape: tuple[Any, ...], name: str) -> None:
+    """:func:`check_embeddings` on a shape (the adapters check framework shapes with it;
+    a size unknown while tracing, None, passes)."""
+    if len(shape) < 2:
+        layout = EMBEDDING_LAYOUTS.get(name, "(..., D, N)")
         raise GCRFError(
-            f"{name} must have shape (..., D, {'P' if name == 'Ahat' else 'N'}) with at least "
-            f"2 dimensions, got shape {tuple(A.shape)}"
+            f"{name} must have shape {layout} with at least 2 dimensions, got shape {shape}"
         )
-    if A.shape[-1] == 0 or A.shape[-2] == 0:
-        raise GCRFError(f"{name} has an empty dimension: shape {tuple(A.shape)}")
+    if shape[-1] == 0 or shape[-2] == 0:
+        raise GCRFError(f"{name} has an empty dimension: shape {shape}")
 
 
 def check_system_shape(

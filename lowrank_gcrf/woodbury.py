@@ -29,6 +29,15 @@ from .errors import GCRFError
 from .host_reads import to_host
 
 
+def gram_overflow_error(name: str, dtype: Any) -> GCRFError:
+    """The error of embeddings whose Gram (their squared norm) exceeds ``dtype``'s range."""
+    return GCRFError(
+        f"the Gram matrix of {name} overflows {dtype_name(dtype)}: the embeddings are too "
+        "large for this dtype (their squared norm exceeds its range); rescale them or use "
+        "float64"
+    )
+
+
 def working_gram(xp: Any, U: Any, name: str = "U") -> Any:
     """The smaller Gram of ``U`` (..., D, n) in U's dtype: ``UUᵀ`` if D < n, else ``UᵀU``.
 
@@ -40,11 +49,7 @@ def working_gram(xp: Any, U: Any, name: str = "U") -> Any:
     Ut = xp.matrix_transpose(U)
     gram = U @ Ut if U.shape[-2] < U.shape[-1] else Ut @ U
     if not bool(to_host(xp, xp.all(xp.isfinite(gram)))):
-        raise GCRFError(
-            f"the Gram matrix of {name} overflows {dtype_name(U.dtype)}: the embeddings are too "
-            "large for this dtype (their squared norm exceeds its range); rescale them or use "
-            "float64"
-        )
+        raise gram_overflow_error(name, U.dtype)
     return gram
 
 
