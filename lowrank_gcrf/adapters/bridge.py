@@ -10,6 +10,7 @@ Written here once, for PyTorch and TensorFlow alike:
   (:func:`initial_lam`) and the softplus parametrisation of a learnt λ;
 * the solver keywords (:func:`check_solver_kwargs`, validated by the core's
   :func:`~lowrank_gcrf.options.solver_options`);
+* the errors of a layer's positive-definiteness rescaling (:func:`check_rescaling`);
 * the forward/backward state (:class:`CoreSolve`), including the reduction of a shared
   0-d λ's gradient, for a model of the core's registry or the signed model on stacked
   embeddings (:class:`SignedStack`);
@@ -21,8 +22,9 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
+import array_api_compat
 import numpy as np
 
 from lowrank_gcrf.dtypes import check_floating, dtype_name, promote
@@ -33,7 +35,14 @@ from lowrank_gcrf.operators import GCRFOperator
 from lowrank_gcrf.options import SOLVER_KEYWORDS, SolverOptions, solver_options
 from lowrank_gcrf.refine import RefineParameters, check_refine_inputs
 from lowrank_gcrf.refine import refine_embeddings as image_embeddings
-from lowrank_gcrf.validation import check_lam_object
+from lowrank_gcrf.validation import (
+    array_namespace,
+    as_lam,
+    check_embedding_shape,
+    check_finite,
+    check_lam_object,
+)
+from lowrank_gcrf.woodbury import gram_overflow_error
 
 # DLPack device types (dlpack.h: kDLCPU, kDLCUDA).
 _DLPACK_CPU = 1
@@ -103,6 +112,24 @@ def softplus_inverse(value: float) -> float:
     return value + math.log(-math.expm1(-value))
 
 
+def check_rescaling(embeddings: Any, lam: Any, name: str) -> NoReturn:
+    """Raise the core's error for the inputs of a layer's positive-definiteness rescaling
+    whose float64 Gram, or whose λ, the framework found not finite (or λ ≤ 0).
+
+    The rescaling's eigensolve runs before the core sees the inputs, and would fail on them
+    with a linear-algebra error, or blame the embeddings for a diverged λ. ``embeddings`` is
+    the core view of the float64 copy the Gram was computed from, ``name`` the embeddings'
+    name in messages.
+    """
+    xp = array_namespace(embeddings)
+    check_finite(xp, embeddings, name)
+    if hasattr(lam, "shape"):
+        as_lam(xp, lam, tuple(lam.shape), lam.dtype, array_api_compat.device(lam))
+    else:
+        initial_lam(lam)
+    raise gram_overflow_error(name, embeddings.dtype)
+
+
 def check_solver_kwargs(kwargs: dict[str, Any]) -> SolverOptions:
     """The solver keywords, validated by name and value."""
     unknown = sorted(set(kwargs) - set(SOLVER_KEYWORDS))
@@ -124,18 +151,31 @@ class SignedStack:
     repulsive_rank: int
 
 
-def signed_stack(A_shape: Any, Gamma_shape: Any) -> SignedStack:
-    """The stacking of A (..., D, N) and Γ (..., E, N), either None (its shape None)."""
-    if A_shape is None and Gamma_shape is None:
+def signed_stack(
+    A: tuple[Any, Any] | None, Gamma: tuple[Any, Any] | None
+) -> tuple[SignedStack, str]:
+    """The stacking of A (..., D, N) and Γ (..., E, N), each given as ``(shape, dtype)`` or
+    None, and the dtype name both are cast to before they are stacked.
+
+    The core's checks, before any framework concatenation could cast an integer factor or
+    fail on a factor of fewer than 2 dimensions: each present factor floating and of shape
+    (..., rows, N), and the two sharing the batch shape and N.
+    """
+    present = {name: spec for name, spec in (("A", A), ("Gamma", Gamma)) if spec is not None}
+    if not present:
         raise GCRFError("the signed model needs A, Gamma or both; both are None")
-    if A_shape is not None and Gamma_shape is not None:
-        A_shape, Gamma_shape = tuple(A_shape), tuple(Gamma_shape)
-        if len(A_shape) < 2 or A_shape[:-2] != Gamma_shape[:-2] or A_shape[-1:] != Gamma_shape[-1:]:
+    for name, (shape, dtype) in present.items():
+        check_floating(dtype_name(dtype), name)
+        check_embedding_shape(tuple(shape), name)
+    if len(present) == 2:
+        A_shape, Gamma_shape = (tuple(shape) for shape, _ in present.values())
+        if A_shape[:-2] != Gamma_shape[:-2] or A_shape[-1:] != Gamma_shape[-1:]:
             raise GCRFError(
                 f"A (..., D, N) and Gamma (..., E, N) must share the batch shape and N, got "
                 f"shapes {A_shape} and {Gamma_shape}"
             )
-    return SignedStack(0 if A_shape is None else int(tuple(A_shape)[-2]))
+    _, common = promote(*(dtype_name(dtype) for _, dtype in present.values()))
+    return SignedStack(0 if A is None else int(tuple(A[0])[-2])), common
 
 
 #: What the bridge solves: a model name of the core's registry, or the signed model on

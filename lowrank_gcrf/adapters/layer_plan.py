@@ -42,10 +42,11 @@ class LayerModel:
     per_label : bool
         One embedding per pixel and label (the unary flattens to L·P nodes), or one per
         pixel shared by the labels (the unary keeps its label axis).
-    rescaled : {"all", "attractive"} or None
-        Which embeddings ``pd_bound`` rescales to keep the system positive definite: all of
-        them (Potts: ‖Â‖₂² < λ is its definiteness condition), the attractive ones (signed:
-        ‖Γ‖₂² < λ suffices whatever A is), or none (general: PD for any A).
+    rescaled : str or None
+        The embeddings ``pd_bound`` rescales to keep the system positive definite, by their
+        name in messages: ``"Ahat"`` (Potts: ‖Â‖₂² < λ is its definiteness condition),
+        ``"Gamma"`` (signed: the attractive embeddings; ‖Γ‖₂² < λ suffices whatever A is),
+        or None (general: PD for any A).
     in_heads : bool
         ``GCRFHead`` builds it (its embeddings come from one convolution, without a split).
     attractive_split : bool
@@ -64,12 +65,12 @@ class LayerModel:
 #: The per-model table, one row per name of the core's registry.
 LAYER_MODELS = {
     "general": LayerModel("general", ("D", "L"), per_label=True, rescaled=None, in_heads=True),
-    "potts": LayerModel("potts", ("D",), per_label=False, rescaled="all", in_heads=True),
+    "potts": LayerModel("potts", ("D",), per_label=False, rescaled="Ahat", in_heads=True),
     "signed": LayerModel(
         "signed",
         ("D+E", "L"),
         per_label=True,
-        rescaled="attractive",
+        rescaled="Gamma",
         in_heads=False,
         attractive_split=True,
     ),
@@ -251,9 +252,8 @@ def solve_plan(settings: LayerSettings, channels: int, compute_dtype: str) -> So
             )
         first_attractive = channels - settings.attractive_dim
         solve_as = SignedStack(first_attractive)
-    rescaled_from = None
-    if settings.pd_bound is not None and spec.rescaled is not None:
-        rescaled_from = first_attractive if spec.rescaled == "attractive" else 0
+    rescales = settings.pd_bound is not None and spec.rescaled is not None
+    rescaled_from = first_attractive if rescales else None
     return SolvePlan(solve_as, rescaled_from, settings.options(compute_dtype))
 
 

@@ -9,12 +9,12 @@ modes, errors and limitations: :mod:`lowrank_gcrf.adapters.tensorflow.op`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import tensorflow as tf
 
-from lowrank_gcrf.adapters.bridge import check_solver_kwargs, signed_stack, solve_dtype_names
-from lowrank_gcrf.adapters.tensorflow.op import solve_tensors
+from lowrank_gcrf.adapters.bridge import check_rescaling, check_solver_kwargs, signed_stack
+from lowrank_gcrf.adapters.tensorflow.op import solve_tensors, tensor_to_core
 
 
 def solve(A: Any, b: Any, lam: Any, **solver_kwargs: Any) -> tf.Tensor:
@@ -132,21 +132,22 @@ def solve_signed(A: Any, Gamma: Any, b: Any, lam: Any, **solver_kwargs: Any) -> 
     """
     A, Gamma = (None if t is None else tf.convert_to_tensor(t) for t in (A, Gamma))
     # Static shapes: D must be known while tracing (it splits the stacked gradient).
-    stack = signed_stack(*(None if t is None else t.shape.as_list() for t in (A, Gamma)))
-    parts = [t for t in (A, Gamma) if t is not None]
-    if len(parts) == 2:
-        _, common = solve_dtype_names(parts[0].dtype, parts[1].dtype)
-        parts = [tf.cast(t, common) for t in parts]
+    stack, common = signed_stack(
+        *(None if t is None else (t.shape.as_list(), t.dtype) for t in (A, Gamma))
+    )
+    parts = [tf.cast(t, common) for t in (A, Gamma) if t is not None]
     # One tensor carries both factors: the gradient of tf.concat splits between them.
     U = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-2)
     return solve_tensors(stack, U, b, lam, check_solver_kwargs(solver_kwargs))
 
 
-def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float) -> tf.Tensor:
+def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float, *, name: str = "Ahat") -> tf.Tensor:
     """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
 
     As :func:`lowrank_gcrf.adapters.torch.pd_scaled`: the exact ``‖Â‖₂²`` from the D×D Gram
-    (``eigvalsh`` in float64), factor ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``.
+    (``eigvalsh`` in float64), factor ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``; embeddings
+    with NaN or Inf, a Gram beyond float64 or a λ that is not finite and > 0 raise the core's
+    error (inside ``tf.function`` as ``tf.errors.InvalidArgumentError`` with its message).
 
     Examples
     --------
@@ -158,17 +159,39 @@ def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float) -> tf.Tensor:
     True
     """
     wide = tf.cast(Ahat, tf.float64)  # a half-precision or huge float32 Gram would overflow
+    # dtype_hint: a Python float λ must reach float64 without a float32 rounding on the way.
+    lam = tf.cast(tf.convert_to_tensor(lam, dtype_hint=tf.float64), tf.float64)
     gram = tf.matmul(wide, wide, transpose_b=True)
+    usable = (
+        tf.reduce_all(tf.math.is_finite(gram))
+        & tf.reduce_all(tf.math.is_finite(lam))
+        & tf.reduce_all(lam > 0)
+    )
+
+    def check(wide_: tf.Tensor, lam_: tf.Tensor) -> NoReturn:
+        check_rescaling(tensor_to_core(wide_), tensor_to_core(lam_), name)
+
+    if tf.executing_eagerly():
+        if not bool(usable):
+            check(wide, lam)
+    else:
+        checked = tf.cond(
+            usable,
+            lambda: tf.constant(True),
+            lambda: tf.py_function(check, [wide, lam], tf.bool),
+        )
+        with tf.control_dependencies([checked]):
+            gram = tf.identity(gram)
     mu = tf.linalg.eigvalsh(gram)[..., -1]
-    target = bound * tf.cast(lam, tf.float64)
+    target = bound * lam
     factor = tf.sqrt(target / tf.maximum(mu, target))
     return Ahat * tf.cast(factor, Ahat.dtype)[..., None, None]
 
 
-def pd_rescaled(A: tf.Tensor, first: int | None, lam: Any, bound: float) -> tf.Tensor:
+def pd_rescaled(A: tf.Tensor, first: int | None, lam: Any, bound: float, name: str) -> tf.Tensor:
     """``A`` (B, C, n) with its channels ``first:`` rescaled by :func:`pd_scaled` (a layer's
     plan, :class:`~lowrank_gcrf.adapters.layer_plan.SolvePlan`); ``A`` itself for None."""
     if first is None:
         return A
-    scaled = pd_scaled(A[:, first:], lam, bound)
+    scaled = pd_scaled(A[:, first:], lam, bound, name=name)
     return scaled if first == 0 else tf.concat([A[:, :first], scaled], axis=1)

@@ -171,7 +171,9 @@ class DenseGCRF(keras.layers.Layer):
         dtypes = dtype_plan(A, b)
         plan = solve_plan(self.settings, A.shape[1], dtypes[0].name)
         lam = self.lam
-        A = pd_rescaled(A, plan.rescaled_from, lam, self.settings.pd_bound)
+        A = pd_rescaled(
+            A, plan.rescaled_from, lam, self.settings.pd_bound, self.settings.spec.rescaled
+        )
         x = solve_tensors(plan.solve_as, A, b, lam, plan.options, dtypes)
         x = tf.reshape(x, shape_of(first_unary))
         return x if self.data_format == "channels_first" else to_channels_last(x)

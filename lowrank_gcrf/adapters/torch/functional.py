@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lowrank_gcrf.adapters.bridge import check_solver_kwargs, signed_stack
-from lowrank_gcrf.adapters.torch.autograd import solve_tensors
+from lowrank_gcrf.adapters.bridge import check_rescaling, check_solver_kwargs, signed_stack
+from lowrank_gcrf.adapters.torch.autograd import solve_tensors, tensor_to_core
 from lowrank_gcrf.errors import GCRFTypeError
 
 
@@ -145,18 +145,21 @@ def solve_signed(
             "expected torch tensors (or None) for A and Gamma; use lowrank_gcrf.solve_signed "
             "for NumPy or CuPy arrays"
         )
-    stack = signed_stack(*(None if t is None else t.shape for t in (A, Gamma)))
+    stack, common = signed_stack(*(None if t is None else (t.shape, t.dtype) for t in (A, Gamma)))
+    parts = [t.to(getattr(torch, common)) for t in parts]
     U = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
     # One tensor carries both factors: torch.cat splits its gradient between them.
     return solve_tensors(stack, U, b, lam, check_solver_kwargs(solver_kwargs))
 
 
-def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float) -> Tensor:
+def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float, *, name: str = "Ahat") -> Tensor:
     """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
 
     ``‖Â‖₂²`` is the largest eigenvalue of the D×D Gram ``ÂÂᵀ``, exact (``eigvalsh``, in
     float64); the factor is ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``, the identity (with zero
-    gradient) where the bound already holds.
+    gradient) where the bound already holds. Embeddings with NaN or Inf, a Gram beyond
+    float64 or a λ that is not finite and > 0 raise the core's
+    :class:`~lowrank_gcrf.GCRFError`, naming ``name`` or ``lam``.
 
     Examples
     --------
@@ -168,16 +171,27 @@ def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float) -> Tensor:
     """
     wide = Ahat.double()  # a half-precision or huge float32 Gram would overflow
     gram = wide @ wide.mT
+    usable = torch.isfinite(gram).all()
+    if isinstance(lam, Tensor):
+        usable = usable & torch.isfinite(lam).all() & (lam > 0).all()
+    if not bool(usable):
+        check_rescaling(tensor_to_core(wide), _lam_core(lam), name)
     mu = torch.linalg.eigvalsh(gram)[..., -1]
     target = bound * (lam.double() if isinstance(lam, Tensor) else lam)
     factor = torch.sqrt(target / torch.maximum(mu, torch.as_tensor(target, dtype=mu.dtype)))
     return Ahat * factor.to(Ahat.dtype)[..., None, None]
 
 
-def pd_rescaled(A: Tensor, first: int | None, lam: Tensor | float, bound: float) -> Tensor:
+def _lam_core(lam: Tensor | float) -> Any:
+    return tensor_to_core(lam.double()) if isinstance(lam, Tensor) else lam
+
+
+def pd_rescaled(
+    A: Tensor, first: int | None, lam: Tensor | float, bound: float, name: str
+) -> Tensor:
     """``A`` (B, C, n) with its channels ``first:`` rescaled by :func:`pd_scaled` (a layer's
     plan, :class:`~lowrank_gcrf.adapters.layer_plan.SolvePlan`); ``A`` itself for None."""
     if first is None:
         return A
-    scaled = pd_scaled(A[:, first:], lam, bound)
+    scaled = pd_scaled(A[:, first:], lam, bound, name=name)
     return scaled if first == 0 else torch.cat([A[:, :first], scaled], dim=1)

@@ -121,7 +121,9 @@ class DenseGCRF(nn.Module):
         plan = solve_plan(self.settings, shapes.dim, dtype_name(dtypes[0]))
         lam = self.lam
         A = embeddings.reshape(shapes.core_embeddings)
-        A = pd_rescaled(A, plan.rescaled_from, lam, self.settings.pd_bound)
+        A = pd_rescaled(
+            A, plan.rescaled_from, lam, self.settings.pd_bound, self.settings.spec.rescaled
+        )
         b = unary.reshape(shapes.core_unary)
         return solve_tensors(plan.solve_as, A, b, lam, plan.options, dtypes).reshape(shapes.output)
 
