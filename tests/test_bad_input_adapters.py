@@ -270,3 +270,36 @@ def test_tf_gradient_overflow_raises(case, traced):
     args = (tf_solve(case), tf.constant(U), tf.constant(b), tf.constant(lam, tf.float32))
     error = tf.errors.InvalidArgumentError if traced else lg.GCRFError
     assert_error(error, "overflows float32", maybe_traced(tf_gradients, traced), *args, weights)
+
+
+# -- the signed model's two factors, before they are stacked ------------------------------
+
+SIGNED_FACTOR_ERRORS = [
+    # (A, Gamma) as (shape, dtype) or None; the error and a fragment of its message
+    (((4, 30), "float32"), ((2, 30), "int32"), lg.GCRFTypeError, "Gamma has dtype int32"),
+    (((4, 30), "bool"), ((2, 30), "float32"), lg.GCRFTypeError, "A has dtype bool"),
+    (((30,), "float32"), None, lg.GCRFError, "A must have shape (..., D, N)"),
+    (None, ((30,), "float64"), lg.GCRFError, "Gamma must have shape (..., E, N)"),
+    (((4, 30), "float32"), ((2,), "float32"), lg.GCRFError, "Gamma must have shape"),
+]
+
+
+def signed_factor(spec, framework):
+    if spec is None:
+        return None
+    shape, dtype = spec
+    value = np.ones(shape, dtype=dtype)
+    return torch.from_numpy(value) if framework == "torch" else tf.constant(value)
+
+
+@pytest.mark.parametrize(("A", "Gamma", "error", "fragment"), SIGNED_FACTOR_ERRORS)
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_signed_factors_are_checked_before_they_are_stacked(A, Gamma, error, fragment, framework):
+    """An integer or boolean factor is refused, not cast by the concatenation (a bool Γ
+    gave a misleading IndefiniteSystemError); a factor of fewer than 2 dimensions gets the
+    core's shape message, not an IndexError from the stacking."""
+    adapter = tha if framework == "torch" else tfa
+    A, Gamma = signed_factor(A, framework), signed_factor(Gamma, framework)
+    b = np.zeros(30, dtype=np.float32)
+    b = torch.from_numpy(b) if framework == "torch" else tf.constant(b)
+    assert_error(error, fragment, adapter.solve_signed, A, Gamma, b, 1.0)

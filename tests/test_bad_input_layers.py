@@ -217,3 +217,104 @@ def test_keras_layer_refuses_bad_arguments():
         assert_error(lg.GCRFTypeError, fragment, tfa.DenseGCRF, lam=bad)
     for kwargs, error, fragment in LAYER_KEYWORD_ERRORS:
         assert_error(error, fragment, tfa.DenseGCRF, **kwargs)
+
+
+# -- what the positive-definiteness rescaling sees before the core -----------------------
+
+
+def broken_embeddings(case, kind: str) -> np.ndarray:
+    """float64 embeddings of ``layer_inputs`` with a NaN, an Inf, or rows ×1e200 (finite,
+    but their Gram beyond float64) in the rows the layer rescales."""
+    _, embeddings = layer_inputs(case, np.float64)
+    rows = embeddings[:, case.bounded_rows]
+    if kind == "overflow":
+        rows *= 1e200
+    else:
+        rows.reshape(-1)[0] = {"nan": np.nan, "inf": np.inf}[kind]
+    embeddings[:, case.bounded_rows] = rows
+    return embeddings
+
+
+BROKEN = pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("nan", "contains NaN or Inf"),
+        ("inf", "contains NaN or Inf"),
+        ("overflow", "overflows float64"),
+    ],
+)
+
+
+@BROKEN
+@bounded_models
+def test_torch_bounded_layer_names_embeddings_it_cannot_rescale(case, kind, fragment):
+    """NaN/Inf embeddings and a Gram beyond float64 get the core's message naming the
+    embeddings, not a failed eigensolve or zeroed embeddings."""
+    unary, _ = layer_inputs(case, np.float64)
+    layer = tha.DenseGCRF(**case.layer_kwargs())
+    embeddings = torch.from_numpy(broken_embeddings(case, kind))
+    assert_error(lg.GCRFError, fragment, layer, torch.from_numpy(unary), embeddings)
+
+
+@TRACED
+@BROKEN
+@bounded_models
+def test_keras_bounded_layer_names_embeddings_it_cannot_rescale(
+    case, kind, fragment, traced, channels_first
+):
+    """As the PyTorch layer; inside tf.function as InvalidArgumentError with the core's
+    message."""
+    unary, _ = layer_inputs(case, np.float64)
+    layer = tfa.DenseGCRF(**case.layer_kwargs(), dtype="float64")
+    call = maybe_traced(layer, traced)
+    error = tf.errors.InvalidArgumentError if traced else lg.GCRFError
+    assert_error(
+        error, fragment, call, tf.constant(unary), tf.constant(broken_embeddings(case, kind))
+    )
+
+
+@each_model
+def test_torch_layer_with_a_diverged_lam_names_lam(case):
+    """A learnt λ that diverged to NaN is blamed, not the embeddings it would rescale."""
+    unary, embeddings = (torch.from_numpy(a) for a in layer_inputs(case))
+    layer = tha.DenseGCRF(learn_lam=True, **case.layer_kwargs())
+    with torch.no_grad():
+        layer.raw_lam.fill_(float("nan"))
+    assert_error(lg.GCRFError, "lam must be finite and > 0", layer, unary, embeddings)
+
+
+@TRACED
+@each_model
+def test_keras_layer_with_a_diverged_lam_names_lam(case, traced, channels_first):
+    unary, embeddings = (tf.constant(a) for a in layer_inputs(case))
+    layer = tfa.DenseGCRF(learn_lam=True, **case.layer_kwargs())
+    layer(unary, embeddings)
+    layer.raw_lam.assign(float("nan"))
+    error = tf.errors.InvalidArgumentError if traced else lg.GCRFError
+    assert_error(
+        error, "lam must be finite and > 0", maybe_traced(layer, traced), unary, embeddings
+    )
+
+
+@each_model
+def test_torch_layer_refuses_numpy_embeddings(case):
+    unary, embeddings = layer_inputs(case)
+    layer = tha.DenseGCRF(**case.layer_kwargs())
+    assert_error(
+        lg.GCRFTypeError, "expected torch tensors", layer, torch.from_numpy(unary), embeddings
+    )
+
+
+@bounded_models
+def test_keras_float64_layer_bounds_with_float64_lam(case, channels_first):
+    """A fixed λ that float32 rounds (0.3) reaches the bound in float64: the Keras layer
+    gives the PyTorch layer's float64 output to rounding."""
+    unary, embeddings = bounded_layer_inputs(case, np.float64)
+    keras_layer = tfa.DenseGCRF(lam=0.3, **case.layer_kwargs(), dtype="float64")
+    torch_layer = tha.DenseGCRF(lam=0.3, **case.layer_kwargs())
+    got = keras_layer(tf.constant(unary), tf.constant(embeddings)).numpy()
+    expected = torch_layer(torch.from_numpy(unary), torch.from_numpy(embeddings)).numpy()
+    # Each float64 solve is within κ·rtol of the exact one (rtol = 1000ε); the float32
+    # rounding of λ moved the output by 2e-7.
+    kappa = case.layer_system(unary, embeddings, 0.3).kappa
+    assert_close(got, expected, 2 * kappa * 1000 * float(np.finfo(np.float64).eps))
