@@ -10,7 +10,8 @@ with p the pixel position and I its colour. Both are Gaussian kernels
 feature map ``Φ`` (m × P) with ``ΦᵀΦ ≈ W`` gives Potts G-CRF embeddings Â whose pairwise
 matrix ``ÂᵀÂ`` approximates the dense CRF's kernel (Eq. 11–12).
 
-Approximations (:data:`APPROXIMATIONS`), each from m landmarks or random features:
+Approximations (:data:`APPROXIMATIONS`), each from m landmarks or random features
+(:mod:`lowrank_gcrf.kernel_approximation`):
 
 * ``"nystrom-kmeans"`` (default): Nyström on landmarks placed by k-means in the joint feature
   space (low-dimensional: 1–3 position and C colour dimensions), so that landmarks follow
@@ -42,18 +43,12 @@ import array_api_compat
 import numpy as np
 
 from .errors import GCRFError
+from .kernel_approximation import KernelBlock, kernel_block
 
 #: Kernel approximations, the default first.
 APPROXIMATIONS = ("nystrom-kmeans", "nystrom-random", "rff")
 #: Kernel normalisations, the default first.
 NORMALIZATIONS = ("symmetric", "none")
-#: Lloyd iterations of the k-means landmark placement.
-KMEANS_ITERATIONS = 8
-#: k-means runs on a random subsample of this many pixels per landmark (at least 4096).
-KMEANS_PIXELS_PER_LANDMARK = 16
-#: Nyström drops eigen-directions of the landmark kernel below this fraction of the largest:
-#: their inverse square roots would amplify rounding errors of float32 features.
-NYSTROM_RTOL = 1e-6
 #: Random pixels on which the top eigen-directions of the kernel are found when compressing
 #: m landmarks to a smaller rank (all pixels of smaller images).
 SAMPLE_PIXELS = 8192
@@ -92,93 +87,6 @@ def pixel_features(xp: Any, image: Any, *, sxy: float, srgb: float | None, dtype
     return xp.stack(columns, axis=1)
 
 
-def _squared_distances(xp: Any, X: Any, Y: Any) -> Any:
-    """``|xᵢ − yⱼ|²`` for rows of X (n, f) and Y (m, f), clamped at 0 against rounding."""
-    d = xp.sum(X * X, axis=1)[:, None] + xp.sum(Y * Y, axis=1)[None, :] - 2.0 * (X @ Y.T)
-    return xp.maximum(d, 0.0)
-
-
-def _random_rows(xp: Any, F: Any, size: int, rng: np.random.Generator) -> Any:
-    rows = rng.permutation(F.shape[0])[:size]
-    return xp.asarray(rows, device=array_api_compat.device(F))
-
-
-def kmeans_landmarks(xp: Any, F: Any, m: int, rng: np.random.Generator) -> Any:
-    """``m`` landmarks by Lloyd's k-means on a random subsample of the rows of F (P, f).
-
-    Starts from m random pixels; a cluster that empties keeps its previous centre. Cluster
-    sums are one-hot matrix products, so the same code runs on every array library.
-    """
-    size = min(F.shape[0], max(4096, KMEANS_PIXELS_PER_LANDMARK * m))
-    X = xp.take(F, _random_rows(xp, F, size, rng), axis=0)
-    centres = X[:m, :]
-    labels = xp.arange(m, device=array_api_compat.device(F))
-    for _ in range(KMEANS_ITERATIONS):
-        nearest = xp.argmin(_squared_distances(xp, X, centres), axis=1)
-        onehot = xp.astype(nearest[:, None] == labels[None, :], X.dtype)
-        counts = xp.sum(onehot, axis=0)
-        sums = onehot.T @ X
-        centres = xp.where(counts[:, None] > 0, sums / xp.maximum(counts, 1.0)[:, None], centres)
-    return centres
-
-
-def gaussian_kernel(xp: Any, X: Any, Y: Any) -> Any:
-    """``exp(−|xᵢ − yⱼ|²/2)`` for rows of X (n, f) and Y (m, f), shape (n, m).
-
-    One matrix product of the augmented rows ``(x, −|x|²/2, 1)·(y, 1, −|y|²/2)`` gives the
-    exponent, so that the n × m array is written once before the exponential (rounding may
-    lift an exponent a few ulps above 0: harmless).
-    """
-    device = array_api_compat.device(X)
-    ones_x = xp.ones((X.shape[0], 1), dtype=X.dtype, device=device)
-    ones_y = xp.ones((Y.shape[0], 1), dtype=Y.dtype, device=device)
-    half_x = -0.5 * xp.sum(X * X, axis=1, keepdims=True)
-    half_y = -0.5 * xp.sum(Y * Y, axis=1, keepdims=True)
-    left = xp.concat([X, half_x, ones_x], axis=1)
-    right = xp.concat([Y, ones_y, half_y], axis=1)
-    return xp.exp(left @ right.T)
-
-
-def nystrom_transform(xp: Any, landmarks: Any) -> Any:
-    """``T = Λ^{-1/2} Uᵀ`` (m × m) with ``K_mm = UΛUᵀ``, so that ``Φ = T K_mP`` has
-    ``ΦᵀΦ = K_Pm K_mm⁺ K_mP`` (Nyström: exact on the landmarks' span).
-
-    Computed in float64 (m × m is small); eigen-directions below :data:`NYSTROM_RTOL` of
-    the largest get a zero row.
-    """
-    K_mm = xp.astype(gaussian_kernel(xp, landmarks, landmarks), xp.float64)
-    w, U = xp.linalg.eigh(K_mm)
-    keep = w > NYSTROM_RTOL * w[-1]
-    scale = xp.where(keep, 1.0 / xp.sqrt(xp.where(keep, w, 1.0)), 0.0)
-    return (U * scale[None, :]).T
-
-
-@dataclass(frozen=True)
-class KernelBlock:
-    """One kernel's approximation: pixel features and their m landmarks or random features.
-
-    Attributes
-    ----------
-    features : array (P, f)
-        Scaled pixel features (:func:`pixel_features`).
-    centres : array (m, f)
-        Nyström landmarks, or the frequencies Ω of random Fourier features.
-    phases : array (m, 1) or None
-        Random Fourier phases β; ``None`` for Nyström.
-    """
-
-    features: Any
-    centres: Any
-    phases: Any = None
-
-    def values(self, xp: Any, F: Any) -> Any:
-        """Kernel values to the landmarks (or the random features) of the rows of F, (m, n)."""
-        if self.phases is None:
-            return gaussian_kernel(xp, self.centres, F)
-        m = self.centres.shape[0]
-        return math.sqrt(2.0 / m) * xp.cos(self.centres @ F.T + self.phases)
-
-
 @dataclass(frozen=True)
 class FactoredFeatures:
     """A feature map ``Φ = T K`` in factors: Φ (m × P) and K are never held whole.
@@ -210,26 +118,6 @@ class FactoredFeatures:
             )
             parts.append(block.values(xp, F))
         return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-
-
-def kernel_block(
-    xp: Any, F: Any, m: int, *, approximation: str, seed: int
-) -> tuple[KernelBlock, Any]:
-    """A block approximating ``exp(−|fᵢ − fⱼ|²/2)`` over the rows of F (P, f) and its
-    transform T: m landmarks (Nyström, at most P) or m random Fourier features."""
-    rng = np.random.default_rng(seed)
-    device = array_api_compat.device(F)
-    if approximation == "rff":
-        omega = xp.asarray(rng.standard_normal((m, F.shape[1])), dtype=F.dtype, device=device)
-        phases = rng.uniform(0.0, 2.0 * math.pi, size=(m, 1))
-        phases = xp.asarray(phases, dtype=F.dtype, device=device)
-        return KernelBlock(F, omega, phases), xp.eye(m, dtype=xp.float64, device=device)
-    m = min(m, F.shape[0])
-    if approximation == "nystrom-kmeans":
-        landmarks = kmeans_landmarks(xp, F, m, rng)
-    else:
-        landmarks = xp.take(F, _random_rows(xp, F, m, rng), axis=0)
-    return KernelBlock(F, landmarks), nystrom_transform(xp, landmarks)
 
 
 def smoothness_share(landmarks: int, w_smooth: float, w_appearance: float) -> int:

@@ -15,8 +15,9 @@ An operator validates its embeddings and λ once and never changes. Solver state
 :meth:`GCRFOperator.factor` returns a :class:`Factorization`, every solve reports the one it
 used in ``info.factorization``, and :meth:`GCRFOperator.solve` and :meth:`GCRFOperator.vjp`
 take it back (``factorization=``), so that a backward pass reuses its forward's work without
-a cache that could go stale. The outer solve loop, by CG or by exact solves, is
-:mod:`lowrank_gcrf.solve_driver`.
+a cache that could go stale. The checks of their inputs are :mod:`lowrank_gcrf.operator_inputs`,
+the outer solve loop, by CG or by exact solves, :mod:`lowrank_gcrf.solve_driver`, and the
+vjp's gradients :mod:`lowrank_gcrf.embedding_gradients`.
 """
 
 from __future__ import annotations
@@ -26,21 +27,14 @@ from typing import Any
 
 from array_api_compat import device as _device
 
-from .cg import inner
-from .dtypes import cast_result, check_floating, dtype_name, floating_dtypes, results_checked
-from .errors import GCRFError
+from .dtypes import cast_result, floating_dtypes, results_checked
+from .embedding_gradients import embedding_and_lam_gradients
 from .factorization import Factorization
 from .info import SolveInfo
+from .operator_inputs import check_owner, check_system_input, promoted_operator
 from .options import solver_options
 from .solve_driver import report_failure, solve_rows
-from .validation import (
-    array_namespace,
-    as_lam,
-    check_array,
-    check_embeddings,
-    check_finite,
-    check_system_shape,
-)
+from .validation import array_namespace, as_lam, check_array, check_embeddings, check_finite
 
 #: A system whose distance from singular, relative to λ (Potts: ``(λ − ‖Â‖₂²)/λ``; signed:
 #: the smallest eigenvalue of ``I − Γ(λI + AᵀA)⁻¹Γᵀ``), is at most this many ε of its dtype
@@ -208,36 +202,7 @@ class GCRFOperator:
         capacitance system where CG iterates on it (:mod:`lowrank_gcrf.capacitance`)."""
         return self._certify() if self.factors_to_check_definiteness else None
 
-    def _checked(self, factorization: Factorization | None) -> Factorization | None:
-        if factorization is not None and factorization.owner is not self._token:
-            raise GCRFError(
-                "this factorization belongs to another operator: pass the one returned by "
-                "this operator's factor() or in the info of its own solve"
-            )
-        return factorization
-
     # -- solves ----------------------------------------------------------------------------
-
-    def _check_input(self, v: Any, name: str) -> None:
-        """Raise unless ``v`` is a finite floating array of the operator's array library
-        (``array_namespace`` raises a GCRFTypeError for a foreign one), shaped like one
-        right-hand side per system of the batch in the public layout."""
-        check_array(v, name)
-        array_namespace(self._U, v)
-        check_floating(dtype_name(v.dtype), name)
-        expected = self.batch_shape + self._public_system_shape()
-        check_system_shape(tuple(v.shape), expected, name, self.rhs_layout)
-        check_finite(self.xp, v, name)
-
-    def _promoted_for(self, v: Any) -> tuple[GCRFOperator, Any]:
-        """``(operator, output dtype)`` for the checked input ``v``: this operator, or its
-        float64 twin when v is float64 and it is not; results come in the promoted dtype of
-        the embeddings and v (:mod:`lowrank_gcrf.dtypes`)."""
-        embeddings, lam = self._source
-        compute, output = floating_dtypes(self.xp, **{self.embedding_name: embeddings, "v": v})
-        if dtype_name(compute) == dtype_name(self.dtype):
-            return self, output
-        return self._rebuild(self.xp.astype(embeddings, self.xp.float64), lam), output
 
     def _rows(self, v: Any) -> Any:
         """A checked input in the row layout and the compute dtype."""
@@ -302,11 +267,11 @@ class GCRFOperator:
         options = solver_options(
             method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure
         )
-        self._checked(factorization)
-        self._check_input(b, "b")
+        check_owner(self, factorization)
+        check_system_input(self, b, "b")
         if x0 is not None:
-            self._check_input(x0, "x0")
-        op, out_dtype = self._promoted_for(b)
+            check_system_input(self, x0, "x0")
+        op, out_dtype = promoted_operator(self, b)
         if op is not self:
             factorization = None
         x0_rows = None if x0 is None else op._rows(x0)
@@ -398,29 +363,16 @@ class GCRFOperator:
         options = solver_options(
             method=method, rtol=rtol, atol=atol, maxiter=maxiter, on_failure=on_failure
         )
-        self._checked(factorization)
-        self._check_input(x, "x")
-        self._check_input(gx, "gx")
-        op, out_dtype = self._promoted_for(x)
+        check_owner(self, factorization)
+        check_system_input(self, x, "x")
+        check_system_input(self, gx, "gx")
+        op, out_dtype = promoted_operator(self, x)
         if op is not self:
             factorization = None
-        xp = op.xp
-        x_rows = op._rows(x)
         g, scale, info = solve_rows(op, op._rows(gx), None, options, factorization)
         with results_checked():
-            g_b = cast_result(xp, g * scale[..., None, None], out_dtype, "the gradient of b")
-        report_failure(op, op._from_rows(g_b), info, options)
-        left, right = op._gradient_rows(x_rows, g)
-        with results_checked():
-            # −[(U lᵀ) r + (U rᵀ) l] as one (D, 2m) @ (2m, n) product, with −scale folded
-            # into the small factor, so that the only (D, n) array allocated is the result.
-            small = op._U @ xp.matrix_transpose(xp.concat([left, right], axis=-2))
-            small = op._embedding_signature(small * (-scale)[..., None, None])
-            g_U = small @ xp.concat([right, left], axis=-2)
-            g_lam = -inner(xp, g, x_rows) * scale
-            return (
-                cast_result(xp, g_U, op._input_dtype, f"the gradient of {op.embedding_name}"),
-                op._from_rows(g_b),
-                cast_result(xp, g_lam, out_dtype, "the gradient of lam"),
-                info,
-            )
+            g_b = cast_result(op.xp, g * scale[..., None, None], out_dtype, "the gradient of b")
+        g_b = op._from_rows(g_b)
+        report_failure(op, g_b, info, options)
+        g_U, g_lam = embedding_and_lam_gradients(op, op._rows(x), g, scale, out_dtype)
+        return g_U, g_b, g_lam, info

@@ -13,29 +13,30 @@ scores are propagated to the pixels the kernel calls similar, with weight ``stre
 n steps (``‖K‖₂ = strength·λ``). With the symmetric normalisation this is Zhou et al.'s
 label spreading ``(I − αS)⁻¹Y`` with ``α = strength`` and a low-rank S. Logits give the same
 result as the log of their softmax (a per-pixel constant only shifts the class sum).
+
+The checks of the parameters and the arrays are :mod:`lowrank_gcrf.refine_inputs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import warnings
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
 from .api import solve_potts
-from .dtypes import dtype_name, floating_dtypes
-from .errors import GCRFError, GCRFTypeError
-from .image_kernels import (
-    check_kernel_options,
-    dense_crf_features,
-    potts_embeddings,
-    scaled_to_strength,
+from .dtypes import floating_dtypes
+from .image_kernels import dense_crf_features, potts_embeddings, scaled_to_strength
+
+# The adapters import RefineParameters and check_refine_inputs from this module.
+from .refine_inputs import (
+    RefineParameters,
+    channels_first,
+    check_refine_inputs,
+    checked_spatial_dims,
 )
-from .validation import array_namespace, check_array, check_finite
+from .validation import array_namespace
 
 #: Probabilities are clipped below at this value before their logarithm (as pydensecrf's
 #: ``unary_from_softmax``), so that a zero probability is a large finite penalty.
@@ -43,237 +44,6 @@ PROB_FLOOR = 1e-5
 #: Relative residual of the solve: the refined probabilities change by about this fraction
 #: of the scores, far below what moves an argmax; float32 reaches it up to κ ≈ 10⁴.
 SOLVE_RTOL = 1e-4
-
-
-#: The unit roundoff of float32, the precision networks compute their softmax in.
-FLOAT32_EPS = float(np.finfo(np.float32).eps)
-#: The largest colour a 0–255 image holds; a wider integer image above it is on another scale.
-COLOUR_MAX = 255
-#: A floating image above this is on another scale too: a 0–255 image stays far below it,
-#: even with the overshoot of a resampling filter (bicubic, Lanczos) at its edges.
-FLOAT_COLOUR_MAX = 2 * COLOUR_MAX
-
-
-def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def _real(name: str, value: Any) -> float:
-    """``value`` as a Python float; a GCRFTypeError naming ``name`` unless it is a real
-    number (Python or NumPy, booleans refused: ``sxy=True`` is a bug, not 1 pixel)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise GCRFTypeError(f"{name} must be a real number, got {_describe(value)}")
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond float's range
-        return math.inf
-
-
-def _integer(name: str, value: Any) -> int:
-    """``value`` as a Python int; a GCRFTypeError naming ``name`` unless it is an integer
-    (Python or NumPy; booleans and floats refused)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise GCRFTypeError(f"{name} must be an integer, got {_describe(value)}")
-    return int(value)
-
-
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not (math.isfinite(value) and ok):
-        bound = "≥ 0" if allow_zero else "> 0"
-        raise GCRFError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class RefineParameters:
-    """The dense CRF kernels, their approximation and the strength of a refinement.
-
-    The fields and their defaults are :func:`refine`'s keywords of the same names (see
-    there). Construction validates them, raising :class:`GCRFTypeError` for a value of the
-    wrong type and :class:`GCRFError` for one out of range, and stores numbers as Python
-    ``float`` and ``int`` (NumPy scalars are accepted).
-    """
-
-    sxy: float = 80.0
-    srgb: float = 13.0
-    sxy_smooth: float = 3.0
-    w_appearance: float = 4.0
-    w_smooth: float = 0.0
-    strength: float = 0.7
-    rank: int = 32
-    landmarks: int = 128
-    seed: int = 0
-    lam: float = 1.0
-    approximation: str = "nystrom-kmeans"
-    normalization: str = "symmetric"
-
-    def __post_init__(self) -> None:
-        for name in ("sxy", "srgb", "sxy_smooth", "w_appearance", "w_smooth", "strength", "lam"):
-            object.__setattr__(self, name, _real(name, getattr(self, name)))
-        for name in ("rank", "landmarks", "seed"):
-            object.__setattr__(self, name, _integer(name, getattr(self, name)))
-        for name in ("sxy", "srgb", "sxy_smooth", "lam"):
-            _positive(name, getattr(self, name))
-        _positive("w_appearance", self.w_appearance, allow_zero=True)
-        _positive("w_smooth", self.w_smooth, allow_zero=True)
-        if self.w_appearance == 0 and self.w_smooth == 0:
-            raise GCRFError(
-                "w_appearance and w_smooth are both 0: set at least one kernel weight > 0"
-            )
-        if not 0 <= self.strength < 1:
-            raise GCRFError(
-                f"strength must be in [0, 1) (it is ‖Â‖₂²/λ; the Potts system is positive "
-                f"definite only below 1), got {self.strength!r}"
-            )
-        if self.rank < 1:
-            raise GCRFError(f"rank must be a positive integer, got {self.rank!r}")
-        if self.landmarks < self.rank:
-            raise GCRFError(
-                f"landmarks must be an integer ≥ rank ({self.rank}), got {self.landmarks!r}: "
-                "the rank-D embeddings are compressed from the m landmarks' approximation"
-            )
-        if self.seed < 0:
-            raise GCRFError(
-                f"seed must be an integer ≥ 0 (it seeds numpy.random.default_rng), got "
-                f"{self.seed!r}"
-            )
-        check_kernel_options(self.approximation, self.normalization)
-
-
-def _spatial_dims(value: Any) -> int:
-    spatial_dims = _integer("spatial_dims", value)
-    if spatial_dims not in (1, 2, 3):
-        raise GCRFError(f"spatial_dims must be 1, 2 or 3, got {value!r}")
-    return spatial_dims
-
-
-def _channels_first(xp: Any, image: Any, spatial_dims: int, channel_axis: Any) -> Any:
-    """``image`` with its channel axis moved where refine reads it, before the spatial axes.
-
-    ``channel_axis=None`` reads the image as it is, (..., C, *spatial).
-    """
-    if channel_axis is None:
-        return image
-    axis = _integer("channel_axis", channel_axis)
-    if not -image.ndim <= axis < image.ndim:
-        raise GCRFError(
-            f"channel_axis={axis} is not an axis of image, whose shape is {tuple(image.shape)}"
-        )
-    target = image.ndim - spatial_dims - 1
-    axis %= image.ndim
-    if target < 0 or axis == target:
-        return image  # too few axes: the shape check reports it
-    order = [i for i in range(image.ndim) if i != axis]
-    order.insert(target, axis)
-    return xp.permute_dims(image, tuple(order))
-
-
-def _check_shapes(
-    probs: Any, image: Any, spatial_dims: int, given: tuple[int, ...], channel_axis: Any
-) -> tuple[tuple[int, ...], ...]:
-    """Batch shape, labels and spatial shape; raise when probs and image disagree.
-
-    ``image`` is read as (..., C, *spatial) (channels moved by :func:`_channels_first`);
-    ``given`` is its shape as passed, for the messages.
-    """
-    for name, a in (("probs", probs), ("image", image)):
-        if a.ndim < spatial_dims + 1:
-            axis = "L" if name == "probs" else "C"
-            raise GCRFError(
-                f"{name} has shape {tuple(a.shape)}; with spatial_dims={spatial_dims} it must "
-                f"have shape (..., {axis}, {', '.join('S' * spatial_dims)}) — set spatial_dims "
-                "to the number of trailing spatial axes"
-                + ("; a grayscale image needs a channel axis of length 1" if axis == "C" else "")
-            )
-    batch, spatial = tuple(probs.shape[: -spatial_dims - 1]), tuple(probs.shape[-spatial_dims:])
-    image_batch = tuple(image.shape[: -spatial_dims - 1])
-    image_spatial = tuple(image.shape[-spatial_dims:])
-    if (image_batch, image_spatial) != (batch, spatial):
-        if channel_axis is None and given[-1] in (3, 4) and given[:-1] == batch + spatial:
-            raise GCRFError(
-                f"image has shape {given}, channels last (as scikit-image, PIL and pydensecrf "
-                "lay images out), but refine reads image as (..., C, *spatial) by default: "
-                "pass channel_axis=-1"
-            )
-        read = "as (..., C, *spatial)"
-        if channel_axis is not None:
-            read += f" with its channel_axis={channel_axis} moved there"
-        raise GCRFError(
-            f"probs has shape {tuple(probs.shape)} (batch {batch}, spatial {spatial}) but image "
-            f"has shape {given}, read {read}: batch {image_batch}, spatial {image_spatial}. "
-            "The image must be (..., C, *spatial) with the batch and spatial shape of probs: "
-            "pass channel_axis for another layout of the image, and resize the "
-            "probabilities (or the image) where the spatial shapes differ"
-        )
-    if probs.shape[-spatial_dims - 1] == 0 or image.shape[-spatial_dims - 1] == 0:
-        raise GCRFError("probs needs at least one label and image at least one channel")
-    if math.prod(spatial) == 0:
-        raise GCRFError(f"probs and image have no pixels: their spatial shape is {spatial}")
-    return batch, (int(probs.shape[-spatial_dims - 1]),), spatial
-
-
-def _compute_dtype(xp: Any, probs: Any) -> Any:
-    """The library's dtype policy for ``probs``: float64 computed in float64, float32 and
-    half precision in float32; anything else raises."""
-    return floating_dtypes(xp, probs=probs)[0]
-
-
-def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> None:
-    if not bool(xp.all(probs >= 0)):
-        raise GCRFError(
-            "probs has negative values; pass probabilities (a softmax), or pass the scores "
-            "with logits=True"
-        )
-    if probs.size == 0:
-        return
-    # A softmax computed in precision ε sums to 1 within about L·ε (the roundings of its L
-    # exponentials, of their sum and of each quotient), and √ε is room for what comes after
-    # it (resampling, averaging). The precision the values carry is not their dtype's when
-    # they were cast up: a network's float32 softmax cast to float64 has float32's
-    # rounding. Networks compute in float32 or wider, so L·ε is taken at least float32's.
-    eps = float(xp.finfo(probs.dtype).eps)
-    tol = math.sqrt(eps) + num_labels * max(eps, FLOAT32_EPS)
-    total = xp.sum(xp.astype(probs, _compute_dtype(xp, probs)), axis=axis)
-    worst = float(xp.max(xp.abs(total - 1.0)))
-    if worst > tol:
-        raise GCRFError(
-            f"probs does not sum to 1 over the label axis (largest deviation {worst:.3g}, "
-            f"tolerance {tol:.2g} for {dtype_name(probs.dtype)}): pass a softmax over the "
-            "labels, or the scores with logits=True"
-        )
-
-
-def _check_image(xp: Any, image: Any) -> None:
-    integral = xp.isdtype(image.dtype, "integral")
-    if xp.isdtype(image.dtype, "bool") or not (
-        integral
-        or xp.isdtype(image.dtype, "real floating")
-        or dtype_name(image.dtype) in ("float16", "bfloat16")
-    ):
-        raise GCRFTypeError(
-            f"image has dtype {dtype_name(image.dtype)}; pass uint8 (0–255) or a real floating "
-            "image on the 0–255 scale"
-        )
-    if not integral:
-        check_finite(xp, image, "image")
-    if image.size == 0 or dtype_name(image.dtype) == "uint8":
-        return
-    top = float(xp.max(image))
-    if not integral and max(top, -float(xp.min(image))) <= 1.0:
-        warnings.warn(
-            "image is floating point with values in [-1, 1]; refine reads colours on the "
-            "0–255 scale (srgb is in those units): multiply a [0, 1] image by 255",
-            UserWarning,
-            stacklevel=3,
-        )
-    elif top > (COLOUR_MAX if integral else FLOAT_COLOUR_MAX):
-        warnings.warn(
-            f"image has values up to {top:g} ({dtype_name(image.dtype)}); refine reads colours "
-            "on the 0–255 scale (srgb is in those units): rescale a 12- or 16-bit image to "
-            "0–255 (e.g. image * (255 / 4095) for 12 bits), or give srgb in its units",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 def refine(
@@ -446,44 +216,6 @@ def refine(
     return refined, info
 
 
-@dataclasses.dataclass(frozen=True)
-class RefineShape:
-    """What :func:`check_refine_inputs` found: namespace, shapes and compute dtype."""
-
-    xp: Any
-    batch: tuple[int, ...]
-    num_labels: int
-    spatial: tuple[int, ...]
-    compute: Any
-
-
-def check_refine_inputs(
-    probs: Any, image: Any, *, spatial_dims: int, logits: bool, channel_axis: int | None = None
-) -> RefineShape:
-    """Validate :func:`refine`'s arrays (the adapters call it on their tensors' core views).
-
-    Raises
-    ------
-    GCRFError, GCRFTypeError
-        As listed in :func:`refine`.
-    """
-    check_array(probs, "probs")
-    check_array(image, "image")
-    xp = array_namespace(probs, image)
-    spatial_dims = _spatial_dims(spatial_dims)
-    if not isinstance(logits, (bool, np.bool_)):
-        raise GCRFTypeError(f"logits must be True or False, got {_describe(logits)}")
-    given = tuple(image.shape)
-    image = _channels_first(xp, image, spatial_dims, channel_axis)
-    batch, (num_labels,), spatial = _check_shapes(probs, image, spatial_dims, given, channel_axis)
-    compute = _compute_dtype(xp, probs)
-    _check_image(xp, image)
-    check_finite(xp, probs, "probs")
-    if not logits:
-        _check_probabilities(xp, probs, num_labels, -spatial_dims - 1)
-    return RefineShape(xp, batch, num_labels, spatial, compute)
-
-
 def refine_embeddings(
     image: Any,
     params: RefineParameters,
@@ -502,8 +234,8 @@ def refine_embeddings(
     and differentiate through the solve.
     """
     xp = array_namespace(image)
-    spatial_dims = _spatial_dims(spatial_dims)
-    image = _channels_first(xp, image, spatial_dims, channel_axis)
+    spatial_dims = checked_spatial_dims(spatial_dims)
+    image = channels_first(xp, image, spatial_dims, channel_axis)
     spatial = tuple(image.shape[-spatial_dims:])
     channels = image.shape[-spatial_dims - 1]
     n_images = math.prod(image.shape[: -spatial_dims - 1])

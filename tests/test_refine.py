@@ -26,11 +26,11 @@ from lowrank_gcrf.image_kernels import (
     NORMALIZATIONS,
     FactoredFeatures,
     dense_crf_features,
-    kernel_block,
     pixel_features,
     potts_embeddings,
     scaled_to_strength,
 )
+from lowrank_gcrf.kernel_approximation import kernel_block
 from lowrank_gcrf.refine import PROB_FLOOR, refine
 from lowrank_gcrf.testing import potts_dense_matrix, reference_solve
 
