@@ -98,6 +98,13 @@ def largest(name: str) -> float:
     return float(np.finfo(np.dtype(name)).max)
 
 
+def epsilon(name: str) -> float:
+    """The machine epsilon of a floating dtype, by name."""
+    if name == "bfloat16":
+        return 2.0**-7
+    return float(np.finfo(np.dtype(name)).eps)
+
+
 def cast_result(xp: Any, value: Any, dtype: Any, what: str) -> Any:
     """``value`` cast to ``dtype``; a :class:`GCRFError` where a finite value overflowed.
 

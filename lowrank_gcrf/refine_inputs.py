@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import dtype_name, floating_dtypes
+from .dtypes import dtype_name, epsilon, floating_dtypes
 from .errors import GCRFError, GCRFTypeError
 from .image_kernels import check_kernel_options
 from .validation import array_namespace, check_array, check_finite
@@ -195,7 +195,9 @@ def _compute_dtype(xp: Any, probs: Any) -> Any:
     return floating_dtypes(xp, probs=probs)[0]
 
 
-def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> None:
+def _check_probabilities(
+    xp: Any, probs: Any, num_labels: int, axis: int, carried_dtype: str | None
+) -> None:
     if not bool(xp.all(probs >= 0)):
         raise GCRFError(
             "probs has negative values; pass probabilities (a softmax), or pass the scores "
@@ -207,8 +209,10 @@ def _check_probabilities(xp: Any, probs: Any, num_labels: int, axis: int) -> Non
     # exponentials, of their sum and of each quotient), and √ε is room for what comes after
     # it (resampling, averaging). The precision the values carry is not their dtype's when
     # they were cast up: a network's float32 softmax cast to float64 has float32's
-    # rounding. Networks compute in float32 or wider, so L·ε is taken at least float32's.
-    eps = float(xp.finfo(probs.dtype).eps)
+    # rounding. Networks compute in float32 or wider, so L·ε is taken at least float32's;
+    # values cast up before they reached the core (bfloat16, which has no NumPy dtype to
+    # cross DLPack with) carry ``carried_dtype``'s.
+    eps = max(epsilon(dtype_name(probs.dtype)), epsilon(carried_dtype or "float64"))
     tol = math.sqrt(eps) + num_labels * max(eps, FLOAT32_EPS)
     total = xp.sum(xp.astype(probs, _compute_dtype(xp, probs)), axis=axis)
     worst = float(xp.max(xp.abs(total - 1.0)))
@@ -265,11 +269,18 @@ class RefineShape:
 
 
 def check_refine_inputs(
-    probs: Any, image: Any, *, spatial_dims: int, logits: bool, channel_axis: int | None = None
+    probs: Any,
+    image: Any,
+    *,
+    spatial_dims: int,
+    logits: bool,
+    channel_axis: int | None = None,
+    carried_dtype: str | None = None,
 ) -> RefineShape:
     """Validate :func:`~lowrank_gcrf.refine`'s arrays and return what they hold.
 
-    The adapters call it on their tensors' core views.
+    The adapters call it on their tensors' core views; ``carried_dtype`` names the dtype of
+    probabilities they cast up first (whose rounding the sum to 1 is judged by).
 
     Raises
     ------
@@ -289,5 +300,5 @@ def check_refine_inputs(
     _check_image(xp, image)
     check_finite(xp, probs, "probs")
     if not logits:
-        _check_probabilities(xp, probs, num_labels, -spatial_dims - 1)
+        _check_probabilities(xp, probs, num_labels, -spatial_dims - 1, carried_dtype)
     return RefineShape(xp, batch, num_labels, spatial, compute)

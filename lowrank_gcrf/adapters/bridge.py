@@ -33,8 +33,8 @@ from lowrank_gcrf.info import SolveInfo
 from lowrank_gcrf.models import make_operator
 from lowrank_gcrf.operators import GCRFOperator
 from lowrank_gcrf.options import SOLVER_KEYWORDS, SolverOptions, solver_options
-from lowrank_gcrf.refine import RefineParameters, check_refine_inputs
 from lowrank_gcrf.refine import refine_embeddings as image_embeddings
+from lowrank_gcrf.refine_inputs import RefineParameters, check_refine_inputs
 from lowrank_gcrf.validation import (
     array_namespace,
     as_lam,
@@ -246,12 +246,29 @@ class CoreSolve:
 
 
 def refine_embeddings(
-    probs: Any, image: Any, params: RefineParameters, *, spatial_dims: int, logits: bool
+    probs: Any,
+    image: Any,
+    params: RefineParameters,
+    *,
+    spatial_dims: int,
+    logits: bool,
+    channel_axis: int | None,
+    carried_dtype: str,
 ) -> Any:
     """``refine``'s inputs checked and its Potts embeddings Â (n, D, P), on core arrays.
 
     The adapters differentiate through the solve with Â as data (it depends on the image
-    only); the checks and messages are the core :func:`lowrank_gcrf.refine`'s.
+    only); the checks and messages are the core :func:`lowrank_gcrf.refine`'s, the sum of the
+    probabilities judged by the rounding of ``carried_dtype``, the tensor's own dtype.
     """
-    shape = check_refine_inputs(probs, image, spatial_dims=spatial_dims, logits=logits)
-    return image_embeddings(image, params, spatial_dims=spatial_dims, dtype=shape.compute)
+    shape = check_refine_inputs(
+        probs,
+        image,
+        spatial_dims=spatial_dims,
+        logits=logits,
+        channel_axis=channel_axis,
+        carried_dtype=carried_dtype,
+    )
+    return image_embeddings(
+        image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
+    )

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_gcrf.adapters.bridge import SignedStack, SolveAs, initial_lam
+from lowrank_gcrf.dtypes import epsilon
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
 from lowrank_gcrf.models import MODEL_NAMES, check_model
 from lowrank_gcrf.options import SolverOptions, solver_options
@@ -89,8 +90,6 @@ SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("Z", "H", "W")}
 #: for L = 21 and ρ = 0.9 — while a training step's gradient noise is far larger.
 LAYER_RTOL_EPS = 1000
 
-_EPS = {"float32": 2.0**-23, "float64": 2.0**-52}
-
 
 @dataclass(frozen=True)
 class LayerSettings:
@@ -112,8 +111,8 @@ class LayerSettings:
     )
 
     def __post_init__(self) -> None:
-        for dtype, eps in _EPS.items():
-            rtol = LAYER_RTOL_EPS * eps if self.rtol is None else self.rtol
+        for dtype in ("float32", "float64"):
+            rtol = LAYER_RTOL_EPS * epsilon(dtype) if self.rtol is None else self.rtol
             self._options[dtype] = solver_options(
                 method=self.method,
                 rtol=rtol,
@@ -391,10 +390,3 @@ def head_sizes(num_labels: Any, embed_dim: Any, model: Any) -> HeadSizes:
     return HeadSizes(
         positive_size(num_labels, "num_labels"), positive_size(embed_dim, "embed_dim"), model
     )
-
-
-def check_spatial_dims(spatial_dims: Any) -> int:
-    """The number of spatial dimensions of a head's input, 1 to 3."""
-    if isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_NAMES:
-        raise GCRFError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-    return int(spatial_dims)

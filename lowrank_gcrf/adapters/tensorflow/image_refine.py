@@ -10,7 +10,8 @@ import tensorflow as tf
 from lowrank_gcrf.adapters.bridge import refine_embeddings
 from lowrank_gcrf.adapters.tensorflow.functional import solve_potts
 from lowrank_gcrf.adapters.tensorflow.op import from_core, tensor_to_core
-from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL, RefineParameters
+from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL
+from lowrank_gcrf.refine_inputs import RefineParameters, checked_spatial_dims
 
 
 def refine(
@@ -19,6 +20,7 @@ def refine(
     *,
     logits: bool = False,
     spatial_dims: int = 2,
+    channel_axis: int | None = None,
     method: str = "direct",
     **parameters: Any,
 ) -> tf.Tensor:
@@ -35,7 +37,7 @@ def refine(
         Class probabilities, or scores with ``logits=True``; a static rank is needed.
     image : Tensor (..., C, *spatial)
         uint8, or floating on the 0–255 scale; the batch and spatial shape of ``probs``.
-    logits, spatial_dims, method
+    logits, spatial_dims, channel_axis, method
         As for :func:`lowrank_gcrf.refine`.
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
@@ -57,8 +59,10 @@ def refine(
     TensorShape([4, 32, 32])
     """
     params = RefineParameters(**parameters)
+    spatial_dims = checked_spatial_dims(spatial_dims)
     probs, image = tf.convert_to_tensor(probs), tf.convert_to_tensor(image)
     compute = tf.float64 if probs.dtype == tf.float64 else tf.float32
+    carried = probs.dtype.name
 
     def embeddings(p: tf.Tensor, i: tf.Tensor) -> Any:
         core = refine_embeddings(
@@ -67,13 +71,18 @@ def refine(
             params,
             spatial_dims=spatial_dims,
             logits=logits,
+            channel_axis=channel_axis,
+            carried_dtype=carried,
         )
         return from_core(core)
 
+    # bfloat16 has no NumPy dtype to cross DLPack with (the core still judges the
+    # probabilities by its rounding, ``carried``).
+    crossing = [tf.cast(t, compute) if t.dtype == tf.bfloat16 else t for t in (probs, image)]
     if tf.executing_eagerly():
-        Ahat = embeddings(probs, image)
+        Ahat = embeddings(*crossing)
     else:
-        Ahat = tf.stop_gradient(tf.py_function(embeddings, [probs, image], compute))
+        Ahat = tf.stop_gradient(tf.py_function(embeddings, crossing, compute))
     rank = probs.shape.rank
     n = tf.reduce_prod(tf.shape(probs)[: rank - spatial_dims - 1])
     pixels = tf.reduce_prod(tf.shape(probs)[rank - spatial_dims :])

@@ -6,7 +6,6 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lowrank_gcrf.adapters.layer_plan import (
-    check_spatial_dims,
     head_sizes,
     layout,
     positive_size,
@@ -14,6 +13,7 @@ from lowrank_gcrf.adapters.layer_plan import (
 )
 from lowrank_gcrf.adapters.torch.modules import DenseGCRF
 from lowrank_gcrf.errors import GCRFError
+from lowrank_gcrf.refine_inputs import checked_spatial_dims
 
 
 class GCRFHead(nn.Module):
@@ -84,7 +84,7 @@ class GCRFHead(nn.Module):
         super().__init__()
         self.sizes = head_sizes(num_labels, embed_dim, model)
         self.in_channels = positive_size(in_channels, "in_channels")
-        self.spatial_dims = check_spatial_dims(spatial_dims)
+        self.spatial_dims = checked_spatial_dims(spatial_dims)
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.spatial_dims - 1]
         self.unary = conv(self.in_channels, self.sizes.num_labels, 1)
         self.embed = conv(self.in_channels, self.sizes.embedding_channels, 1)

@@ -11,7 +11,10 @@ from torch import Tensor
 from lowrank_gcrf.adapters.bridge import refine_embeddings
 from lowrank_gcrf.adapters.torch.autograd import core_stream, tensor_to_core
 from lowrank_gcrf.adapters.torch.functional import solve_potts
-from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL, RefineParameters
+from lowrank_gcrf.dtypes import dtype_name
+from lowrank_gcrf.errors import GCRFTypeError
+from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL
+from lowrank_gcrf.refine_inputs import RefineParameters, checked_spatial_dims
 
 
 def refine(
@@ -20,6 +23,7 @@ def refine(
     *,
     logits: bool = False,
     spatial_dims: int = 2,
+    channel_axis: int | None = None,
     method: str = "direct",
     **parameters: Any,
 ) -> Tensor:
@@ -36,7 +40,7 @@ def refine(
     image : Tensor (..., C, *spatial)
         uint8, or floating on the 0–255 scale; the batch and spatial shape of ``probs``, on
         its device.
-    logits, spatial_dims, method
+    logits, spatial_dims, channel_axis, method
         As for :func:`lowrank_gcrf.refine`.
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
@@ -59,20 +63,35 @@ def refine(
     >>> refined.shape, probs.grad.shape
     (torch.Size([4, 32, 32]), torch.Size([4, 32, 32]))
     """
+    if not (isinstance(probs, Tensor) and isinstance(image, Tensor)):
+        raise GCRFTypeError(
+            f"expected torch tensors for probs and image, got {type(probs).__name__} and "
+            f"{type(image).__name__}; use lowrank_gcrf.refine for NumPy or CuPy arrays"
+        )
     params = RefineParameters(**parameters)
+    spatial_dims = checked_spatial_dims(spatial_dims)
+    compute = torch.float64 if probs.dtype == torch.float64 else torch.float32
     with core_stream(probs.device):
         Ahat = torch.from_dlpack(
             refine_embeddings(
-                tensor_to_core(probs),
-                tensor_to_core(image),
+                tensor_to_core(_dlpack_dtype(probs, compute)),
+                tensor_to_core(_dlpack_dtype(image, compute)),
                 params,
                 spatial_dims=spatial_dims,
                 logits=logits,
+                channel_axis=channel_axis,
+                carried_dtype=dtype_name(probs.dtype),
             )
         )
-    scores = probs.to(torch.float64 if probs.dtype == torch.float64 else torch.float32)
+    scores = probs.to(compute)
     if not logits:
         scores = torch.log(scores.clamp_min(PROB_FLOOR))
     b = scores.reshape(Ahat.shape[0], probs.shape[-spatial_dims - 1], Ahat.shape[-1])
     x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
     return torch.softmax(x, dim=1).reshape(probs.shape).to(probs.dtype)
+
+
+def _dlpack_dtype(tensor: Tensor, compute: torch.dtype) -> Tensor:
+    """``tensor``, or in ``compute`` where it is bfloat16, which has no NumPy dtype to cross
+    DLPack with (its rounding is still what the core judges it by)."""
+    return tensor.to(compute) if tensor.dtype == torch.bfloat16 else tensor
