@@ -17,6 +17,7 @@ from .general import GeneralOperator
 from .host_reads import to_host
 from .info import SolveInfo
 from .operators import GCRFOperator
+from .signed_inverse import SignedInverse, float64_gram
 from .validation import array_namespace, check_array, check_embeddings, check_finite
 from .woodbury import gram_overflow_error
 
@@ -24,62 +25,6 @@ _SUFFICIENT = (
     "(‖Gamma‖₂² < lam is sufficient; exactly, I − Γ(λI + AᵀA)⁻¹Γᵀ must be positive definite); "
     "the layers of lowrank_gcrf.adapters with model='signed' do this by construction."
 )
-
-
-class SignedInverse:
-    """``M⁻¹`` of ``M = λI + UᵀSU`` from float64 Cholesky factors of small matrices.
-
-    With ``K = λS + UUᵀ`` (Woodbury): ``M⁻¹ v = (v − Uᵀ K⁻¹ U v) / λ``. K is indefinite; its
-    block LDLᵀ uses two SPD factors: ``C_A = λI + AAᵀ`` and the Schur complement
-    ``λH = λI − ΓΓᵀ + ΓAᵀ C_A⁻¹ AΓᵀ``, which is positive definite exactly when M is.
-    When ``D + E ≥ N``, ``dense`` holds the Cholesky factor of M itself instead.
-    """
-
-    def __init__(
-        self,
-        xp: Any,
-        U: Any,
-        lam: Any,
-        num_repulsive: int,
-        repulsive: CholeskyFactor | None,
-        schur: CholeskyFactor | None,
-        cross: Any,
-        dense: CholeskyFactor | None = None,
-    ):
-        self.xp = xp
-        self.U = U
-        self.lam = lam
-        self.num_repulsive = num_repulsive
-        self.repulsive = repulsive
-        self.schur = schur
-        self.cross = cross
-        self.dense = dense
-
-    def _capacitance_solve(self, t: Any) -> Any:
-        """``K⁻¹ t`` for t (..., D + E, k) in float64, by block elimination."""
-        xp = self.xp
-        d = self.num_repulsive
-        if self.schur is None:
-            return self.repulsive.solve(t)
-        w = t[..., d:, :]
-        if self.repulsive is None:
-            return -self.schur.solve(w)
-        u = t[..., :d, :]
-        cross_t = xp.matrix_transpose(self.cross)
-        q = self.schur.solve(cross_t @ self.repulsive.solve(u) - w)
-        p = self.repulsive.solve(u - self.cross @ q)
-        return xp.concat([p, q], axis=-2)
-
-    def apply(self, v: Any) -> Any:
-        """``M⁻¹ v`` for v of shape (..., k, N), in v's dtype."""
-        xp = self.xp
-        if self.dense is not None:
-            w = self.dense.solve(xp.astype(xp.matrix_transpose(v), xp.float64))
-            return xp.astype(xp.matrix_transpose(w), v.dtype)
-        t = xp.astype(self.U @ xp.matrix_transpose(v), xp.float64)
-        z = xp.astype(self._capacitance_solve(t), v.dtype)
-        correction = xp.matrix_transpose(xp.matrix_transpose(self.U) @ z)
-        return (v - correction) / self.lam[..., None, None]
 
 
 class SignedOperator(GCRFOperator):
@@ -243,15 +188,15 @@ class SignedOperator(GCRFOperator):
         return xp.linalg.eigvalsh(schur_matrix)[..., 0] / lam
 
     def _gram(self) -> Any:
-        """``UUᵀ`` in float64, formed from float64 embeddings.
+        """``UUᵀ`` in float64, formed from float64 embeddings a chunk of columns at a time
+        (:func:`~lowrank_gcrf.signed_inverse.float64_gram`: no float64 copy of U).
 
         The Schur complement λH is a difference of nearly equal terms near the definiteness
         boundary: a Gram rounded to float32 would blur the definiteness test there, and it
         dominates the error of a float32 exact solve (a float64 Gram cut that error several
         times over on ill-conditioned float32 systems, see ``docs/maths.md``).
         """
-        Us = self.xp.astype(self.U, self.xp.float64)
-        gram = Us @ self.xp.matrix_transpose(Us)
+        gram = float64_gram(self.xp, self.U)
         self._check_range(self.xp.linalg.diagonal(gram))
         return gram
 

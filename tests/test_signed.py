@@ -362,3 +362,21 @@ def test_bad_embeddings(A, Gamma, match):
 def test_attractive_embeddings_refused_by_other_models():
     with pytest.raises(lg.GCRFError, match="belong to the signed model"):
         lg.make_operator("general", np.ones((2, 5)), 1.0, attractive=np.ones((1, 5)))
+
+
+def test_float32_gram_is_accumulated_in_float64_chunks(monkeypatch):
+    """The Gram of a float32 [A; Γ] is summed over column chunks cast to float64 (no float64
+    copy of U): the same as one float64 product, whatever the chunking."""
+    from lowrank_gcrf import signed_inverse
+
+    rng = np.random.default_rng(5)
+    U = rng.standard_normal((2, 3, 50)).astype(np.float32)
+    U64 = U.astype(np.float64)
+    want = U64 @ np.swapaxes(U64, -1, -2)
+    monkeypatch.setattr(signed_inverse, "GRAM_CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(signed_inverse, "GRAM_MIN_COLUMNS", 7)  # 8 chunks, the last of 1
+    got = signed_inverse.float64_gram(np, U)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    op = SignedOperator(U[:, :2], U[:, 2:], 20.0)
+    np.testing.assert_allclose(op._gram(), want, rtol=1e-13, atol=1e-13)

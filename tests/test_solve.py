@@ -252,20 +252,13 @@ def test_single_label_potts_is_scaled_identity(ns):
 # -- the paper's size ---------------------------------------------------------------------
 
 
-SIGNED_FLOAT64_COPY = pytest.mark.xfail(
-    strict=True,
-    reason="the signed operator copies [A; Γ] and casts it whole to float64 for its Gram: "
-    "a peak of 3× the float32 inputs (55 MB here), over 1% of N² (50 MB)",
-)
-
-
 @pytest.mark.parametrize(
     ("model", "rank"),
     [
         ("general", 128),
         ("potts", 128),
         ("potts", 1024),
-        pytest.param("signed", 128, marks=SIGNED_FLOAT64_COPY),
+        ("signed", 128),
     ],
 )
 @pytest.mark.parametrize("method", ["cg", "direct"])
