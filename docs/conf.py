@@ -62,7 +62,8 @@ nitpick_ignore_regex = [
     (
         "py:.*",
         r"lowrank_gcrf\.(method|image_kernels|adapters\.bridge|adapters\.layer_plan|errors|operators|capacitance"
-        r"|refine_inputs|kernel_approximation|operator_inputs|embedding_gradients"
+        r"|refine_inputs|kernel_approximation|operator_inputs|embedding_gradients|signed_inverse"
+        r"|threads"
         r"|adapters\.torch\.(autograd|functional|modules|heads|image_refine)"
         r"|adapters\.tensorflow\.(op|functional|layers|layout_ops|heads|image_refine))"
         r"(\.[\s\S]*)?",

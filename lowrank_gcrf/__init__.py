@@ -31,6 +31,7 @@ from .options import SolverOptions, solver_options
 from .potts import PottsOperator
 from .refine import refine
 from .signed import SignedOperator
+from .threads import get_num_threads, set_num_threads
 
 __all__ = [
     "MODEL_NAMES",
@@ -46,8 +47,10 @@ __all__ = [
     "SignedOperator",
     "SolveInfo",
     "SolverOptions",
+    "get_num_threads",
     "make_operator",
     "refine",
+    "set_num_threads",
     "solve",
     "solve_potts",
     "solve_potts_vjp",

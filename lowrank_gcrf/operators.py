@@ -34,6 +34,7 @@ from .info import SolveInfo
 from .operator_inputs import check_owner, check_system_input, promoted_operator
 from .options import solver_options
 from .solve_driver import report_failure, solve_rows
+from .threads import core_method
 from .validation import array_namespace, as_lam, check_array, check_embeddings, check_finite
 
 #: A system whose distance from singular, relative to λ (Potts: ``(λ − ‖Â‖₂²)/λ``; signed:
@@ -162,6 +163,7 @@ class GCRFOperator:
 
     # -- exact low-rank factorization ------------------------------------------------------
 
+    @core_method
     def factor(self) -> Factorization:
         """Factor the exact low-rank solver (``docs/maths.md#exact-low-rank-solves``).
 
@@ -208,6 +210,7 @@ class GCRFOperator:
         """A checked input in the row layout and the compute dtype."""
         return self._to_rows(self.xp.astype(v, self.dtype, copy=False))
 
+    @core_method
     def solve(
         self,
         b: Any,
@@ -311,6 +314,7 @@ class GCRFOperator:
         """
         return small
 
+    @core_method
     def vjp(
         self,
         x: Any,

@@ -36,6 +36,7 @@ from .refine_inputs import (
     check_refine_inputs,
     checked_spatial_dims,
 )
+from .threads import core_function
 from .validation import array_namespace
 
 #: Probabilities are clipped below at this value before their logarithm (as pydensecrf's
@@ -46,6 +47,7 @@ PROB_FLOOR = 1e-5
 SOLVE_RTOL = 1e-4
 
 
+@core_function
 def refine(
     probs: Any,
     image: Any,
@@ -216,6 +218,7 @@ def refine(
     return refined, info
 
 
+@core_function
 def refine_embeddings(
     image: Any,
     params: RefineParameters,

@@ -4,7 +4,7 @@ The general and Potts models reduce to this (``docs/maths.md#exact-low-rank-solv
 general G-CRF is ``λI + AᵀA`` (α = 1); the Potts G-CRF splits into its class sum,
 ``λI + (L−1)ÂᵀÂ`` (α = L − 1), and its deviations, ``λI − ÂᵀÂ`` (α = −1). The signed
 G-CRF ``λI + AᵀA − ΓᵀΓ`` does not: its capacitance ``λS + UUᵀ`` is indefinite, and
-:class:`~lowrank_gcrf.signed.SignedInverse` factors it by block elimination instead
+:class:`~lowrank_gcrf.signed_inverse.SignedInverse` factors it by block elimination instead
 (``docs/maths.md#exact-solve``). With U of shape (D, n):
 
 * D < n: Woodbury through the D×D capacitance ``C = λI + α UUᵀ``,
@@ -19,6 +19,7 @@ where the caller knows it is small (the Potts class sum: κ ≤ L).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import array_api_compat
@@ -27,6 +28,7 @@ from .cholesky import CholeskyFactor, cholesky_factor
 from .dtypes import dtype_name
 from .errors import GCRFError
 from .host_reads import to_host
+from .threads import large_product_threads
 
 
 def gram_overflow_error(name: str, dtype: Any) -> GCRFError:
@@ -47,7 +49,9 @@ def working_gram(xp: Any, U: Any, name: str = "U") -> Any:
         The Gram overflowed U's dtype (embeddings too large for it).
     """
     Ut = xp.matrix_transpose(U)
-    gram = U @ Ut if U.shape[-2] < U.shape[-1] else Ut @ U
+    small, large = sorted(U.shape[-2:])
+    with large_product_threads(xp, 2.0 * small * small * large * math.prod(U.shape[:-2])):
+        gram = U @ Ut if U.shape[-2] < U.shape[-1] else Ut @ U
     if not bool(to_host(xp, xp.all(xp.isfinite(gram)))):
         raise gram_overflow_error(name, U.dtype)
     return gram

@@ -1,0 +1,132 @@
+"""The library's BLAS threads (``lowrank_gcrf.threads``): one thread for the core's calls,
+the user's pool (or ``set_num_threads``) for its large products, and the process's settings
+untouched outside them, whatever happens inside."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+import pytest
+from threadpoolctl import ThreadpoolController, threadpool_limits
+
+import lowrank_gcrf as lg
+import lowrank_gcrf.cholesky
+import lowrank_gcrf.woodbury
+from lowrank_gcrf import threads
+from lowrank_gcrf.testing import make_general_system, make_potts_system
+
+
+def blas_threads() -> list[int]:
+    """The thread count of every BLAS pool now."""
+    return [
+        lib.num_threads for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"
+    ]
+
+
+@pytest.fixture
+def two_thread_pools():
+    """The user's pools at 2 threads (the size this machine's defaults give them), and the
+    library's setting back to automatic afterwards."""
+    with threadpool_limits(limits=2, user_api="blas"):
+        yield
+    lg.set_num_threads(None)
+
+
+@pytest.fixture
+def seen_threads(monkeypatch):
+    """The pools' thread counts inside every product the core runs through
+    ``large_product_threads`` (its Grams and Cholesky factorizations), with their flops."""
+    seen = []
+    real = threads.large_product_threads
+
+    @contextlib.contextmanager
+    def spy(xp, flops):
+        with real(xp, flops):
+            seen.append((blas_threads(), flops))
+            yield
+
+    for module in (lowrank_gcrf.woodbury, lowrank_gcrf.cholesky):
+        monkeypatch.setattr(module, "large_product_threads", spy)
+    return seen
+
+
+def test_the_users_pools_are_untouched_outside_the_library(two_thread_pools):
+    system = make_potts_system(0, rank=4, pixels=30, labels=3, kappa=10.0)
+    before = blas_threads()
+    lg.solve_potts(system.embeddings, system.b, system.lam)
+    assert blas_threads() == before == [2] * len(before)
+
+
+def test_a_failing_call_restores_the_pools(two_thread_pools):
+    system = make_potts_system(0, rank=4, pixels=30, labels=3, kappa=10.0)
+    with pytest.raises(lg.IndefiniteSystemError):
+        lg.solve_potts(system.embeddings * 10, system.b, system.lam)
+    assert set(blas_threads()) == {2}
+
+
+def test_small_products_run_in_one_thread(two_thread_pools, monkeypatch):
+    """Inside a solve every pool has one thread, except for the large products."""
+    inside = []
+    matvec = lg.GeneralOperator.matvec
+
+    def spy(self, v):
+        inside.append(blas_threads())
+        return matvec(self, v)
+
+    monkeypatch.setattr(lg.GeneralOperator, "matvec", spy)
+    system = make_general_system(0, rank=3, n=40, kappa=10.0)
+    lg.solve(system.embeddings, system.b, system.lam, method="cg")
+    assert inside and all(set(counts) == {1} for counts in inside)
+
+
+#: The flops of the two Grams below (the Cholesky factorizations of their 64×64 and 8×8
+#: capacitances are far smaller).
+GRAM_FLOPS = (2.0 * 64 * 64 * 8000, 2.0 * 8 * 8 * 100)
+
+
+def test_large_grams_use_the_users_pool_and_set_num_threads(two_thread_pools, seen_threads):
+    """A Gram of at least LARGE_PRODUCT_FLOPS runs with the user's pool size, or with
+    set_num_threads(n); a small one in one thread."""
+    rng = np.random.default_rng(0)
+    large = rng.standard_normal((64, 8000)).astype(np.float32) / 400  # 2·64²·8000 = 6.6e7
+    small = rng.standard_normal((8, 100)).astype(np.float32) / 40
+    assert 2 * 64 * 64 * 8000 >= threads.LARGE_PRODUCT_FLOPS > 2 * 8 * 8 * 100
+    for A in (large, small):
+        lg.solve(A, np.ones(A.shape[1], np.float32), 1.0, method="direct")
+    lg.set_num_threads(1)
+    lg.solve(large, np.ones(large.shape[1], np.float32), 1.0, method="direct")
+    grams = [(counts, flops) for counts, flops in seen_threads if flops in GRAM_FLOPS]
+    (large_default, _), (small_default, _), (large_one, _) = grams
+    assert set(large_default) == {2} and set(small_default) == {1} and set(large_one) == {1}
+
+
+def test_concurrent_calls_restore_the_pools(two_thread_pools):
+    """Calls from several threads share the pools; the user's sizes return after the last."""
+    systems = [
+        make_potts_system(seed, rank=4, pixels=40, labels=3, kappa=10.0) for seed in range(4)
+    ]
+    errors = []
+
+    def solve(system):
+        try:
+            for _ in range(20):
+                lg.solve_potts(system.embeddings, system.b, system.lam)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=solve, args=(s,)) for s in systems]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert not errors
+    assert set(blas_threads()) == {2}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_num_threads_refuses_what_is_not_a_positive_integer(bad):
+    with pytest.raises(lg.GCRFError, match="threads must be a positive integer or None"):
+        lg.set_num_threads(bad)
+    assert lg.get_num_threads() is None
