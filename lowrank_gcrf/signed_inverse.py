@@ -8,9 +8,11 @@ size, D + E = 130 and N = 35301), where a chunk is a few MB.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .cholesky import CholeskyFactor
+from .threads import large_product_threads
 
 #: The float64 elements of U's columns that :func:`float64_gram` casts at a time (4 MiB: 4032
 #: columns at D + E = 130), never fewer than :data:`GRAM_MIN_COLUMNS` columns.
@@ -27,20 +29,19 @@ def float64_gram(xp: Any, U: Any) -> Any:
     as accurate as one float64 product (both sum in float64, the chunks in another order).
     """
     Ut = xp.matrix_transpose
-    if U.dtype == xp.float64:
-        return U @ Ut(U)
-    rows = 1
-    for size in U.shape[:-1]:
-        rows *= int(size)
+    rows = math.prod(int(size) for size in U.shape[:-1])
     n = int(U.shape[-1])
-    step = max(GRAM_MIN_COLUMNS, GRAM_CHUNK_ELEMENTS // max(rows, 1))
-    gram = None
-    for start in range(0, n, step):
-        chunk = xp.astype(U[..., start : start + step], xp.float64)
-        part = chunk @ Ut(chunk)
-        del chunk  # before the next chunk is cast: one chunk at a time
-        gram = part if gram is None else gram + part
-    return gram
+    with large_product_threads(xp, 2.0 * rows * int(U.shape[-2]) * n):
+        if U.dtype == xp.float64:
+            return U @ Ut(U)
+        step = max(GRAM_MIN_COLUMNS, GRAM_CHUNK_ELEMENTS // max(rows, 1))
+        gram = None
+        for start in range(0, n, step):
+            chunk = xp.astype(U[..., start : start + step], xp.float64)
+            part = chunk @ Ut(chunk)
+            del chunk  # before the next chunk is cast: one chunk at a time
+            gram = part if gram is None else gram + part
+        return gram
 
 
 class SignedInverse:
