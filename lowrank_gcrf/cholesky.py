@@ -15,14 +15,12 @@ elsewhere from ``xp.linalg.cholesky`` and ``xp.linalg.inv``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import scipy.linalg.lapack
 
 from .host_reads import to_host
-from .threads import large_product_threads
 from .validation import is_numpy
 
 
@@ -52,9 +50,7 @@ def cholesky_lower(xp: Any, matrix: Any) -> Any | None:
     if is_numpy(xp):
         if not (matrix.flags.owndata and matrix.flags.c_contiguous and matrix.flags.writeable):
             matrix = np.array(matrix, order="C")
-        n = matrix.shape[-1]
-        with large_product_threads(xp, n**3 / 3 * math.prod(matrix.shape[:-2])):
-            return _numpy_cholesky(matrix)
+        return _numpy_cholesky(matrix)
     try:
         lower = xp.linalg.cholesky(matrix)
     except (ValueError, ArithmeticError, RuntimeError):

@@ -1,21 +1,22 @@
 """BLAS threads of the library's own calls: one thread for the small products of the
 iterations, the user's pool for the large ones.
 
-Measured on 2 cores (``python -m benchmarks.speed``, its default-threads and one-thread
-columns): with every BLAS pool at its default size, the small products of a solve (a CG
-iteration's ``(k, D) @ (D, D)``, the triangular solves of a factor) ran many times slower
-than in one thread, because NumPy and SciPy each load an OpenBLAS with its own pool and the
-hot path alternates between the two, whose spinning threads fight over the cores (and with
-a framework's own threads in training). A large product over all pixels (the Gram ``UUᵀ``,
-``2·D²·n`` flops) gains from every core instead.
+Measured on 2 cores (``python -m benchmarks.speed.threads``): with every BLAS pool at its
+default size, the small products of a solve (a CG iteration's ``(k, D) @ (D, D)``, the
+triangular solves of a factor) ran many times slower than in one thread, because NumPy and
+SciPy each load an OpenBLAS with its own pool and the hot path alternates between the two,
+whose spinning threads fight over the cores (and with a framework's own threads in
+training). A large matrix product over all pixels (the Gram ``UUᵀ``, ``2·D²·n`` flops)
+gains from every core instead.
 
 So the core's entry points (a solve, a vector-Jacobian product, a factorization, ``refine``)
 run with every BLAS pool limited to one thread (:func:`core_method`, :func:`core_function`),
-and the products
-large enough to pay for more threads (:func:`large_product_threads`) run with
-:func:`get_num_threads` of them, by default the size the pools had when the call began.
-The user's settings are restored when the call returns, whatever happens in it; nothing
-changes while the library is not running. NumPy only: CuPy arrays need no CPU threads.
+and NumPy's products large enough to pay for more threads (:func:`large_product_threads`)
+run with :func:`get_num_threads` of them, by default the size the pools had when the call
+began. SciPy's pool (the Cholesky factorizations) stays at one thread: its threads would
+spin on after a factorization against NumPy's next product. The user's settings are
+restored when the call returns, whatever happens in it; nothing changes while the library
+is not running. NumPy only: CuPy arrays need no CPU threads.
 """
 
 from __future__ import annotations
@@ -63,16 +64,17 @@ class _BlasPools:
         return [lib for lib in self._controller.lib_controllers if lib.user_api == "blas"]
 
     @contextlib.contextmanager
-    def limited(self, threads: int | None) -> Iterator[None]:
-        """The pools at ``threads`` (None: as the user left them) while the block runs."""
+    def limited(self, threads: int | None, library: str | None = None) -> Iterator[None]:
+        """The pools at ``threads`` (None: as the user left them) while the block runs;
+        with ``library``, only the pools whose path holds it (the others keep this
+        thread's previous request)."""
         me = threading.get_ident()
         with self._lock:
             if not self._requests:
                 self._saved = [(lib, lib.num_threads) for lib in self._libraries()]
                 self.user_threads = max((n for _, n in self._saved), default=1)
-            self._requests.setdefault(me, []).append(
-                self.user_threads if threads is None else threads
-            )
+            count = self.user_threads if threads is None else threads
+            self._requests.setdefault(me, []).append((count, library))
             self._apply()
         try:
             yield
@@ -85,19 +87,35 @@ class _BlasPools:
                 self._apply()
 
     def _apply(self) -> None:
-        if self._requests:
-            threads = min(stack[-1] for stack in self._requests.values())
-            for lib, _ in self._saved:
-                if lib.num_threads != threads:
-                    lib.set_num_threads(threads)
-        else:
+        if not self._requests:
             for lib, threads in self._saved:
                 lib.set_num_threads(threads)
             self._saved = []
+            return
+        for lib, saved in self._saved:
+            threads = min(
+                _effective(stack, lib.filepath, saved) for stack in self._requests.values()
+            )
+            if lib.num_threads != threads:
+                lib.set_num_threads(threads)
+
+    def separate(self, library: str) -> bool:
+        """Whether ``library`` has a BLAS pool of its own, apart from the others'."""
+        paths = [lib.filepath for lib, _ in self._saved]
+        return len(paths) > 1 and any(library in path for path in paths)
 
     def active(self) -> bool:
         """Whether this thread is inside a library call."""
         return threading.get_ident() in self._requests
+
+
+def _effective(stack: list[tuple[int, str | None]], path: str, saved: int) -> int:
+    """The thread count a thread's requests give the pool at ``path``: its innermost
+    request that names no library or this one's."""
+    for count, library in reversed(stack):
+        if library is None or library in path:
+            return count
+    return saved
 
 
 _POOLS = _BlasPools()
@@ -172,13 +190,15 @@ def core_function(function: _F) -> _F:
 
 
 def large_product_threads(xp: Any, flops: float) -> contextlib.AbstractContextManager[None]:
-    """:func:`get_num_threads` BLAS threads for a product of ``flops`` within a core call,
-    if it is large enough to gain from them (:data:`LARGE_PRODUCT_FLOPS`)."""
-    if not (_uses_cpu_blas(xp) and flops >= LARGE_PRODUCT_FLOPS):
-        return contextlib.nullcontext()
-    if not _POOLS.active():
+    """:func:`get_num_threads` BLAS threads in NumPy's pool for a matrix product of
+    ``flops`` within a core call, if it is large enough to gain from them
+    (:data:`LARGE_PRODUCT_FLOPS`). SciPy's pool stays as it is: raising it too woke its
+    threads, which spun against the product's and cost the gain (measured: a 1024×1681 Gram
+    in 21 ms with both pools at 2 threads, 13 ms with NumPy's alone). Where one BLAS serves
+    both, its pool is raised."""
+    if not (_uses_cpu_blas(xp) and flops >= LARGE_PRODUCT_FLOPS and _POOLS.active()):
         return contextlib.nullcontext()  # outside a core call the pools are the user's
-    return _POOLS.limited(_num_threads)
+    return _POOLS.limited(_num_threads, "numpy" if _POOLS.separate("numpy") else None)
 
 
 def _uses_cpu_blas(xp: Any) -> bool:

@@ -178,3 +178,32 @@ def test_iteration_benchmark_short_run_writes_only_where_told(tmp_path, capsys):
         assert r["ratio"] > 0 and r["solve_ratio"] > 0 and r["ours_iterations"] > 0
         assert f"| {r['model']} | {r['D']} | 1 |" in text
     assert "written to" in capsys.readouterr().out
+
+
+def test_threads_benchmark_quick_run_writes_only_where_told(tmp_path, capsys):
+    """``benchmarks.speed.threads --quick`` writes its section and rows to ``--out``, leaves
+    the published results alone, and leaves the process's thread settings as it found
+    them."""
+    import json
+
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from benchmarks.speed import threads
+
+    pools = [p["num_threads"] for p in threadpool_info()]
+    torch_threads = torch.get_num_threads()
+    before = results_writer.published_fingerprint()
+    assert threads.main(["--quick", "--out", str(tmp_path)]) == 0
+    assert results_writer.published_fingerprint() == before
+    assert [p["num_threads"] for p in threadpool_info()] == pools
+    assert torch.get_num_threads() == torch_threads
+    text = (tmp_path / "RESULTS.md").read_text(encoding="utf-8")
+    begin, end = results_writer.markers(threads.JOB)
+    assert begin in text and end in text
+    rows = json.loads((tmp_path / "results" / "speed_threads.json").read_text())["rows"]
+    assert len(rows) == len(threads.QUICK_CASES) + 1
+    for r in rows:
+        assert min(r["default_ms"], r["one_thread_ms"], r["unmanaged_ms"]) > 0
+        assert f"| {r['case']} |" in text
+    assert "written to" in capsys.readouterr().out

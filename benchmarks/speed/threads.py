@@ -1,0 +1,327 @@
+"""Default BLAS threading against one thread, the library's thread management on and off.
+
+    python -m benchmarks.speed.threads              # full run: publishes
+    python -m benchmarks.speed.threads --quick      # two cases, a few repeats
+
+Every other speed figure pins every pool to one thread; a user does not. This job measures
+what a user with no thread settings gets, in one process, call by call in rotation
+(:func:`benchmarks.timing.interleaved_times`; wall times, medians):
+
+* ``default``: the pools as the process starts them (one thread per core), the library
+  managing its own calls (:mod:`lowrank_gcrf.threads`: one BLAS thread for its small
+  products, the pool for its large ones);
+* ``one thread``: every BLAS pool limited to one thread around the call (threadpoolctl)
+  and, for the PyTorch step, torch's intra-op pool too;
+* ``unmanaged``: the default pools with the library's management switched off, as
+  version 0.1 ran (its ``_POOLS.limited`` replaced by a no-op): the before of this change,
+  timed in a block after the others (its spinning threads would otherwise slow the calls
+  that follow theirs).
+
+Cases: forward+backward ``method="auto"`` and ``"cg"`` solves at the paper's size
+(P = 41×41, L = 21, float32, κ = 10³) for its three models and a rank sweep, the Gram-bound
+cases D ≥ 512 (where the second core should pay), a batch of 8, and a PyTorch training step
+of a Potts ``GCRFHead`` (batch 4, 41×41, L = 21, C = 32, D = 16). The ``busy`` rows repeat
+two cases with one core kept busy by another process, as on a shared machine or next to a
+framework's own threads. ``default / one`` ≤ 1 is the target everywhere.
+The full default run publishes the ``speed-threads`` section of ``benchmarks/RESULTS.md``
+and ``benchmarks/results/speed_threads.json``; ``--quick`` and ``--out`` never publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import multiprocessing
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lowrank_gcrf.models import make_operator
+
+from ..paper_sizes import PAPER_LABELS, PAPER_PIXELS, PAPER_SIDE
+from ..results_writer import destination, write_section
+from ..timing import interleaved_times
+from .measure import Device
+from .problems import make_problem
+from .runner import machine
+
+#: the section of RESULTS.md this job owns
+JOB = "speed-threads"
+DEFAULT_REPEATS = 15
+#: seconds for spinning pool threads to go back to sleep after the unmanaged calls
+UNMANAGED_PAUSE_S = 1.0
+KAPPA = 1e3
+RTOL = 1e-5
+
+#: (model, D, batch, method): the paper's models, a rank sweep with the Gram-bound D ≥ 512,
+#: CG where it iterates, a batch.
+SOLVE_CASES = [
+    ("general", 128, 1, "auto"),
+    ("potts", 128, 1, "auto"),
+    ("potts", 1024, 1, "auto"),
+    ("general", 128, 1, "cg"),
+    ("potts", 128, 1, "cg"),
+    ("potts", 1024, 1, "cg"),
+    ("general", 16, 1, "auto"),
+    ("general", 512, 1, "auto"),
+    ("general", 1024, 1, "auto"),
+    ("potts", 16, 1, "auto"),
+    ("potts", 512, 1, "auto"),
+    ("general", 128, 8, "auto"),
+    ("potts", 128, 8, "auto"),
+]
+QUICK_CASES = [("general", 128, 1, "auto"), ("potts", 128, 1, "cg")]
+#: the cases repeated with one core busy
+BUSY_CASES = [("potts", 1024, 1, "cg")]
+
+
+def solve_call(model: str, rank: int, batch: int, method: str) -> Callable[[], Any]:
+    """A forward+backward solve of the case (the backward reusing the forward's state)."""
+    problem = make_problem(
+        model, pixels=PAPER_PIXELS, labels=PAPER_LABELS, rank=rank, kappa=KAPPA, batch=batch
+    )
+
+    def call() -> None:
+        op = make_operator(
+            problem.model, problem.embeddings, problem.lam, num_labels=problem.labels
+        )
+        x, info = op.solve(problem.b, method=method, rtol=RTOL)
+        op.vjp(x, problem.gx, method=method, rtol=RTOL, factorization=info.factorization)
+
+    return call
+
+
+def torch_step_call() -> Callable[[], Any]:
+    """One SGD step of a Potts ``GCRFHead`` on fixed features (batch 4, 41×41, L = 21)."""
+    import torch
+
+    from lowrank_gcrf.adapters.torch import GCRFHead
+
+    torch.manual_seed(0)
+    head = GCRFHead(32, PAPER_LABELS, embed_dim=16)
+    optimizer = torch.optim.SGD(head.parameters(), lr=1e-3)
+    features = torch.randn(4, 32, PAPER_SIDE, PAPER_SIDE)
+    labels = torch.randint(PAPER_LABELS, (4, PAPER_SIDE, PAPER_SIDE))
+
+    def call() -> None:
+        loss = torch.nn.functional.cross_entropy(head(features), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return call
+
+
+@functools.cache
+def _controller() -> Any:
+    """threadpoolctl's view of the loaded pools, scanned once: a scan per call (what
+    ``threadpool_limits`` does) costs about a millisecond, which would count against one
+    thread."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Every BLAS pool and torch's intra-op pool at one thread."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _controller().limit(limits=1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def unmanaged() -> Iterator[None]:
+    """The library's thread management off: its calls run in the pools as they are."""
+    from lowrank_gcrf import threads
+
+    limited = threads._POOLS.limited
+    threads._POOLS.limited = lambda count: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        threads._POOLS.limited = limited
+
+
+def _within(context: Callable[[], Any], call: Callable[[], Any]) -> Callable[[], Any]:
+    def run() -> None:
+        with context():
+            call()
+
+    return run
+
+
+def measure(name: str, call: Callable[[], Any], repeats: int) -> dict[str, Any]:
+    """Median wall times (ms) of ``call`` in the three settings.
+
+    Default and one thread alternate call by call; the unmanaged calls come after, in a
+    block, and a pause follows them: their pools' threads spin on after each call, which
+    would slow whatever ran next (the others would pay for them).
+    """
+    managed = interleaved_times({"default": call, "one": _within(one_thread, call)}, repeats)
+    before = interleaved_times({"unmanaged": _within(unmanaged, call)}, repeats)
+    time.sleep(UNMANAGED_PAUSE_S)
+    ms = {k: 1e3 * statistics.median(v) for k, v in {**managed, **before}.items()}
+    return {
+        "case": name,
+        "default_ms": ms["default"],
+        "one_thread_ms": ms["one"],
+        "unmanaged_ms": ms["unmanaged"],
+        "default_over_one": ms["default"] / ms["one"],
+        "unmanaged_over_one": ms["unmanaged"] / ms["one"],
+    }
+
+
+def _spin(stop: Any) -> None:
+    while not stop.is_set():
+        pass
+
+
+@contextlib.contextmanager
+def one_core_busy() -> Iterator[None]:
+    """Another process spinning on a core while the block runs."""
+    stop = multiprocessing.Event()
+    worker = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+
+
+def cases(quick: bool) -> list[tuple[str, Callable[[], Callable[[], Any]], bool]]:
+    """(name, factory of the call, with one core busy) of the run."""
+    solves = QUICK_CASES if quick else SOLVE_CASES
+    chosen = [
+        (f"{m} D={d}{f' B={b}' if b > 1 else ''} {method} fwd+bwd", (m, d, b, method), False)
+        for m, d, b, method in solves
+    ]
+    if not quick:
+        chosen += [
+            (f"{m} D={d} {method} fwd+bwd, one core busy", (m, d, b, method), True)
+            for m, d, b, method in BUSY_CASES
+        ]
+    rows = [(name, _factory(spec), busy) for name, spec, busy in chosen]
+    rows.append(("torch Potts GCRFHead training step", torch_step_call, False))
+    if not quick:
+        rows.append(("torch Potts GCRFHead training step, one core busy", torch_step_call, True))
+    return rows
+
+
+def _factory(spec: tuple[str, int, int, str]) -> Callable[[], Callable[[], Any]]:
+    return lambda: solve_call(*spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table."""
+    lines = [
+        "| case | default ms | one thread ms | unmanaged (0.1) ms | default / one | "
+        "unmanaged / one |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['default_ms']:.3g} | {r['one_thread_ms']:.3g} | "
+            f"{r['unmanaged_ms']:.3g} | **{r['default_over_one']:.2f}** | "
+            f"{r['unmanaged_over_one']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_section(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
+    """The RESULTS.md section."""
+    worst = max(r["default_over_one"] for r in rows)
+    pools = "; ".join(
+        f"{p['internal_api']} {p['version'] or ''} ({p['num_threads']} threads)"
+        for p in info["threads"]["pools"]
+        if p["user_api"] == "blas"
+    )
+    return "\n".join(
+        [
+            "## Default threads against one thread (`python -m benchmarks.speed.threads`)",
+            "",
+            "The one section measured with the threads a user has: wall times, medians of "
+            "calls in rotation in one process. `default`: the BLAS pools as the process "
+            "starts them, the library managing its own calls (one thread for its small "
+            "products, the pool for its Grams); `one thread`: every BLAS pool (and torch's) "
+            "limited to one around the call; `unmanaged`: the default pools with that "
+            "management off, as version 0.1 ran. Paper size (P = 41×41, L = 21, float32, "
+            "κ = 10³), forward+backward; `busy`: another process spins on one core.",
+            "",
+            f"Largest `default / one`: **{worst:.2f}** (target ≤ 1).",
+            "",
+            f"* CPU: {info['cpu']}, {info['cores']} cores; Python {info['python']}; "
+            f"versions: {', '.join(f'{k} {v}' for k, v in info['versions'].items())}",
+            f"* BLAS pools at start: {pools}; torch intra-op threads: "
+            f"{info['torch_threads']}; environment: "
+            f"{', '.join(f'{k}={v}' for k, v in info['threads']['environment'].items() if v)}",
+            f"* {info['date']}, commit {info['commit']}",
+            "",
+            table(rows),
+        ]
+    )
+
+
+def thread_config() -> dict[str, Any]:
+    """The pools as the process has them (no limit), and the thread environment."""
+    from threadpoolctl import threadpool_info
+
+    keys = ("user_api", "internal_api", "prefix", "version", "num_threads")
+    env_keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")
+    return {
+        "threads": None,
+        "pools": [{k: p.get(k) for k in keys} for p in threadpool_info()],
+        "environment": {k: os.environ.get(k) for k in env_keys},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, print the table and write it (published for the full run); 0 on success."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed.threads", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="two cases, a few repeats")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="calls per setting")
+    parser.add_argument(
+        "--out", type=Path, help="write DIR/RESULTS.md and DIR/results/ instead of publishing"
+    )
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else args.repeats
+    publishable = not args.quick and args.repeats == DEFAULT_REPEATS
+    where = destination(JOB, publishable=publishable, out=args.out)
+
+    import torch
+    from tqdm import tqdm
+
+    info = machine(Device("cpu"), thread_config())
+    info["torch_threads"] = torch.get_num_threads()
+    rows = []
+    for name, factory, busy in tqdm(cases(args.quick), desc="cases"):
+        call = factory()
+        with one_core_busy() if busy else contextlib.nullcontext():
+            rows.append(measure(name, call, repeats))
+    info["load_average_end"] = os.getloadavg()
+    print(table(rows))
+    write_section(where.results_md, JOB, markdown_section(rows, info))
+    where.results_dir.mkdir(parents=True, exist_ok=True)
+    (where.results_dir / "speed_threads.json").write_text(
+        json.dumps({"machine": info, "rows": rows}, indent=1, default=float), encoding="utf-8"
+    )
+    print(("published to " if where.published else "written to ") + str(where.results_md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
