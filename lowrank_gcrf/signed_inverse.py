@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from .cholesky import CholeskyFactor
-from .threads import large_product_threads
+from .threads import gram_threads
 
 #: The float64 elements of U's columns that :func:`float64_gram` casts at a time (4 MiB: 4032
 #: columns at D + E = 130), never fewer than :data:`GRAM_MIN_COLUMNS` columns.
@@ -31,7 +31,7 @@ def float64_gram(xp: Any, U: Any) -> Any:
     Ut = xp.matrix_transpose
     rows = math.prod(int(size) for size in U.shape[:-1])
     n = int(U.shape[-1])
-    with large_product_threads(xp, 2.0 * rows * int(U.shape[-2]) * n):
+    with gram_threads(xp, tuple(U.shape)):
         if U.dtype == xp.float64:
             return U @ Ut(U)
         step = max(GRAM_MIN_COLUMNS, GRAM_CHUNK_ELEMENTS // max(rows, 1))

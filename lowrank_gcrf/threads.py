@@ -11,8 +11,8 @@ gains from every core instead.
 
 So the core's entry points (a solve, a vector-Jacobian product, a factorization, ``refine``)
 run with every BLAS pool limited to one thread (:func:`core_method`, :func:`core_function`),
-and NumPy's products large enough to pay for more threads (:func:`large_product_threads`)
-run with :func:`get_num_threads` of them, by default the size the pools had when the call
+and NumPy's Grams large enough to pay for more threads (:func:`gram_threads`) run with
+:func:`get_num_threads` of them, by default the size the pools had when the call
 began. SciPy's pool (the Cholesky factorizations) stays at one thread: its threads would
 spin on after a factorization against NumPy's next product. The user's settings are
 restored when the call returns, whatever happens in it; nothing changes while the library
@@ -32,10 +32,12 @@ from threadpoolctl import ThreadpoolController
 
 from .errors import GCRFError
 
-#: A product of at least this many flops runs with :func:`get_num_threads` BLAS threads
-#: (everything else in one): about 5 ms in one thread, where a second thread saved 20–40 %
-#: on 2 cores in ``benchmarks.speed``'s Gram cases, and below which it saved nothing.
-LARGE_PRODUCT_FLOPS = 5e7
+#: A Gram ``UUᵀ`` (or ``UᵀU``) runs with :func:`get_num_threads` BLAS threads when its
+#: smaller side is at least this: measured in the full general and Potts solves at the
+#: paper's size on 2 cores (``benchmarks.speed.threads``), a second thread cost 10 % at
+#: D = 128, nothing at D = 256, and saved 22–28 % (general) and 7–8 % (Potts) at
+#: D = 512–1024. Smaller Grams, and every other product, run in one thread.
+GRAM_THREADS_MIN_RANK = 512
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -189,14 +191,14 @@ def core_function(function: _F) -> _F:
     return limited  # type: ignore[return-value]
 
 
-def large_product_threads(xp: Any, flops: float) -> contextlib.AbstractContextManager[None]:
-    """:func:`get_num_threads` BLAS threads in NumPy's pool for a matrix product of
-    ``flops`` within a core call, if it is large enough to gain from them
-    (:data:`LARGE_PRODUCT_FLOPS`). SciPy's pool stays as it is: raising it too woke its
-    threads, which spun against the product's and cost the gain (measured: a 1024×1681 Gram
-    in 21 ms with both pools at 2 threads, 13 ms with NumPy's alone). Where one BLAS serves
+def gram_threads(xp: Any, shape: tuple[int, ...]) -> contextlib.AbstractContextManager[None]:
+    """:func:`get_num_threads` BLAS threads in NumPy's pool for the Gram of a U of
+    ``shape`` (..., r, n) within a core call, if it is large enough to gain from them
+    (:data:`GRAM_THREADS_MIN_RANK`). SciPy's pool stays as it is: raising it too woke its
+    threads, which spun against the Gram's and cost the gain (measured: a 1024×1681 Gram in
+    21 ms with both pools at 2 threads, 13 ms with NumPy's alone). Where one BLAS serves
     both, its pool is raised."""
-    if not (_uses_cpu_blas(xp) and flops >= LARGE_PRODUCT_FLOPS and _POOLS.active()):
+    if not (_uses_cpu_blas(xp) and min(shape[-2:]) >= GRAM_THREADS_MIN_RANK and _POOLS.active()):
         return contextlib.nullcontext()  # outside a core call the pools are the user's
     return _POOLS.limited(_num_threads, "numpy" if _POOLS.separate("numpy") else None)
 

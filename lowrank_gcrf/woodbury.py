@@ -19,7 +19,6 @@ where the caller knows it is small (the Potts class sum: κ ≤ L).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import array_api_compat
@@ -28,7 +27,7 @@ from .cholesky import CholeskyFactor, cholesky_factor
 from .dtypes import dtype_name
 from .errors import GCRFError
 from .host_reads import to_host
-from .threads import large_product_threads
+from .threads import gram_threads
 
 
 def gram_overflow_error(name: str, dtype: Any) -> GCRFError:
@@ -49,8 +48,7 @@ def working_gram(xp: Any, U: Any, name: str = "U") -> Any:
         The Gram overflowed U's dtype (embeddings too large for it).
     """
     Ut = xp.matrix_transpose(U)
-    small, large = sorted(U.shape[-2:])
-    with large_product_threads(xp, 2.0 * small * small * large * math.prod(U.shape[:-2])):
+    with gram_threads(xp, tuple(U.shape)):
         gram = U @ Ut if U.shape[-2] < U.shape[-1] else Ut @ U
     if not bool(to_host(xp, xp.all(xp.isfinite(gram)))):
         raise gram_overflow_error(name, U.dtype)

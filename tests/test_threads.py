@@ -42,18 +42,17 @@ def two_thread_pools():
 
 @pytest.fixture
 def seen_threads(monkeypatch):
-    """The pools' thread counts inside every product the core runs through
-    ``large_product_threads`` (its Grams), with their flops."""
+    """The pools' thread counts inside every Gram the core computes, with U's shape."""
     seen = []
-    real = threads.large_product_threads
+    real = threads.gram_threads
 
     @contextlib.contextmanager
-    def spy(xp, flops):
-        with real(xp, flops):
-            seen.append((blas_pools(), flops))
+    def spy(xp, shape):
+        with real(xp, shape):
+            seen.append((blas_pools(), shape))
             yield
 
-    monkeypatch.setattr(lowrank_gcrf.woodbury, "large_product_threads", spy)
+    monkeypatch.setattr(lowrank_gcrf.woodbury, "gram_threads", spy)
     return seen
 
 
@@ -93,12 +92,13 @@ def numpy_pool(pools: dict[str, int]) -> int:
 
 
 def test_large_grams_use_the_users_pool_and_set_num_threads(two_thread_pools, seen_threads):
-    """A Gram of at least LARGE_PRODUCT_FLOPS runs with NumPy's pool at the user's size, or
-    at set_num_threads(n), every other pool at one thread; a small Gram in one thread."""
+    """A Gram whose smaller side is at least GRAM_THREADS_MIN_RANK runs with NumPy's pool at
+    the user's size, or at set_num_threads(n), every other pool at one thread; a smaller
+    Gram in one thread."""
+    rank = threads.GRAM_THREADS_MIN_RANK
     rng = np.random.default_rng(0)
-    large = rng.standard_normal((64, 8000)).astype(np.float32) / 400
-    small = rng.standard_normal((8, 100)).astype(np.float32) / 40
-    assert 2 * 64 * 64 * 8000 >= threads.LARGE_PRODUCT_FLOPS > 2 * 8 * 8 * 100
+    large = rng.standard_normal((rank, rank + 100)).astype(np.float32) / (4 * rank)
+    small = rng.standard_normal((rank // 2, rank + 100)).astype(np.float32) / (4 * rank)
     for A in (large, small):
         lg.solve(A, np.ones(A.shape[1], np.float32), 1.0, method="direct")
     lg.set_num_threads(1)

@@ -18,11 +18,13 @@ what a user with no thread settings gets, in one process, call by call in rotati
   that follow theirs).
 
 Cases: forward+backward ``method="auto"`` and ``"cg"`` solves at the paper's size
-(P = 41×41, L = 21, float32, κ = 10³) for its three models and a rank sweep, the Gram-bound
-cases D ≥ 512 (where the second core should pay), a batch of 8, and a PyTorch training step
-of a Potts ``GCRFHead`` (batch 4, 41×41, L = 21, C = 32, D = 16). The ``busy`` rows repeat
-two cases with one core kept busy by another process, as on a shared machine or next to a
-framework's own threads. ``default / one`` ≤ 1 is the target everywhere.
+(P = 41×41, L = 21, float32, κ = 10³) for its three models, the rank, pixel and label
+sweeps, the Gram-bound cases D ≥ 512 (where the second core should pay), a batch of 8 and
+float64; a PyTorch training step of a Potts ``GCRFHead`` (batch 4, 41×41, L = 21, C = 32,
+D = 16) and of its unary branch alone (torch's own share), and the Keras head's step
+(TensorFlow's pools cannot change while it runs: its ``one thread`` limits BLAS only). The
+``busy`` rows repeat cases with one core kept busy by another process, as on a shared
+machine. ``default / one`` ≤ 1 is the target.
 The full default run publishes the ``speed-threads`` section of ``benchmarks/RESULTS.md``
 and ``benchmarks/results/speed_threads.json``; ``--quick`` and ``--out`` never publish.
 """
@@ -41,9 +43,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lowrank_gcrf.models import make_operator
 
-from ..paper_sizes import PAPER_LABELS, PAPER_PIXELS, PAPER_SIDE
+from ..paper_sizes import PAPER_LABELS, PAPER_SIDE
 from ..results_writer import destination, write_section
 from ..timing import interleaved_times
 from .measure import Device
@@ -58,8 +62,9 @@ UNMANAGED_PAUSE_S = 1.0
 KAPPA = 1e3
 RTOL = 1e-5
 
-#: (model, D, batch, method): the paper's models, a rank sweep with the Gram-bound D ≥ 512,
-#: CG where it iterates, a batch.
+#: (model, D, batch, method[, pixels side, labels, dtype]): the paper's models, a rank sweep
+#: with the Gram-bound D ≥ 512, CG where it iterates, a batch, the pixel and label sweeps
+#: and float64.
 SOLVE_CASES = [
     ("general", 128, 1, "auto"),
     ("potts", 128, 1, "auto"),
@@ -74,16 +79,40 @@ SOLVE_CASES = [
     ("potts", 512, 1, "auto"),
     ("general", 128, 8, "auto"),
     ("potts", 128, 8, "auto"),
+    ("general", 128, 1, "auto", 21, PAPER_LABELS, "float32"),
+    ("general", 128, 1, "auto", 129, PAPER_LABELS, "float32"),
+    ("potts", 128, 1, "auto", 21, PAPER_LABELS, "float32"),
+    ("potts", 128, 1, "auto", 129, PAPER_LABELS, "float32"),
+    ("general", 128, 1, "auto", PAPER_SIDE, 2, "float32"),
+    ("general", 128, 1, "auto", PAPER_SIDE, 64, "float32"),
+    ("potts", 128, 1, "auto", PAPER_SIDE, 2, "float32"),
+    ("potts", 128, 1, "auto", PAPER_SIDE, 64, "float32"),
+    ("general", 128, 1, "auto", PAPER_SIDE, PAPER_LABELS, "float64"),
+    ("potts", 1024, 1, "auto", PAPER_SIDE, PAPER_LABELS, "float64"),
 ]
 QUICK_CASES = [("general", 128, 1, "auto"), ("potts", 128, 1, "cg")]
 #: the cases repeated with one core busy
 BUSY_CASES = [("potts", 1024, 1, "cg")]
 
 
-def solve_call(model: str, rank: int, batch: int, method: str) -> Callable[[], Any]:
+def solve_call(
+    model: str,
+    rank: int,
+    batch: int,
+    method: str,
+    side: int = PAPER_SIDE,
+    labels: int = PAPER_LABELS,
+    dtype: str = "float32",
+) -> Callable[[], Any]:
     """A forward+backward solve of the case (the backward reusing the forward's state)."""
     problem = make_problem(
-        model, pixels=PAPER_PIXELS, labels=PAPER_LABELS, rank=rank, kappa=KAPPA, batch=batch
+        model,
+        pixels=side * side,
+        labels=labels,
+        rank=rank,
+        kappa=KAPPA,
+        batch=batch,
+        dtype=np.dtype(dtype),
     )
 
     def call() -> None:
@@ -96,23 +125,51 @@ def solve_call(model: str, rank: int, batch: int, method: str) -> Callable[[], A
     return call
 
 
-def torch_step_call() -> Callable[[], Any]:
-    """One SGD step of a Potts ``GCRFHead`` on fixed features (batch 4, 41×41, L = 21)."""
+def torch_step_call(crf: bool = True) -> Callable[[], Any]:
+    """One SGD step of a Potts ``GCRFHead`` on fixed features (batch 4, 41×41, L = 21), or
+    with ``crf=False`` of its unary branch alone: torch's own share of the step."""
     import torch
 
     from lowrank_gcrf.adapters.torch import GCRFHead
 
     torch.manual_seed(0)
     head = GCRFHead(32, PAPER_LABELS, embed_dim=16)
-    optimizer = torch.optim.SGD(head.parameters(), lr=1e-3)
+    model = head if crf else head.unary
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     features = torch.randn(4, 32, PAPER_SIDE, PAPER_SIDE)
     labels = torch.randint(PAPER_LABELS, (4, PAPER_SIDE, PAPER_SIDE))
 
     def call() -> None:
-        loss = torch.nn.functional.cross_entropy(head(features), labels)
+        loss = torch.nn.functional.cross_entropy(model(features), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+    return call
+
+
+def keras_step_call() -> Callable[[], Any]:
+    """One SGD step of a Keras Potts ``GCRFHead`` on fixed features (batch 4, 41×41,
+    L = 21), eagerly; TensorFlow's own pools cannot change once it runs, so its ``one
+    thread`` limits the BLAS pools only."""
+    import keras
+    import tensorflow as tf
+
+    from lowrank_gcrf.adapters.tensorflow import GCRFHead
+
+    keras.utils.set_random_seed(0)
+    head = GCRFHead(PAPER_LABELS, embed_dim=16, data_format="channels_last")
+    optimizer = keras.optimizers.SGD(1e-3)
+    features = tf.random.normal((4, PAPER_SIDE, PAPER_SIDE, 32))
+    labels = tf.random.uniform((4, PAPER_SIDE, PAPER_SIDE), maxval=PAPER_LABELS, dtype=tf.int32)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    head(features)
+
+    def call() -> None:
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, head(features))
+        grads = tape.gradient(loss, head.trainable_variables)
+        optimizer.apply_gradients(zip(grads, head.trainable_variables, strict=True))
 
     return call
 
@@ -204,23 +261,36 @@ def one_core_busy() -> Iterator[None]:
 def cases(quick: bool) -> list[tuple[str, Callable[[], Callable[[], Any]], bool]]:
     """(name, factory of the call, with one core busy) of the run."""
     solves = QUICK_CASES if quick else SOLVE_CASES
-    chosen = [
-        (f"{m} D={d}{f' B={b}' if b > 1 else ''} {method} fwd+bwd", (m, d, b, method), False)
-        for m, d, b, method in solves
-    ]
+    chosen = [(_name(spec), spec, False) for spec in solves]
     if not quick:
-        chosen += [
-            (f"{m} D={d} {method} fwd+bwd, one core busy", (m, d, b, method), True)
-            for m, d, b, method in BUSY_CASES
-        ]
+        chosen += [(f"{_name(spec)}, one core busy", spec, True) for spec in BUSY_CASES]
     rows = [(name, _factory(spec), busy) for name, spec, busy in chosen]
     rows.append(("torch Potts GCRFHead training step", torch_step_call, False))
     if not quick:
-        rows.append(("torch Potts GCRFHead training step, one core busy", torch_step_call, True))
+        rows += [
+            ("torch step of the head's unary branch alone (no CRF)", _no_crf, False),
+            ("torch Potts GCRFHead training step, one core busy", torch_step_call, True),
+            ("torch step of the unary branch alone, one core busy", _no_crf, True),
+            ("Keras Potts GCRFHead training step (eager)", keras_step_call, False),
+        ]
     return rows
 
 
-def _factory(spec: tuple[str, int, int, str]) -> Callable[[], Callable[[], Any]]:
+def _name(spec: tuple[Any, ...]) -> str:
+    model, rank, batch, method, *rest = spec
+    side, labels, dtype = (*rest, PAPER_SIDE, PAPER_LABELS, "float32")[:3]
+    where = [] if side == PAPER_SIDE else [f"{side}×{side}"]
+    where += [] if labels == PAPER_LABELS else [f"L={labels}"]
+    where += [] if dtype == "float32" else [dtype]
+    where += [] if batch == 1 else [f"B={batch}"]
+    return " ".join([f"{model} D={rank}", *where, f"{method} fwd+bwd"])
+
+
+def _no_crf() -> Callable[[], Any]:
+    return torch_step_call(crf=False)
+
+
+def _factory(spec: tuple[Any, ...]) -> Callable[[], Callable[[], Any]]:
     return lambda: solve_call(*spec)
 
 
@@ -258,7 +328,9 @@ def markdown_section(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
             "products, the pool for its Grams); `one thread`: every BLAS pool (and torch's) "
             "limited to one around the call; `unmanaged`: the default pools with that "
             "management off, as version 0.1 ran. Paper size (P = 41×41, L = 21, float32, "
-            "κ = 10³), forward+backward; `busy`: another process spins on one core.",
+            "κ = 10³) unless the case says otherwise, forward+backward; `one core busy`: "
+            "another process spins on one core; the unary-branch rows are torch's own share "
+            "of the step, without the library.",
             "",
             f"Largest `default / one`: **{worst:.2f}** (target ≤ 1).",
             "",
