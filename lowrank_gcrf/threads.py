@@ -191,6 +191,12 @@ def core_function(function: _F) -> _F:
     return limited  # type: ignore[return-value]
 
 
+def one_blas_thread(xp: Any) -> contextlib.AbstractContextManager[None]:
+    """One BLAS thread while the block runs, on NumPy (for a core call that is neither a
+    method nor takes an array first)."""
+    return _POOLS.limited(1) if _uses_cpu_blas(xp) else contextlib.nullcontext()
+
+
 def gram_threads(xp: Any, shape: tuple[int, ...]) -> contextlib.AbstractContextManager[None]:
     """:func:`get_num_threads` BLAS threads in NumPy's pool for the Gram of a U of
     ``shape`` (..., r, n) within a core call, if it is large enough to gain from them

@@ -35,6 +35,7 @@ from lowrank_gcrf.operators import GCRFOperator
 from lowrank_gcrf.options import SOLVER_KEYWORDS, SolverOptions, solver_options
 from lowrank_gcrf.refine import refine_embeddings as image_embeddings
 from lowrank_gcrf.refine_inputs import RefineParameters, check_refine_inputs
+from lowrank_gcrf.threads import one_blas_thread
 from lowrank_gcrf.validation import (
     array_namespace,
     as_lam,
@@ -128,6 +129,21 @@ def check_rescaling(embeddings: Any, lam: Any, name: str) -> NoReturn:
     else:
         initial_lam(lam)
     raise gram_overflow_error(name, embeddings.dtype)
+
+
+def top_eigenvectors(gram: Any) -> Any:
+    """The eigenvector of the largest eigenvalue of each symmetric matrix of ``gram``
+    (..., D, D), a core array; in one BLAS thread.
+
+    A layer's rescaling takes ``‖Â‖₂² = vᵀGv`` with this v held constant: the value of the
+    largest eigenvalue, and its gradient ``vvᵀ`` with respect to G (v is a stationary point
+    of the Rayleigh quotient), without the framework's own eigensolver, whose threads cost
+    a PyTorch training step more than the rest of the rescaling (measured in
+    ``benchmarks.speed.threads``).
+    """
+    xp = array_namespace(gram)
+    with one_blas_thread(xp):
+        return xp.linalg.eigh(gram)[1][..., -1]
 
 
 def check_solver_kwargs(kwargs: dict[str, Any]) -> SolverOptions:

@@ -15,8 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lowrank_gcrf.adapters.bridge import check_rescaling, check_solver_kwargs, signed_stack
-from lowrank_gcrf.adapters.torch.autograd import solve_tensors, tensor_to_core
+from lowrank_gcrf.adapters.bridge import (
+    check_rescaling,
+    check_solver_kwargs,
+    signed_stack,
+    top_eigenvectors,
+)
+from lowrank_gcrf.adapters.torch.autograd import core_stream, solve_tensors, tensor_to_core
 from lowrank_gcrf.errors import GCRFTypeError
 
 
@@ -155,8 +160,9 @@ def solve_signed(
 def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float, *, name: str = "Ahat") -> Tensor:
     """Â rescaled, differentiably, so that ``‖Â‖₂² ≤ bound·λ`` (the Potts condition with margin).
 
-    ``‖Â‖₂²`` is the largest eigenvalue of the D×D Gram ``ÂÂᵀ``, exact (``eigvalsh``, in
-    float64); the factor is ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``, the identity (with zero
+    ``‖Â‖₂²`` is the largest eigenvalue of the D×D Gram ``ÂÂᵀ``, exact (in float64, as
+    ``vᵀGv`` with the core's top eigenvector v: the value and gradient of the eigenvalue);
+    the factor is ``sqrt(bound·λ / max(‖Â‖₂², bound·λ))``, the identity (with zero
     gradient) where the bound already holds. Embeddings with NaN or Inf, a Gram beyond
     float64 or a λ that is not finite and > 0 raise the core's
     :class:`~lowrank_gcrf.GCRFError`, naming ``name`` or ``lam``.
@@ -171,15 +177,24 @@ def pd_scaled(Ahat: Tensor, lam: Tensor | float, bound: float, *, name: str = "A
     """
     wide = Ahat.double()  # a half-precision or huge float32 Gram would overflow
     gram = wide @ wide.mT
+    top = _top_eigenvectors(wide, gram.detach(), lam, name)
+    mu = torch.einsum("...i,...ij,...j->...", top, gram, top)
+    target = bound * (lam.double() if isinstance(lam, Tensor) else lam)
+    factor = torch.sqrt(target / torch.maximum(mu, torch.as_tensor(target, dtype=mu.dtype)))
+    return Ahat * factor.to(Ahat.dtype)[..., None, None]
+
+
+@torch.compiler.disable
+def _top_eigenvectors(wide: Tensor, gram: Tensor, lam: Tensor | float, name: str) -> Tensor:
+    """The Gram's top eigenvectors from the core (a compiled model breaks its graph here,
+    as at the solve), after the checks that name what the eigensolve cannot take."""
     usable = torch.isfinite(gram).all()
     if isinstance(lam, Tensor):
         usable = usable & torch.isfinite(lam).all() & (lam > 0).all()
     if not bool(usable):
         check_rescaling(tensor_to_core(wide), _lam_core(lam), name)
-    mu = torch.linalg.eigvalsh(gram)[..., -1]
-    target = bound * (lam.double() if isinstance(lam, Tensor) else lam)
-    factor = torch.sqrt(target / torch.maximum(mu, torch.as_tensor(target, dtype=mu.dtype)))
-    return Ahat * factor.to(Ahat.dtype)[..., None, None]
+    with core_stream(gram.device):
+        return torch.from_dlpack(top_eigenvectors(tensor_to_core(gram)))
 
 
 def _lam_core(lam: Tensor | float) -> Any:
