@@ -37,7 +37,7 @@ def float64_gram(xp: Any, U: Any) -> Any:
         step = max(GRAM_MIN_COLUMNS, GRAM_CHUNK_ELEMENTS // max(rows, 1))
         gram = None
         for start in range(0, n, step):
-            chunk = xp.astype(U[..., start : start + step], xp.float64)
+            chunk = xp.astype(U[..., start : min(start + step, n)], xp.float64)
             part = chunk @ Ut(chunk)
             del chunk  # before the next chunk is cast: one chunk at a time
             gram = part if gram is None else gram + part

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import numbers
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -130,9 +131,11 @@ def set_num_threads(threads: int | None) -> None:
     Parameters
     ----------
     threads : int ≥ 1 or None
-        The threads of the products large enough to gain from them (Gram matrices over all
-        pixels, large factorizations); every other product of the library runs in one
-        thread, which is fastest for the small products of the iterations. None (the
+        The threads of the products large enough to gain from them (Gram matrices whose
+        smaller side is at least :data:`~lowrank_gcrf.threads.GRAM_THREADS_MIN_RANK`, in
+        NumPy's pool); every
+        other product of the library runs in one thread, which is fastest for the small
+        products of the iterations. None (the
         default) takes the size the BLAS pools have when a call begins: the user's setting
         (``OPENBLAS_NUM_THREADS``, ``threadpoolctl``) or the number of cores. 1 runs
         everything in one thread (for example beside a framework whose own threads use
@@ -153,15 +156,22 @@ def set_num_threads(threads: int | None) -> None:
     """
     global _num_threads
     if threads is not None and (
-        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1
     ):
         raise GCRFError(f"threads must be a positive integer or None, got {threads!r}")
-    _num_threads = threads
+    _num_threads = None if threads is None else int(threads)
 
 
 def get_num_threads() -> int | None:
     """The number of BLAS threads of the library's large products (None: automatic, the
-    pools' size when a call begins); see :func:`set_num_threads`."""
+    pools' size when a call begins); see :func:`set_num_threads`.
+
+    Examples
+    --------
+    >>> import lowrank_gcrf as lg
+    >>> lg.get_num_threads() is None   # automatic, the default
+    True
+    """
     return _num_threads
 
 
