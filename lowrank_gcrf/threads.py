@@ -133,13 +133,11 @@ def set_num_threads(threads: int | None) -> None:
     threads : int ≥ 1 or None
         The threads of the products large enough to gain from them (Gram matrices whose
         smaller side is at least :data:`~lowrank_gcrf.threads.GRAM_THREADS_MIN_RANK`, in
-        NumPy's pool); every
-        other product of the library runs in one thread, which is fastest for the small
-        products of the iterations. None (the
-        default) takes the size the BLAS pools have when a call begins: the user's setting
-        (``OPENBLAS_NUM_THREADS``, ``threadpoolctl``) or the number of cores. 1 runs
-        everything in one thread (for example beside a framework whose own threads use
-        the cores).
+        NumPy's pool); every other product of the library runs in one thread, which is
+        fastest for the small products of the iterations. None (the default) takes the size
+        the BLAS pools have when a call begins: the user's setting (``OPENBLAS_NUM_THREADS``,
+        ``threadpoolctl``) or the number of cores. 1 runs everything in one thread (for
+        example beside a framework whose own threads use the cores).
 
     Notes
     -----
