@@ -31,9 +31,7 @@ MODEL_NAMES = ("general", "potts", "signed")
 def check_model(model: Any) -> str:
     """``model`` if it names a registered model, else a :class:`GCRFError` listing them."""
     if not isinstance(model, str) or model not in MODEL_NAMES:
-        raise GCRFError(
-            f"model must be one of {', '.join(map(repr, MODEL_NAMES))}, got {model!r}"
-        )
+        raise GCRFError(f"model must be one of {', '.join(map(repr, MODEL_NAMES))}, got {model!r}")
     return model
 
 
