@@ -54,7 +54,8 @@ def tensor_to_core(tensor: Tensor) -> Any:
     return to_core(tensor.detach().contiguous())
 
 
-def _lam_to_core(lam: Tensor | float) -> Any:
+def lam_to_core(lam: Tensor | float) -> Any:
+    """λ as the core takes it: a float as it is, a tensor as a NumPy or CuPy view."""
     return tensor_to_core(lam) if isinstance(lam, Tensor) else lam
 
 
@@ -77,7 +78,7 @@ class _SolveFunction(torch.autograd.Function):
     ) -> Tensor:
         with core_stream(embeddings.device):
             core = CoreSolve(
-                model, tensor_to_core(embeddings), tensor_to_core(b), _lam_to_core(lam), options
+                model, tensor_to_core(embeddings), tensor_to_core(b), lam_to_core(lam), options
             )
             x = torch.from_dlpack(core.x)
         ctx.core = core

@@ -21,7 +21,12 @@ from lowrank_gcrf.adapters.bridge import (
     signed_stack,
     top_eigenvectors,
 )
-from lowrank_gcrf.adapters.torch.autograd import core_stream, solve_tensors, tensor_to_core
+from lowrank_gcrf.adapters.torch.autograd import (
+    core_stream,
+    lam_to_core,
+    solve_tensors,
+    tensor_to_core,
+)
 from lowrank_gcrf.errors import GCRFTypeError
 
 
@@ -190,15 +195,12 @@ def _top_eigenvectors(wide: Tensor, gram: Tensor, lam: Tensor | float, name: str
     as at the solve), after the checks that name what the eigensolve cannot take."""
     usable = torch.isfinite(gram).all()
     if isinstance(lam, Tensor):
+        lam = lam.double()  # a half-precision λ has no NumPy dtype to cross DLPack with
         usable = usable & torch.isfinite(lam).all() & (lam > 0).all()
     if not bool(usable):
-        check_rescaling(tensor_to_core(wide), _lam_core(lam), name)
+        check_rescaling(tensor_to_core(wide), lam_to_core(lam), name)
     with core_stream(gram.device):
         return torch.from_dlpack(top_eigenvectors(tensor_to_core(gram)))
-
-
-def _lam_core(lam: Tensor | float) -> Any:
-    return tensor_to_core(lam.double()) if isinstance(lam, Tensor) else lam
 
 
 def pd_rescaled(
