@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import array_api_compat
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from .errors import GCRFError
@@ -173,14 +174,17 @@ def get_num_threads() -> int | None:
     return _num_threads
 
 
+def one_blas_thread(xp: Any) -> contextlib.AbstractContextManager[None]:
+    """One BLAS thread while the block runs, on NumPy (``xp`` its namespace)."""
+    return _POOLS.limited(1) if _uses_cpu_blas(xp) else contextlib.nullcontext()
+
+
 def core_method(method: _F) -> _F:
     """Run ``method`` of an operator on NumPy arrays (its ``xp``) with one BLAS thread."""
 
     @functools.wraps(method)
     def limited(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _uses_cpu_blas(getattr(self, "xp", None)):
-            return method(self, *args, **kwargs)
-        with _POOLS.limited(1):
+        with one_blas_thread(getattr(self, "xp", None)):
             return method(self, *args, **kwargs)
 
     return limited  # type: ignore[return-value]
@@ -191,18 +195,11 @@ def core_function(function: _F) -> _F:
 
     @functools.wraps(function)
     def limited(*args: Any, **kwargs: Any) -> Any:
-        if not (args and array_api_compat.is_numpy_array(args[0])):
-            return function(*args, **kwargs)
-        with _POOLS.limited(1):
+        first = args[0] if args else None
+        with one_blas_thread(np if array_api_compat.is_numpy_array(first) else None):
             return function(*args, **kwargs)
 
     return limited  # type: ignore[return-value]
-
-
-def one_blas_thread(xp: Any) -> contextlib.AbstractContextManager[None]:
-    """One BLAS thread while the block runs, on NumPy (for a core call that is neither a
-    method nor takes an array first)."""
-    return _POOLS.limited(1) if _uses_cpu_blas(xp) else contextlib.nullcontext()
 
 
 def gram_threads(xp: Any, shape: tuple[int, ...]) -> contextlib.AbstractContextManager[None]:
