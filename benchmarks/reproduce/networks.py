@@ -125,9 +125,10 @@ class SegmentationNet(nn.Module):
                 # the attractive model is the signed one without A
                 model="signed" if variant.kind == "attractive" else variant.kind,
                 attractive_dim=attractive_dim(variant),
-                # embeddings() bounds ‖Â‖₂², ‖Γ‖₂² < ρλ itself: the layer's own bound would
-                # be the identity, at the cost of a second Gram in float64
-                pd_bound=None,
+                # embeddings() bounds ‖Â‖₂², ‖Γ‖₂² < ρλ itself: raw embeddings, without the
+                # layer's clamp (the identity here, at the cost of a second Gram in float64)
+                strength=None,
+                max_strength=None,
                 method="auto",
                 rtol=config.solver_rtol,
             )

@@ -54,7 +54,8 @@ class PottsSegmenter(nn.Module):
         self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
         self.unary = nn.Conv2d(16, LABELS, 1)
         self.embed = nn.Conv2d(16, EMBED, 1)
-        self.crf = DenseGCRF(lam=lam, model="potts")
+        # strength=None: the embeddings are scaled here, as the docstring says
+        self.crf = DenseGCRF(lam=lam, model="potts", strength=None)
         self.lam = lam
 
     def embeddings(self, features):

@@ -1,16 +1,14 @@
-"""Everything a ``DenseGCRF`` layer or ``GCRFHead`` decides that is not a tensor operation,
-shared by the PyTorch and Keras versions: the per-model table, the shape contract, the
-validated settings and the solve plan of a call.
+"""Everything a ``DenseGCRF`` layer decides that is not a tensor operation, shared by the
+PyTorch and Keras versions: the per-model table, the validated settings and the solve plan of
+a call (the shape contract is :mod:`~lowrank_gcrf.adapters.layer_shapes`, a head's sizes
+:mod:`~lowrank_gcrf.adapters.head_plan`).
 
 The per-model table (:data:`LAYER_MODELS`) is the only place that knows how a model's layer
 inputs look and which solve runs: the framework files ask it and hold no model branches.
 
-Shape contract, channels first, 1 to 3 spatial dimensions: unary ``(B, L, *spatial)``,
-embeddings ``(B, *channels, *spatial)`` with the model's channel axes (signed: repulsive A in
-the first D channels, attractive Γ in the last E = ``attractive_dim``). The core's node order
-is label-major over row-major pixels (``docs/maths.md#notation``), so both reshape to the
-core's layout without a copy (:class:`LayerShapes`). The Keras layer's
-``data_format="channels_last"`` moves the channel axes to the end, in the same order.
+The pairwise term's size is learnt (``strength=``): each embedding block is normalised to
+``‖block‖₂² ≤ ρ·λ`` with ``ρ = max_strength·sigmoid(r)`` and r a parameter, so the embeddings
+give the affinities' shape and ρ their size (``docs/guide/lambda.md``).
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -43,13 +42,16 @@ class LayerModel:
     per_label : bool
         One embedding per pixel and label (the unary flattens to L·P nodes), or one per
         pixel shared by the labels (the unary keeps its label axis).
-    rescaled : str or None
-        The embeddings ``pd_bound`` rescales to keep the system positive definite, by their
-        name in messages: ``"Ahat"`` (Potts: ‖Â‖₂² < λ is its definiteness condition),
-        ``"Gamma"`` (signed: the attractive embeddings; ‖Γ‖₂² < λ suffices whatever A is),
-        or None (general: PD for any A).
+    blocks : tuple of str
+        The embedding blocks, by their name in messages, that each get a learnt strength
+        (``strength=``): ``("Ahat",)`` (Potts), ``("A",)`` (general), ``("A", "Gamma")``
+        (signed: the repulsive then the attractive channels).
+    definite : str or None
+        The block whose ``‖·‖₂² < λ`` keeps the system positive definite: ``"Ahat"`` (Potts),
+        ``"Gamma"`` (signed; sufficient whatever A is), None (general: PD for any A). Its
+        strength ceiling must be < 1, and ``strength=None`` clamps it at ``max_strength``.
     in_heads : bool
-        ``GCRFHead`` builds it (its embeddings come from one convolution, without a split).
+        ``GCRFHead`` builds it (its embeddings branch is one convolution, split by channel).
     attractive_split : bool
         The last ``attractive_dim`` embedding channels are attractive embeddings, solved as
         the signed model on stacked ``[A; Γ]``; the layer then requires ``attractive_dim``.
@@ -58,29 +60,31 @@ class LayerModel:
     name: str
     channels: tuple[str, ...]
     per_label: bool
-    rescaled: str | None
+    blocks: tuple[str, ...]
+    definite: str | None
     in_heads: bool
     attractive_split: bool = False
 
 
 #: The per-model table, one row per name of the core's registry.
 LAYER_MODELS = {
-    "general": LayerModel("general", ("D", "L"), per_label=True, rescaled=None, in_heads=True),
-    "potts": LayerModel("potts", ("D",), per_label=False, rescaled="Ahat", in_heads=True),
+    "general": LayerModel(
+        "general", ("D", "L"), per_label=True, blocks=("A",), definite=None, in_heads=True
+    ),
+    "potts": LayerModel(
+        "potts", ("D",), per_label=False, blocks=("Ahat",), definite="Ahat", in_heads=True
+    ),
     "signed": LayerModel(
         "signed",
         ("D+E", "L"),
         per_label=True,
-        rescaled="Gamma",
-        in_heads=False,
+        blocks=("A", "Gamma"),
+        definite="Gamma",
+        in_heads=True,
         attractive_split=True,
     ),
 }
 assert tuple(LAYER_MODELS) == MODEL_NAMES, "every registered model needs a row here"
-
-#: Names of the spatial axes in messages, by their number.
-SPATIAL_NAMES = {1: ("W",), 2: ("H", "W"), 3: ("Z", "H", "W")}
-
 
 # -- settings -------------------------------------------------------------------------------------
 
@@ -98,12 +102,15 @@ class LayerSettings:
     lam: float
     model: str
     learn_lam: bool
-    pd_bound: float | None
+    strength: float | None
+    learn_strength: bool
+    max_strength: float | None
     method: str
     rtol: float | None
     atol: float
     maxiter: int | None
     on_failure: str
+    traceable: bool | str = "auto"
     attractive_dim: int | None = None
     # Validated once, at construction: a call looks its dtype up.
     _options: dict[str, SolverOptions] = field(
@@ -161,18 +168,37 @@ def layer_model(model: Any, potts: Any) -> str:
     return alias
 
 
+class _Unset:
+    """The default of a deprecated keyword, told apart from every value a user can pass."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+#: ``pd_bound``'s default: not given.
+UNSET: Any = _Unset()
+
+#: The layers' default initial strength: the pairwise term starts at 0.3 of λ, so a fresh
+#: layer amplifies the unary's label deviations by at most 1/(1 − 0.3) ≈ 1.4 (Potts).
+DEFAULT_STRENGTH = 0.3
+
+
 def layer_settings(
     lam: Any = 1.0,
     model: str | None = None,
     *,
     potts: bool | None = None,
     learn_lam: bool = False,
-    pd_bound: float | None = 0.9,
+    strength: float | None = DEFAULT_STRENGTH,
+    learn_strength: bool = True,
+    max_strength: float | None = 0.9,
+    pd_bound: Any = UNSET,
     method: str = "auto",
     rtol: float | None = None,
     atol: float = 0.0,
     maxiter: int | None = None,
     on_failure: str = "warn",
+    traceable: bool | str = "auto",
     attractive_dim: int | None = None,
 ) -> LayerSettings:
     """Validate a layer's arguments (the ``DenseGCRF`` docstrings describe them)."""
@@ -186,22 +212,62 @@ def layer_settings(
             f"embeddings Γ) goes with model={' or '.join(map(repr, splits))} and only with it; "
             f"got model={name!r}, attractive_dim={attractive_dim!r}"
         )
-    if pd_bound is not None and not (
-        isinstance(pd_bound, numbers.Real) and not isinstance(pd_bound, bool) and 0 < pd_bound < 1
-    ):
-        raise GCRFError(f"pd_bound must be a number in (0, 1) or None, got {pd_bound!r}")
+    if pd_bound is not UNSET:
+        warnings.warn(
+            "pd_bound is deprecated: the layers now learn the pairwise term's strength "
+            "(strength=0.3 initially, at most max_strength). pd_bound=x keeps the old "
+            "behaviour, raw embeddings clamped at ‖·‖₂² ≤ x·λ: spell it strength=None, "
+            "max_strength=x",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        strength, max_strength = None, pd_bound
+    definite = LAYER_MODELS[name].definite
+    ceiling = 1.0 if definite else math.inf
+    if max_strength is None:
+        if strength is not None:
+            raise GCRFError(
+                "max_strength=None (no bound on raw embeddings) goes with strength=None only"
+            )
+    elif not (_is_real(max_strength) and 0 < max_strength < ceiling):
+        interval = "(0, 1)" if definite else "(0, inf)"
+        raise GCRFError(
+            f"max_strength must be a number in {interval}"
+            + (
+                f" (‖{definite}‖₂² < λ keeps the {name} model positive definite)"
+                if definite
+                else ""
+            )
+            + f", got {max_strength!r}"
+        )
+    if strength is not None and not (_is_real(strength) and 0 < strength < max_strength):
+        raise GCRFError(
+            f"strength (the pairwise term's initial size, a fraction of λ) must be a number in "
+            f"(0, max_strength={max_strength}) or None, got {strength!r}"
+        )
+    if traceable not in ("auto", True, False):
+        raise GCRFError(f"traceable must be 'auto', True or False, got {traceable!r}")
     return LayerSettings(
         lam=initial_lam(lam),
         model=name,
         learn_lam=bool(learn_lam),
-        pd_bound=None if pd_bound is None else float(pd_bound),
+        strength=None if strength is None else float(strength),
+        learn_strength=bool(learn_strength),
+        max_strength=None if max_strength is None else float(max_strength),
         method=method,
         rtol=rtol,
         atol=atol,
         maxiter=maxiter,
         on_failure=on_failure,
+        traceable=traceable,
         attractive_dim=None if attractive_dim is None else int(attractive_dim),
     )
+
+
+def strength_logit(settings: LayerSettings) -> float:
+    """The initial ``raw_strength``: r with ``max_strength·sigmoid(r) = strength``."""
+    fraction = settings.strength / settings.max_strength
+    return math.log(fraction / (1.0 - fraction))
 
 
 #: The keywords of :func:`layer_settings`: the constructor arguments the layers and heads
@@ -219,20 +285,53 @@ def _is_positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 # -- the solve plan of a call --------------------------------------------------------------------
+
+
+#: Squarings of the normalised Gram in the layers' bound on ``‖A‖₂²``: the bound
+#: ``(tr G^(2^k))^(1/2^k)`` is never below ``‖A‖₂²`` and exceeds it by at most ``D^(1/2^k)``
+#: (k = 5: 1.09 at D = 16, 1.24 at D = 1024), in matrix products only.
+GRAM_SQUARINGS = 5
+
+
+@dataclass(frozen=True)
+class Block:
+    """A block of embedding channels ``start:stop``, named as in messages."""
+
+    name: str
+    start: int
+    stop: int
 
 
 @dataclass(frozen=True)
 class SolvePlan:
     """What a layer call solves, decided from the settings and the embedding channels.
 
-    ``solve_as`` is the core model the bridge solves (the signed model on stacked
-    ``[A; Γ]``); the embedding channels from ``rescaled_from`` to the last are rescaled so that
-    their ``‖·‖₂² ≤ pd_bound·λ`` (the framework's ``pd_scaled``), none for None.
+    Attributes
+    ----------
+    solve_as : SolveAs
+        The core model the bridge solves (the signed model on stacked ``[A; Γ]``).
+    blocks : tuple of Block
+        With a learnt strength: the blocks normalised to ``‖block‖₂² ≤ ρ·λ``, one strength
+        ρ each (the framework's ``strength_scaled``); empty with ``strength=None``.
+    clamped : Block or None
+        With ``strength=None`` and a ``max_strength``: the block rescaled, only where it
+        exceeds it, to ``‖block‖₂² ≤ max_strength·λ`` (the framework's ``pd_scaled``).
+    strength_bounds : tuple of float or None
+        The ceiling of each block's ``‖·‖₂²/λ`` that the layer guarantees (with a learnt
+        strength), which bounds the system's conditioning: what a traced solve derives its
+        iteration count from. None where the layer guarantees none.
+    options : SolverOptions
     """
 
     solve_as: SolveAs
-    rescaled_from: int | None
+    blocks: tuple[Block, ...]
+    clamped: Block | None
+    strength_bounds: tuple[float, ...] | None
     options: SolverOptions
 
 
@@ -241,7 +340,7 @@ def solve_plan(settings: LayerSettings, channels: int, compute_dtype: str) -> So
     solved in ``compute_dtype``."""
     spec = settings.spec
     solve_as: SolveAs = spec.name
-    first_attractive = 0
+    bounds = (0, channels)
     if settings.attractive_dim is not None:
         if settings.attractive_dim > channels:
             raise GCRFError(
@@ -251,142 +350,30 @@ def solve_plan(settings: LayerSettings, channels: int, compute_dtype: str) -> So
             )
         first_attractive = channels - settings.attractive_dim
         solve_as = SignedStack(first_attractive)
-    rescales = settings.pd_bound is not None and spec.rescaled is not None
-    rescaled_from = first_attractive if rescales else None
-    return SolvePlan(solve_as, rescaled_from, settings.options(compute_dtype))
-
-
-# -- shapes ---------------------------------------------------------------------------------------
-
-
-def layout(channels: tuple[str, ...], spatial_rank: int, channels_last: bool = False) -> str:
-    """A layout as text, e.g. ``(B, D, H, W)``."""
-    spatial = SPATIAL_NAMES.get(spatial_rank, ("*spatial",))
-    axes = (*spatial, *channels) if channels_last else (*channels, *spatial)
-    return f"(B, {', '.join(axes)})"
-
-
-def embeddings_layout(model: str, spatial_rank: int, channels_last: bool = False) -> str:
-    """The expected embeddings layout for ``model``, with the alias the layers accept."""
-    text = layout(LAYER_MODELS[model].channels, spatial_rank, channels_last)
-    return f"{text} for potts={model == 'potts'} (model={model!r})"
-
-
-@dataclass(frozen=True)
-class LayerShapes:
-    """Sizes of one ``DenseGCRF`` call and the core-layout shapes they imply."""
-
-    batch: int
-    labels: int
-    spatial: tuple[int, ...]
-    dim: int
-    model: str
-
-    @property
-    def pixels(self) -> int:
-        """P, the product of the spatial sizes."""
-        return math.prod(self.spatial)
-
-    @property
-    def core_embeddings(self) -> tuple[int, int, int]:
-        """(B, D, L·P) with one embedding per pixel and label, else (B, D, P)."""
-        per_label = LAYER_MODELS[self.model].per_label
-        return (self.batch, self.dim, self.pixels * (self.labels if per_label else 1))
-
-    @property
-    def core_unary(self) -> tuple[int, ...]:
-        """(B, L·P) with one embedding per pixel and label, else (B, L, P)."""
-        if LAYER_MODELS[self.model].per_label:
-            return (self.batch, self.labels * self.pixels)
-        return (self.batch, self.labels, self.pixels)
-
-    @property
-    def output(self) -> tuple[int, ...]:
-        """(B, L, *spatial)."""
-        return (self.batch, self.labels, *self.spatial)
-
-
-def spatial_rank(unary_rank: int) -> int:
-    """The number of spatial axes of a unary of rank ``unary_rank``; an error outside 1–3."""
-    if not 3 <= unary_rank <= 5:
-        raise GCRFError(
-            f"unary must have shape (B, L, H, W) or, in general, (B, L, *spatial) with 1 to 3 "
-            f"spatial dimensions (channels first), got {unary_rank} dimensions"
-        )
-    return unary_rank - 2
-
-
-def paired_axes(model: str, rank: int) -> list[tuple[int, int]]:
-    """(unary axis, embeddings axis) pairs that must have one size: B, the spatial axes and,
-    with one embedding per pixel and label, L."""
-    spec = LAYER_MODELS[model]
-    pairs = [(0, 0)] + [(2 + i, 1 + len(spec.channels) + i) for i in range(rank)]
-    return pairs + ([(1, 2)] if spec.per_label else [])
-
-
-def layer_shapes(
-    unary_shape: tuple[int, ...], embeddings_shape: tuple[int, ...], model: str
-) -> LayerShapes:
-    """Check the (channels-first) shapes of a ``DenseGCRF`` call; errors name the layout."""
-    unary_shape, embeddings_shape = tuple(unary_shape), tuple(embeddings_shape)
-    rank = spatial_rank(len(unary_shape))
-    batch, labels, *spatial = unary_shape
-    expected = embeddings_layout(model, rank)
-    if len(embeddings_shape) != 1 + len(LAYER_MODELS[model].channels) + rank:
-        raise GCRFError(
-            f"embeddings must have shape {expected} to go with unary of shape "
-            f"{unary_shape} {layout(('L',), rank)}, got {embeddings_shape}"
-        )
-    pairs = sorted(paired_axes(model, rank))
-    names = ("B", "L", *SPATIAL_NAMES[rank])
-    if any(unary_shape[i] != embeddings_shape[j] for i, j in pairs):
-        sizes = ", ".join(f"{names[i]}={unary_shape[i]}" for i, _ in pairs)
-        raise GCRFError(
-            f"embeddings of shape {embeddings_shape} do not match unary of shape "
-            f"{unary_shape}: expected {expected} with {sizes}"
-        )
-    return LayerShapes(batch, labels, tuple(spatial), int(embeddings_shape[1]), model)
-
-
-# -- heads ----------------------------------------------------------------------------------------
-
-
-def positive_size(value: Any, name: str) -> int:
-    """``value`` as an int, or a GCRFError unless it is a positive integer."""
-    if not _is_positive_int(value):
-        raise GCRFError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class HeadSizes:
-    """The validated sizes of a ``GCRFHead``: its branches are 1×1 convolutions giving L
-    unary channels and D embedding channels per pixel, or D·L with one embedding per pixel
-    and label (reshaped to ``(B, D, L, *spatial)``; channel ``d·L + l`` holds ``A[d, l]``)."""
-
-    num_labels: int
-    embed_dim: int
-    model: str
-
-    @property
-    def per_label(self) -> bool:
-        """Whether the embedding branch's channels split into (D, L)."""
-        return LAYER_MODELS[self.model].per_label
-
-    @property
-    def embedding_channels(self) -> int:
-        """Output channels of the embedding branch: D·L per pixel and label, else D."""
-        return self.embed_dim * (self.num_labels if self.per_label else 1)
-
-
-def head_sizes(num_labels: Any, embed_dim: Any, model: Any) -> HeadSizes:
-    """Check a head's label count, embedding dimension and model."""
-    names = [name for name, spec in LAYER_MODELS.items() if spec.in_heads]
-    if model not in names:
-        raise GCRFError(
-            f"a GCRFHead's model must be one of {', '.join(map(repr, names))}, "
-            f"got {model!r}; build other models from DenseGCRF"
-        )
-    return HeadSizes(
-        positive_size(num_labels, "num_labels"), positive_size(embed_dim, "embed_dim"), model
+        bounds = (0, first_attractive, channels)
+    blocks = tuple(
+        Block(name, start, stop)
+        for name, start, stop in zip(spec.blocks, bounds[:-1], bounds[1:], strict=True)
     )
+    options = settings.options(compute_dtype)
+    if settings.strength is not None:
+        ceiling = (settings.max_strength,) * len(blocks)
+        return SolvePlan(solve_as, blocks, None, ceiling, options)
+    clamped = None
+    if settings.max_strength is not None and spec.definite is not None:
+        clamped = next(block for block in blocks if block.name == spec.definite)
+    return SolvePlan(solve_as, (), clamped, None, options)
+
+
+def runs_traceable_solve(settings: LayerSettings, plan: SolvePlan, *, traced: bool) -> bool:
+    """Whether a layer call runs the traceable solve rather than the core's (``traceable=``):
+    with "auto", where the framework traces the call for deployment and does not train
+    (``traced``, the framework's to tell) and the plan bounds the conditioning."""
+    if settings.traceable == "auto":
+        return traced and plan.strength_bounds is not None
+    if settings.traceable and plan.strength_bounds is None:
+        raise GCRFError(
+            "traceable=True needs a learnt strength (strength=None guarantees no bound on the "
+            "conditioning to derive the traceable solve's iteration count from)"
+        )
+    return bool(settings.traceable)

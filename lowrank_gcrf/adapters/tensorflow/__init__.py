@@ -4,15 +4,16 @@ Split by role:
 
 * :mod:`~lowrank_gcrf.adapters.tensorflow.op`: the core solve as a custom-gradient op
   (DLPack, eager and graph modes, XLA);
-* :mod:`~lowrank_gcrf.adapters.tensorflow.functional`: the differentiable solves and
-  ``pd_scaled``;
+* :mod:`~lowrank_gcrf.adapters.tensorflow.functional`: the differentiable solves and the
+  layers' scalings of the embeddings, ``strength_scaled`` and ``pd_scaled``;
 * :mod:`~lowrank_gcrf.adapters.tensorflow.layers`: ``DenseGCRF``, with its shape operations
   in :mod:`~lowrank_gcrf.adapters.tensorflow.layout_ops`;
 * :mod:`~lowrank_gcrf.adapters.tensorflow.heads`: ``GCRFHead``;
 * :mod:`~lowrank_gcrf.adapters.tensorflow.image_refine`: ``refine``.
 
 Everything a layer decides that is not a tensor operation is in
-:mod:`lowrank_gcrf.adapters.layer_plan`, and the one door to the core is
+:mod:`lowrank_gcrf.adapters.layer_plan`, :mod:`~lowrank_gcrf.adapters.layer_shapes` and
+:mod:`~lowrank_gcrf.adapters.head_plan`, and the one door to the core is
 :mod:`lowrank_gcrf.adapters.bridge`.
 
 Importing this module registers the Keras layers (package ``lowrank_gcrf``), which loading a
@@ -27,6 +28,7 @@ from lowrank_gcrf.adapters.tensorflow.functional import (
     solve,
     solve_potts,
     solve_signed,
+    strength_scaled,
 )
 from lowrank_gcrf.adapters.tensorflow.heads import GCRFHead
 from lowrank_gcrf.adapters.tensorflow.image_refine import refine
@@ -45,4 +47,5 @@ __all__ = [
     "solve",
     "solve_potts",
     "solve_signed",
+    "strength_scaled",
 ]

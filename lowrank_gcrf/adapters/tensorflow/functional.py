@@ -1,6 +1,7 @@
 """The dense G-CRF solves as differentiable TensorFlow functions, named as the core's
-(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`), and the positive-definiteness
-rescaling :func:`pd_scaled` of the Potts and signed layers.
+(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`), and the layers' scalings of the
+embeddings: :func:`strength_scaled` (a learnt strength, the default) and the
+positive-definiteness clamp :func:`pd_scaled`.
 
 Precision: float32 and float64 are solved natively; float16/bfloat16 (for example under the
 ``mixed_float16`` policy) are solved in float32 and returned in their own dtype. Execution
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+import numpy as np
 import tensorflow as tf
 
 from lowrank_gcrf.adapters.bridge import check_rescaling, check_solver_kwargs, signed_stack
+from lowrank_gcrf.adapters.layer_plan import GRAM_SQUARINGS, Block
 from lowrank_gcrf.adapters.tensorflow.op import solve_tensors, tensor_to_core
 
 
@@ -188,10 +191,68 @@ def pd_scaled(Ahat: tf.Tensor, lam: Any, bound: float, *, name: str = "Ahat") ->
     return Ahat * tf.cast(factor, Ahat.dtype)[..., None, None]
 
 
-def pd_rescaled(A: tf.Tensor, first: int | None, lam: Any, bound: float, name: str) -> tf.Tensor:
-    """``A`` (B, C, n) with its channels ``first:`` rescaled by :func:`pd_scaled` (a layer's
+def pd_rescaled(A: tf.Tensor, block: Block | None, lam: Any, bound: float) -> tf.Tensor:
+    """``A`` (B, C, n) with the channels of ``block`` rescaled by :func:`pd_scaled` (a layer's
     plan, :class:`~lowrank_gcrf.adapters.layer_plan.SolvePlan`); ``A`` itself for None."""
-    if first is None:
+    if block is None:
         return A
-    scaled = pd_scaled(A[:, first:], lam, bound, name=name)
-    return scaled if first == 0 else tf.concat([A[:, :first], scaled], axis=1)
+    scaled = pd_scaled(A[:, block.start : block.stop], lam, bound, name=block.name)
+    return tf.concat([A[:, : block.start], scaled, A[:, block.stop :]], axis=1)
+
+
+def spectral_bound(A: tf.Tensor) -> tf.Tensor:
+    """An upper bound of ``‖A‖₂²`` for A (..., D, n), in matrix products only: as
+    :func:`lowrank_gcrf.adapters.torch.functional.spectral_bound`, ``(tr G^m)^(1/m)`` from
+    repeated squarings of the normalised Gram, in float32 or wider."""
+    wide = A if A.dtype == tf.float64 else tf.cast(A, tf.float32)
+    tiny = wide.dtype.as_numpy_dtype(np.finfo(wide.dtype.as_numpy_dtype).tiny)
+    gram = tf.matmul(wide, wide, transpose_b=True)
+    # Traces as sums of the diagonal through a mask: TFLite has no builtin matrix trace.
+    eye = tf.eye(tf.shape(gram)[-1], dtype=wide.dtype)
+    bound = tf.maximum(tf.reduce_sum(gram * eye, axis=[-2, -1]), tiny)
+    power = gram / bound[..., None, None]
+    for j in range(1, GRAM_SQUARINGS + 1):
+        power = tf.matmul(power, power)
+        trace = tf.maximum(tf.reduce_sum(power * eye, axis=[-2, -1]), tiny)
+        power = power / trace[..., None, None]
+        bound = bound * tf.pow(trace, 1.0 / 2**j)
+    return tf.maximum(bound, tiny)
+
+
+def _unit_peak(part: tf.Tensor) -> tf.Tensor:
+    """``part`` (B, k, n) divided by its largest magnitude per batch element, as in
+    :func:`lowrank_gcrf.adapters.torch.functional.strength_scaled` (the scaling that follows
+    is invariant to this factor: its gradient is stopped)."""
+    tiny = np.finfo(part.dtype.as_numpy_dtype).tiny
+    peak = tf.maximum(tf.reduce_max(tf.abs(tf.stop_gradient(part)), axis=[-2, -1]), tiny)
+    return part / peak[:, None, None]
+
+
+def strength_scaled(
+    A: tf.Tensor, blocks: tuple[Block, ...], strengths: tf.Tensor, lam: Any
+) -> tf.Tensor:
+    """``A`` (B, C, n) with each block of channels scaled to ``‖block‖₂² ≤ ρ·λ``, its strength
+    ρ from ``strengths`` (one per block), as
+    :func:`lowrank_gcrf.adapters.torch.strength_scaled`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import tensorflow as tf
+    >>> from lowrank_gcrf.adapters.layer_plan import Block
+    >>> from lowrank_gcrf.adapters.tensorflow import strength_scaled
+    >>> A = strength_scaled(1e3 * tf.random.normal((1, 4, 50)), (Block("Ahat", 0, 4),),
+    ...                     tf.constant([0.3]), 1.0)
+    >>> bool(np.linalg.norm(A.numpy()[0], 2) ** 2 <= 0.3 * (1 + 1e-5))
+    True
+    """
+    parts = []
+    for index, block in enumerate(blocks):
+        part = A[:, block.start : block.stop]
+        if block.stop > block.start:
+            part = _unit_peak(part)
+            bound = spectral_bound(part)
+            rho = tf.cast(strengths[index], bound.dtype) * tf.cast(lam, bound.dtype)
+            part = part * tf.cast(tf.sqrt(rho / bound), part.dtype)[:, None, None]
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)

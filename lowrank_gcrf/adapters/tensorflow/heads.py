@@ -9,12 +9,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from lowrank_gcrf.adapters.layer_plan import (
-    SPATIAL_NAMES,
-    head_sizes,
-    layout,
-    setting_arguments,
-)
+from lowrank_gcrf.adapters.head_plan import head_sizes
+from lowrank_gcrf.adapters.layer_plan import UNSET, setting_arguments
+from lowrank_gcrf.adapters.layer_shapes import SPATIAL_NAMES, layout
 from lowrank_gcrf.adapters.tensorflow.layers import DenseGCRF
 from lowrank_gcrf.adapters.tensorflow.layout_ops import shape_of
 from lowrank_gcrf.errors import GCRFError
@@ -31,16 +28,15 @@ class GCRFHead(keras.layers.Layer):
         Labels L.
     embed_dim : int, default 16
         Embedding dimension D (the rank of the pairwise term).
-    model : {"potts", "general"}, default "potts"
+    model : {"potts", "general", "signed"}, default "potts"
         Potts: one embedding per pixel, shared by the labels (D channels); general: one per
-        pixel and label (D·L channels, reshaped to (B, *spatial, D, L) channels last).
-    lam : float, default 1.0
-        Initial λ.
-    learn_lam : bool, default True
-        λ is a weight of the head; with Potts the bound on the embeddings follows it.
-    pd_bound, method, rtol, atol, maxiter, on_failure
-        As for :class:`DenseGCRF`: the Potts head rescales the embeddings so that
-        ``‖Â‖₂² ≤ pd_bound·λ`` and trains on raw convolution outputs.
+        pixel and label (D·L channels, reshaped to (B, *spatial, D, L) channels last);
+        signed: repulsive and attractive embeddings per pixel and label ((D + E)·L).
+    lam, learn_lam, strength, learn_strength, max_strength, attractive_dim, pd_bound
+    method, rtol, atol, maxiter, on_failure, traceable
+        As for :class:`lowrank_gcrf.adapters.torch.GCRFHead` (the same defaults): by
+        default a learnt strength ρ (0.3 initially) sets the pairwise term's size and λ = 1
+        is fixed.
     data_format : {"channels_last", "channels_first"}, optional
         Default: ``keras.config.image_data_format()``. TensorFlow's CPU convolutions exist
         in channels-last only: channels first needs a GPU.
@@ -75,18 +71,24 @@ class GCRFHead(keras.layers.Layer):
         embed_dim: int = 16,
         model: str = "potts",
         lam: float = 1.0,
-        learn_lam: bool = True,
-        pd_bound: float | None = 0.9,
+        learn_lam: bool = False,
+        strength: float | None = 0.3,
+        learn_strength: bool = True,
+        max_strength: float | None = 0.9,
+        attractive_dim: int | None = None,
+        pd_bound: float | None = UNSET,
         method: str = "auto",
         rtol: float | None = None,
         atol: float = 0.0,
         maxiter: int | None = None,
         on_failure: str = "warn",
+        traceable: bool | str = "auto",
         data_format: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        self.sizes = head_sizes(num_labels, embed_dim, model)
+        self.sizes = head_sizes(num_labels, embed_dim, model, attractive_dim)
+        attractive_dim = self.sizes.attractive_dim
         self.crf = DenseGCRF(
             **setting_arguments(locals()),
             data_format=data_format,
@@ -122,15 +124,15 @@ class GCRFHead(keras.layers.Layer):
         if not self.sizes.per_label:
             return embeddings
         d = shape_of(embeddings)
-        pair = [self.sizes.embed_dim, self.sizes.num_labels]
+        pair = [self.sizes.channels, self.sizes.num_labels]
         if self.data_format == "channels_last":
             return tf.reshape(embeddings, [*d[:-1], *pair])
         return tf.reshape(embeddings, [d[0], *pair, *d[2:]])
 
-    def call(self, features: tf.Tensor) -> tf.Tensor:
+    def call(self, features: tf.Tensor, training: Any = None) -> tf.Tensor:
         """MAP scores of the G-CRF on ``features``."""
         features = tf.convert_to_tensor(features)
-        return self.crf(self.unary(features), self._embeddings(features))
+        return self.crf(self.unary(features), self._embeddings(features), training=training)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
         shape = list(input_shape)

@@ -11,13 +11,15 @@ import tensorflow as tf
 
 from lowrank_gcrf.adapters.bridge import softplus_inverse
 from lowrank_gcrf.adapters.layer_plan import (
-    embeddings_layout,
+    UNSET,
     layer_settings,
-    layout,
+    runs_traceable_solve,
     setting_arguments,
     solve_plan,
+    strength_logit,
 )
-from lowrank_gcrf.adapters.tensorflow.functional import pd_rescaled
+from lowrank_gcrf.adapters.layer_shapes import embeddings_layout, layout
+from lowrank_gcrf.adapters.tensorflow.functional import pd_rescaled, strength_scaled
 from lowrank_gcrf.adapters.tensorflow.layout_ops import (
     check_static_layout,
     core_layout,
@@ -27,6 +29,7 @@ from lowrank_gcrf.adapters.tensorflow.layout_ops import (
     to_channels_last,
 )
 from lowrank_gcrf.adapters.tensorflow.op import dtype_plan, solve_tensors
+from lowrank_gcrf.adapters.tensorflow.traceable_solve import traceable_solve
 from lowrank_gcrf.errors import GCRFError
 
 
@@ -37,13 +40,22 @@ class DenseGCRF(keras.layers.Layer):
 
     Parameters
     ----------
-    lam, model, potts, learn_lam, pd_bound, method, rtol, atol, maxiter, on_failure
-    attractive_dim
+    lam, model, potts, learn_lam, strength, learn_strength, max_strength, pd_bound, method
+    rtol, atol, maxiter, on_failure, attractive_dim
         As for :class:`lowrank_gcrf.adapters.torch.DenseGCRF` (the same signature and
         defaults): λ, the model name (``potts=True`` is an alias of ``model="potts"``), a
-        learnt λ, the positive-definiteness bound of the Potts and signed layers, the solver
-        and its tolerances, the failure policy, and the signed model's number E of
-        attractive (trailing) embedding channels.
+        learnt λ, the learnt strength of the pairwise term (``‖block‖₂² ≤ ρ·λ``,
+        ``ρ = max_strength·sigmoid(raw_strength)``, 0.3 initially), the deprecated
+        ``pd_bound``, the solver and its tolerances, the failure policy, and the signed
+        model's number E of attractive (trailing) embedding channels.
+    traceable : {"auto", True, False}, default "auto"
+        Which solve runs: the core's exact, checked solve, or the solve in TensorFlow
+        operations only, certified by the strength's ceiling, that SavedModel, TFLite and XLA
+        can trace (:mod:`lowrank_gcrf.adapters.tensorflow.traceable_solve`,
+        ``docs/guide/deploying.md``). "auto": the traceable solve in graph mode when not
+        training (``model.predict``, ``model.export``, ``jit_compile=True``), else the
+        core's; True: always the traceable one (it needs a learnt strength); False: always
+        the core's.
     data_format : {"channels_last", "channels_first"}, optional
         Default: ``keras.config.image_data_format()``. Channels last: unary
         (B, *spatial, L), embeddings (B, *spatial, D) (Potts), (B, *spatial, D, L)
@@ -55,18 +67,21 @@ class DenseGCRF(keras.layers.Layer):
     Notes
     -----
     1 to 3 spatial dimensions. B and the spatial sizes may be unknown while tracing (fully
-    convolutional models). The layer cannot be XLA-compiled (``supports_jit = False``); λ
-    stays float32 under a mixed-precision policy.
+    convolutional models). Training runs the core's solve, which XLA cannot compile: Keras
+    compiles a training step without XLA (``jit_compile="auto"``). λ and the strengths stay
+    float32 under a mixed-precision policy.
 
     Examples
     --------
     >>> import tensorflow as tf
     >>> from lowrank_gcrf.adapters.tensorflow import DenseGCRF
-    >>> crf = DenseGCRF(lam=1.0, model="potts", data_format="channels_last")
+    >>> crf = DenseGCRF(model="potts", data_format="channels_last")
     >>> unary = tf.random.normal((2, 8, 8, 3))          # (B, H, W, L)
     >>> embeddings = tf.random.normal((2, 8, 8, 4))     # (B, H, W, D)
     >>> crf(unary, embeddings).shape
     TensorShape([2, 8, 8, 3])
+    >>> crf.effective_strength, crf.effective_lam
+    ({'Ahat': 0.3}, 1.0)
     """
 
     def __init__(
@@ -76,12 +91,16 @@ class DenseGCRF(keras.layers.Layer):
         *,
         potts: bool | None = None,
         learn_lam: bool = False,
-        pd_bound: float | None = 0.9,
+        strength: float | None = 0.3,
+        learn_strength: bool = True,
+        max_strength: float | None = 0.9,
+        pd_bound: float | None = UNSET,
         method: str = "auto",
         rtol: float | None = None,
         atol: float = 0.0,
         maxiter: int | None = None,
         on_failure: str = "warn",
+        traceable: bool | str = "auto",
         data_format: str | None = None,
         attractive_dim: int | None = None,
         **kwargs: Any,
@@ -93,9 +112,10 @@ class DenseGCRF(keras.layers.Layer):
             raise GCRFError(
                 f"data_format must be 'channels_last' or 'channels_first', got {self.data_format!r}"
             )
-        # Keras then compiles models holding the layer without XLA (auto or with a warning).
+        # Keras then compiles training steps without XLA (the core's solve is a py_function);
+        # traced inference runs the traceable solve, which XLA compiles.
         self.supports_jit = False
-        self.raw_lam = None
+        self.raw_lam = self.raw_strength = None
         if self.settings.learn_lam:
             self.raw_lam = self.add_weight(
                 name="raw_lam",
@@ -103,6 +123,15 @@ class DenseGCRF(keras.layers.Layer):
                 initializer=keras.initializers.Constant(softplus_inverse(self.settings.lam)),
                 dtype="float32",
                 # the solve runs in float32 anyway: a float16 λ would only lose digits
+                autocast=False,
+            )
+        if self.settings.strength is not None:
+            self.raw_strength = self.add_weight(
+                name="raw_strength",
+                shape=(len(self.settings.spec.blocks),),
+                initializer=keras.initializers.Constant(strength_logit(self.settings)),
+                dtype="float32",
+                trainable=self.settings.learn_strength,
                 autocast=False,
             )
 
@@ -127,6 +156,29 @@ class DenseGCRF(keras.layers.Layer):
         if self.raw_lam is not None:
             return tf.nn.softplus(self.raw_lam)
         return self.settings.lam
+
+    @property
+    def strengths(self) -> Any:
+        """ρ per embedding block, ``max_strength·sigmoid(raw_strength)``; None without."""
+        if self.raw_strength is None:
+            return None
+        return self.settings.max_strength * tf.sigmoid(self.raw_strength)
+
+    @property
+    def effective_lam(self) -> float:
+        """λ as a plain float, for logging."""
+        return float(self.lam)
+
+    @property
+    def effective_strength(self) -> dict[str, float]:
+        """ρ of each embedding block as plain floats, by block name, for logging (empty with
+        ``strength=None``)."""
+        if self.raw_strength is None:
+            return {}
+        values = self.strengths.numpy().tolist()
+        return {
+            name: round(v, 6) for name, v in zip(self.settings.spec.blocks, values, strict=True)
+        }
 
     def _check_layout(self, unary_shape: Any, embeddings_shape: Any) -> None:
         """Check the static shapes; errors name the layout of the layer's data_format."""
@@ -162,7 +214,7 @@ class DenseGCRF(keras.layers.Layer):
         channels = len(self.settings.spec.channels)
         return to_channels_first(unary, 1), to_channels_first(embeddings, channels)
 
-    def call(self, unary: tf.Tensor, embeddings: tf.Tensor) -> tf.Tensor:
+    def call(self, unary: tf.Tensor, embeddings: tf.Tensor, training: Any = None) -> tf.Tensor:
         """MAP scores of the G-CRF, shaped like ``unary``."""
         unary = tf.convert_to_tensor(unary)
         embeddings = tf.convert_to_tensor(embeddings)
@@ -171,10 +223,23 @@ class DenseGCRF(keras.layers.Layer):
         dtypes = dtype_plan(A, b)
         plan = solve_plan(self.settings, A.shape[1], dtypes[0].name)
         lam = self.lam
-        A = pd_rescaled(
-            A, plan.rescaled_from, lam, self.settings.pd_bound, self.settings.spec.rescaled
-        )
-        x = solve_tensors(plan.solve_as, A, b, lam, plan.options, dtypes)
+        if plan.blocks:
+            A = strength_scaled(A, plan.blocks, self.strengths, lam)
+        else:
+            A = pd_rescaled(A, plan.clamped, lam, self.settings.max_strength)
+        traced = not tf.executing_eagerly() and not training
+        if runs_traceable_solve(self.settings, plan, traced=traced):
+            compute, output = dtypes
+            x = traceable_solve(
+                plan.solve_as,
+                tf.cast(A, compute),
+                tf.cast(b, compute),
+                tf.cast(lam, compute),
+                plan.strength_bounds,
+            )
+            x = tf.cast(x, output)
+        else:
+            x = solve_tensors(plan.solve_as, A, b, lam, plan.options, dtypes)
         x = tf.reshape(x, shape_of(first_unary))
         return x if self.data_format == "channels_first" else to_channels_last(x)
 

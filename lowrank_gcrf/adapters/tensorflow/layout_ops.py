@@ -1,5 +1,5 @@
 """The tensor operations of the Keras layers' shape contract
-(:mod:`lowrank_gcrf.adapters.layer_plan`): static checks while tracing, runtime checks of
+(:mod:`lowrank_gcrf.adapters.layer_shapes`): static checks while tracing, runtime checks of
 sizes unknown then, the reshapes to the core's layout and the channels-last transposes."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from lowrank_gcrf.adapters.layer_plan import (
-    LAYER_MODELS,
+from lowrank_gcrf.adapters.layer_plan import LAYER_MODELS
+from lowrank_gcrf.adapters.layer_shapes import (
     embeddings_layout,
     layer_shapes,
     paired_axes,

@@ -3,14 +3,15 @@
 Split by role:
 
 * :mod:`~lowrank_gcrf.adapters.torch.autograd`: the core solve as an autograd function;
-* :mod:`~lowrank_gcrf.adapters.torch.functional`: the differentiable solves and
-  ``pd_scaled``;
+* :mod:`~lowrank_gcrf.adapters.torch.functional`: the differentiable solves and the
+  layers' scalings of the embeddings, ``strength_scaled`` and ``pd_scaled``;
 * :mod:`~lowrank_gcrf.adapters.torch.modules`: ``DenseGCRF``;
 * :mod:`~lowrank_gcrf.adapters.torch.heads`: ``GCRFHead``;
 * :mod:`~lowrank_gcrf.adapters.torch.image_refine`: ``refine``.
 
 Everything a layer decides that is not a tensor operation is in
-:mod:`lowrank_gcrf.adapters.layer_plan`, and the one door to the core is
+:mod:`lowrank_gcrf.adapters.layer_plan`, :mod:`~lowrank_gcrf.adapters.layer_shapes` and
+:mod:`~lowrank_gcrf.adapters.head_plan`, and the one door to the core is
 :mod:`lowrank_gcrf.adapters.bridge`.
 
 The adapter holds no maths of its own, and core errors propagate unchanged.
@@ -24,6 +25,7 @@ from lowrank_gcrf.adapters.torch.functional import (
     solve,
     solve_potts,
     solve_signed,
+    strength_scaled,
 )
 from lowrank_gcrf.adapters.torch.heads import GCRFHead
 from lowrank_gcrf.adapters.torch.image_refine import refine
@@ -40,4 +42,5 @@ __all__ = [
     "solve",
     "solve_potts",
     "solve_signed",
+    "strength_scaled",
 ]

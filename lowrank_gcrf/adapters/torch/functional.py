@@ -1,6 +1,7 @@
 """The dense G-CRF solves as differentiable PyTorch functions, named as the core's
-(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`), and the positive-definiteness
-rescaling :func:`pd_scaled` of the Potts and signed layers.
+(:func:`solve`, :func:`solve_potts`, :func:`solve_signed`), and the layers' scalings of the
+embeddings: :func:`strength_scaled` (a learnt strength, the default) and the
+positive-definiteness clamp :func:`pd_scaled`.
 
 Precision: float32 and float64 are solved natively; float16/bfloat16 inputs (for example
 from convolutions under ``torch.autocast``) are solved in float32 and the result is cast
@@ -21,6 +22,7 @@ from lowrank_gcrf.adapters.bridge import (
     signed_stack,
     top_eigenvectors,
 )
+from lowrank_gcrf.adapters.layer_plan import GRAM_SQUARINGS, Block
 from lowrank_gcrf.adapters.torch.autograd import (
     core_stream,
     lam_to_core,
@@ -203,12 +205,69 @@ def _top_eigenvectors(wide: Tensor, gram: Tensor, lam: Tensor | float, name: str
         return torch.from_dlpack(top_eigenvectors(tensor_to_core(gram)))
 
 
-def pd_rescaled(
-    A: Tensor, first: int | None, lam: Tensor | float, bound: float, name: str
-) -> Tensor:
-    """``A`` (B, C, n) with its channels ``first:`` rescaled by :func:`pd_scaled` (a layer's
+def pd_rescaled(A: Tensor, block: Block | None, lam: Tensor | float, bound: float) -> Tensor:
+    """``A`` (B, C, n) with the channels of ``block`` rescaled by :func:`pd_scaled` (a layer's
     plan, :class:`~lowrank_gcrf.adapters.layer_plan.SolvePlan`); ``A`` itself for None."""
-    if first is None:
+    if block is None:
         return A
-    scaled = pd_scaled(A[:, first:], lam, bound, name=name)
-    return scaled if first == 0 else torch.cat([A[:, :first], scaled], dim=1)
+    scaled = pd_scaled(A[:, block.start : block.stop], lam, bound, name=block.name)
+    return torch.cat([A[:, : block.start], scaled, A[:, block.stop :]], dim=1)
+
+
+def spectral_bound(A: Tensor) -> Tensor:
+    """An upper bound of ``‖A‖₂²`` for A (..., D, n), in matrix products only (traceable).
+
+    ``(tr G^m)^(1/m)`` with ``G = AAᵀ`` and ``m = 2^k``
+    (:data:`~lowrank_gcrf.adapters.layer_plan.GRAM_SQUARINGS`) is never below the largest
+    eigenvalue ``‖A‖₂²`` and above it by at most ``D^(1/m)``. G is squared k times, each
+    square divided by its trace ``t_j`` so that nothing overflows:
+    ``(tr G^m)^(1/m) = tr G · Π_j t_j^(1/2^j)``. Computed in float32 or wider.
+    """
+    wide = A if A.dtype == torch.float64 else A.float()
+    tiny = torch.finfo(wide.dtype).tiny
+    gram = wide @ wide.mT
+    bound = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
+    power = gram / bound[..., None, None]
+    for j in range(1, GRAM_SQUARINGS + 1):
+        power = power @ power
+        trace = torch.diagonal(power, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
+        power = power / trace[..., None, None]
+        bound = bound * trace ** (1.0 / 2**j)
+    return bound.clamp_min(tiny)
+
+
+def _unit_peak(part: Tensor) -> Tensor:
+    """``part`` (B, k, n) divided by its largest magnitude per batch element, so that its Gram
+    neither overflows nor underflows whatever the network's scale. The scaling that follows
+    is invariant to this factor, whose gradient contribution is therefore zero: detached."""
+    peak = part.detach().abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(part.dtype).tiny)
+    return part / peak[:, None, None]
+
+
+def strength_scaled(
+    A: Tensor, blocks: tuple[Block, ...], strengths: Tensor, lam: Tensor | float
+) -> Tensor:
+    """``A`` (B, C, n) with each block of channels scaled to ``‖block‖₂² ≤ ρ·λ``, its strength
+    ρ from ``strengths`` (one per block): the embeddings give the affinities' shape, ρ their
+    size, whatever the network's scale (:func:`spectral_bound`; equality for a rank-one
+    block).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.layer_plan import Block
+    >>> from lowrank_gcrf.adapters.torch import strength_scaled
+    >>> A = strength_scaled(1e3 * torch.randn(1, 4, 50), (Block("Ahat", 0, 4),),
+    ...                     torch.tensor([0.3]), 1.0)
+    >>> bool(torch.linalg.matrix_norm(A, ord=2) ** 2 <= 0.3 * (1 + 1e-5))
+    True
+    """
+    parts = []
+    for index, block in enumerate(blocks):
+        part = A[:, block.start : block.stop]
+        if block.stop > block.start:
+            part = _unit_peak(part)
+            factor = torch.sqrt(strengths[index] * lam / spectral_bound(part))
+            part = part * factor.to(part.dtype)[:, None, None]
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

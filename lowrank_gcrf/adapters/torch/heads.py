@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lowrank_gcrf.adapters.layer_plan import (
-    head_sizes,
-    layout,
-    positive_size,
-    setting_arguments,
-)
+from lowrank_gcrf.adapters.head_plan import head_sizes, positive_size
+from lowrank_gcrf.adapters.layer_plan import UNSET, setting_arguments
+from lowrank_gcrf.adapters.layer_shapes import layout
 from lowrank_gcrf.adapters.torch.modules import DenseGCRF
 from lowrank_gcrf.errors import GCRFError
 from lowrank_gcrf.refine_inputs import checked_spatial_dims
@@ -28,20 +25,25 @@ class GCRFHead(nn.Module):
         Labels L.
     embed_dim : int, default 16
         Embedding dimension D (the rank of the pairwise term).
-    model : {"potts", "general"}, default "potts"
+    model : {"potts", "general", "signed"}, default "potts"
         Potts: one embedding per pixel, shared by the labels (D channels); general: one per
-        pixel and label (D·L channels, reshaped to (B, D, L, *spatial)).
+        pixel and label (D·L channels, reshaped to (B, D, L, *spatial)); signed: repulsive
+        and attractive embeddings per pixel and label ((D + E)·L channels).
     spatial_dims : {1, 2, 3}, default 2
         Spatial dimensions of the features: the branches are ``Conv1d``, ``Conv2d`` or
         ``Conv3d``.
     lam : float, default 1.0
-        Initial λ.
-    learn_lam : bool, default True
-        λ is a parameter of the head (``crf.raw_lam``); with Potts the bound on the
-        embeddings follows it.
-    pd_bound, method, rtol, atol, maxiter, on_failure
-        As for :class:`DenseGCRF`: the Potts head rescales the embeddings so that
-        ``‖Â‖₂² ≤ pd_bound·λ`` and trains on raw convolution outputs.
+        λ. With a learnt strength it only scales the scores (a temperature).
+    learn_lam : bool, default False
+        λ is a parameter of the head (``crf.raw_lam``).
+    strength, learn_strength, max_strength
+        As for :class:`DenseGCRF`: by default the embeddings give the affinities' shape and a
+        learnt strength ρ (0.3 initially, at most 0.9) their size, ``‖Â‖₂² ≤ ρ·λ``, so a
+        fresh head stays close to its unary branch whatever the convolution's scale.
+    attractive_dim : int, optional
+        Signed model only: E, the attractive embeddings per pixel and label (default D).
+    pd_bound, method, rtol, atol, maxiter, on_failure, traceable
+        As for :class:`DenseGCRF`.
 
     Attributes
     ----------
@@ -60,7 +62,7 @@ class GCRFHead(nn.Module):
     >>> head = GCRFHead(16, num_labels=3, embed_dim=4)
     >>> scores = head(torch.randn(2, 16, 8, 8))        # features (B, C, H, W)
     >>> scores.sum().backward()
-    >>> scores.shape, head.crf.raw_lam.grad is not None
+    >>> scores.shape, head.crf.raw_strength.grad is not None
     (torch.Size([2, 3, 8, 8]), True)
     """
 
@@ -73,16 +75,22 @@ class GCRFHead(nn.Module):
         model: str = "potts",
         spatial_dims: int = 2,
         lam: float = 1.0,
-        learn_lam: bool = True,
-        pd_bound: float | None = 0.9,
+        learn_lam: bool = False,
+        strength: float | None = 0.3,
+        learn_strength: bool = True,
+        max_strength: float | None = 0.9,
+        attractive_dim: int | None = None,
+        pd_bound: float | None = UNSET,
         method: str = "auto",
         rtol: float | None = None,
         atol: float = 0.0,
         maxiter: int | None = None,
         on_failure: str = "warn",
+        traceable: bool | str = "auto",
     ):
         super().__init__()
-        self.sizes = head_sizes(num_labels, embed_dim, model)
+        self.sizes = head_sizes(num_labels, embed_dim, model, attractive_dim)
+        attractive_dim = self.sizes.attractive_dim
         self.in_channels = positive_size(in_channels, "in_channels")
         self.spatial_dims = checked_spatial_dims(spatial_dims)
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.spatial_dims - 1]
@@ -102,6 +110,6 @@ class GCRFHead(nn.Module):
         if self.sizes.per_label:
             batch, _, *spatial = embeddings.shape
             embeddings = embeddings.reshape(
-                batch, self.sizes.embed_dim, self.sizes.num_labels, *spatial
+                batch, self.sizes.channels, self.sizes.num_labels, *spatial
             )
         return self.crf(self.unary(features), embeddings)
