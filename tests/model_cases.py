@@ -93,7 +93,8 @@ class ModelCase:
     systems: Callable[..., Any]
     #: The function of ``lowrank_gcrf.adapters.torch`` / ``.tensorflow`` for this model.
     adapter_function: str
-    #: Rows of the embeddings the layers rescale to ‖·‖₂² ≤ pd_bound·λ (None: no bound).
+    #: Rows of the embeddings a raw layer (``strength=None``) clamps to
+    #: ‖·‖₂² ≤ max_strength·λ (None: no clamp).
     bounded_rows: slice | None
     #: Whether ``GCRFHead`` builds this model.
     has_head: bool
@@ -147,11 +148,15 @@ class ModelCase:
         function = getattr(adapter, self.adapter_function)
         return function(*self.split(embeddings), b, lam, **kwargs)
 
-    def layer_kwargs(self) -> dict[str, Any]:
-        """The ``DenseGCRF`` arguments that choose this model."""
+    def layer_kwargs(self, *, learnt: bool = False) -> dict[str, Any]:
+        """The ``DenseGCRF`` arguments that choose this model: a raw layer (the embeddings as
+        given, ``strength=None``) unless ``learnt``, the default layer with a learnt strength."""
+        kwargs: dict[str, Any] = {"model": self.name}
+        if not learnt:
+            kwargs["strength"] = None
         if self.name == "signed":
-            return {"model": self.name, "attractive_dim": ATTRACTIVE_DIM}
-        return {"model": self.name}
+            kwargs["attractive_dim"] = ATTRACTIVE_DIM
+        return kwargs
 
     def embedding_channels(self, dim: int, labels: int) -> tuple[int, ...]:
         """The channel axes of a layer's embeddings, after B and before the spatial axes:
@@ -160,22 +165,40 @@ class ModelCase:
             return (dim,)
         return (dim + (ATTRACTIVE_DIM if self.name == "signed" else 0), labels)
 
-    def layer_system(self, unary, embeddings, lam, pd_bound=0.9) -> System:
+    def layer_system(
+        self, unary, embeddings, lam, max_strength=0.9, strength: Any = None
+    ) -> System:
         """The system a channels-first layer solves, in float64 and the core's layout: the
-        label-major flattening, the bounded rows rescaled to ‖·‖₂² ≤ pd_bound·λ."""
+        label-major flattening, then with a ``strength`` ρ (one, or one per block) every
+        embedding block (the model's split) scaled to ρ·λ over its bound on ‖·‖₂²,
+        ``(Σᵢ eᵢ³²)^(1/32)`` (eᵢ the Gram's eigenvalues: the layers' 5 squarings), else the
+        bounded rows clamped to ‖·‖₂² ≤ max_strength·λ."""
         batch, labels, *_ = unary.shape
         U = np.array(embeddings, dtype=np.float64).reshape(batch, embeddings.shape[1], -1)
-        if self.bounded_rows is not None and pd_bound is not None:
+        if strength is not None:
+            blocks = []
+            parts = self.split(U)
+            strengths = np.broadcast_to(np.asarray(strength, dtype=np.float64), len(parts))
+            for block, strength in zip(parts, strengths, strict=True):
+                gram = block @ np.swapaxes(block, -1, -2)
+                eigenvalues = np.clip(np.linalg.eigvalsh(gram), 0, None)
+                top = eigenvalues[..., -1:]
+                bound = top[..., 0] * np.sum((eigenvalues / top) ** 32, axis=-1) ** (1 / 32)
+                blocks.append(block * np.sqrt(strength * lam / bound)[:, None, None])
+            U = np.concatenate(blocks, axis=1)
+        elif self.bounded_rows is not None and max_strength is not None:
             rows = U[:, self.bounded_rows]
-            factor = np.sqrt(np.minimum(1.0, pd_bound * lam / top_eigenvalue(rows)))
+            factor = np.sqrt(np.minimum(1.0, max_strength * lam / top_eigenvalue(rows)))
             U[:, self.bounded_rows] = rows * factor[:, None, None]
         core_shape = (batch, labels, -1) if self.potts_layout else (batch, -1)
         b = np.asarray(unary, dtype=np.float64).reshape(core_shape)
         return System(self, U, b, lam, self.condition(U, lam, labels))
 
-    def layer_reference(self, unary, embeddings, lam, pd_bound=0.9, **kwargs) -> np.ndarray:
+    def layer_reference(
+        self, unary, embeddings, lam, max_strength=0.9, strength=None, **kwargs
+    ) -> np.ndarray:
         """A channels-first layer's output (B, L, *spatial) from the core."""
-        system = self.layer_system(unary, embeddings, lam, pd_bound)
+        system = self.layer_system(unary, embeddings, lam, max_strength, strength)
         return self.solve(*system.args(), **kwargs).reshape(unary.shape)
 
     def condition(self, embeddings, lam, num_labels: int = 1) -> float:
@@ -363,7 +386,7 @@ REGISTRY: dict[str, ModelCase] = {
             adapter_function="solve_signed",
             bounded_rows=slice(-ATTRACTIVE_DIM, None),
             # GCRFHead builds the general and Potts heads only (it refuses "signed").
-            has_head=False,
+            has_head=True,
             indefinite_lam=_signed_indefinite_lam,
             indefinite_message="Increase lam above",
         ),

@@ -31,7 +31,7 @@ import lowrank_gcrf as lg  # noqa: E402
 from lowrank_gcrf.adapters import tensorflow as tfa  # noqa: E402
 from lowrank_gcrf.adapters import torch as tha  # noqa: E402
 
-#: The models whose layers rescale (some of) their embeddings to ‖·‖₂² ≤ pd_bound·λ.
+#: The models whose raw layers clamp (some of) their embeddings to ‖·‖₂² ≤ max_strength·λ.
 bounded_models = pytest.mark.parametrize(
     "case", [case for case in MODEL_CASES if case.bounded_rows is not None], ids=str
 )
@@ -318,3 +318,43 @@ def test_keras_float64_layer_bounds_with_float64_lam(case, channels_first):
     # rounding of λ moved the output by 2e-7.
     kappa = case.layer_system(unary, embeddings, 0.3).kappa
     assert_close(got, expected, 2 * kappa * 1000 * float(np.finfo(np.float64).eps))
+
+
+# -- the learnt strength (the default layer) ---------------------------------------------------
+
+
+@each_model
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1e30], ids=["zero", "tiny", "huge"])
+def test_learnt_strength_layers_take_embeddings_of_any_scale(case, scale):
+    """The strength scaling divides each block by its peak before its Gram: the float32
+    layers give the unit-scale result (scale invariance) at 1e±30, and the unary alone
+    (x = b/λ) for zero embeddings, with finite gradients."""
+    unary, embeddings = layer_inputs(case)
+    kwargs = case.layer_kwargs(learnt=True)
+    E = torch.from_numpy(embeddings * np.float32(scale if scale else 1)).requires_grad_()
+    given = E if scale else 0 * E
+    x = tha.DenseGCRF(**kwargs)(torch.from_numpy(unary), given)
+    x.square().sum().backward()
+    assert torch.isfinite(E.grad).all()
+    expected = tha.DenseGCRF(**kwargs)(torch.from_numpy(unary), torch.from_numpy(embeddings))
+    expected = unary if scale == 0.0 else expected.detach().numpy()
+    # float32: the bound's squarings and the solve each round at ~1e-7 relative.
+    assert_close(x.detach().numpy(), expected, rtol=1e-5)
+    keras_layer = tfa.DenseGCRF(data_format="channels_first", **kwargs)
+    got = keras_layer(tf.constant(unary), tf.constant(given.detach().numpy()))
+    assert_close(got.numpy(), expected, rtol=1e-5)
+
+
+@each_model
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_learnt_strength_layers_name_embeddings_that_are_not_finite(case, bad):
+    unary, embeddings = layer_inputs(case)
+    embeddings[0, 0, 0, 0] = bad
+    name = "Ahat" if case.name == "potts" else "A"
+    with pytest.raises(lg.GCRFError, match=f"{name} contains NaN or Inf"):
+        tha.DenseGCRF(**case.layer_kwargs(learnt=True))(
+            torch.from_numpy(unary), torch.from_numpy(embeddings)
+        )
+    layer = tfa.DenseGCRF(data_format="channels_first", **case.layer_kwargs(learnt=True))
+    with pytest.raises(lg.GCRFError, match=f"{name} contains NaN or Inf"):
+        layer(tf.constant(unary), tf.constant(embeddings))

@@ -1,6 +1,8 @@
 """The ``DenseGCRF`` layers of every model and the ``GCRFHead`` of both frameworks as a user
 meets them: raw convolution outputs, N-D volumes, Keras' channels-last layout, the failure
-policy, and the positive-definiteness scaling (Potts: Â, signed: Γ) with its gradients.
+policy, the learnt strength that scales every embedding block (the default) and the raw
+layers' positive-definiteness clamp (``strength=None``; Potts: Â, signed: Γ), with their
+gradients.
 
 References are core solves of the flattened float64 systems at rtol=1e-12
 (``ModelCase.layer_reference``). The layers solve to their float64 default rtol = 1000ε ≈
@@ -20,7 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from model_cases import MODEL_CASES, REGISTRY, each_model, top_eigenvalue
+from model_cases import ATTRACTIVE_DIM, MODEL_CASES, REGISTRY, each_model, top_eigenvalue
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 torch = pytest.importorskip("torch")
@@ -37,14 +39,14 @@ from lowrank_gcrf.adapters.bridge import softplus_inverse  # noqa: E402
 
 TIGHT = dict(rtol=1e-12)
 AGREE = dict(rtol=1e-9, atol=1e-12)
-#: The models whose layers rescale (some of) their embeddings to ‖·‖₂² ≤ pd_bound·λ.
+#: The models whose raw layers clamp (some of) their embeddings to ‖·‖₂² ≤ max_strength·λ.
 bounded_models = pytest.mark.parametrize(
     "case", [case for case in MODEL_CASES if case.bounded_rows is not None], ids=str
 )
 #: The models GCRFHead builds.
 head_models = pytest.mark.parametrize(
     "case", [case for case in MODEL_CASES if case.has_head], ids=str
-)  # GCRFHead refuses "signed" (test_head_arguments_are_checked)
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -66,6 +68,9 @@ class Torch:
     def call(self, layer, *arrays):
         return layer(*(torch.from_numpy(np.asarray(a)) for a in arrays)).detach().numpy()
 
+    def strengths(self, layer) -> np.ndarray:
+        return layer.strengths.detach().double().numpy()
+
     def set_lam(self, layer, lam: float) -> float:
         """Set a learnt λ; the value the layer now holds."""
         with torch.no_grad():
@@ -82,6 +87,9 @@ class Keras:
     def call(self, layer, *arrays):
         return layer(*(tf.constant(a) for a in arrays)).numpy()
 
+    def strengths(self, layer) -> np.ndarray:
+        return np.float64(layer.strengths.numpy())
+
     def set_lam(self, layer, lam: float) -> float:
         """Set a learnt λ; the value the layer now holds."""
         layer.raw_lam.assign(softplus_inverse(lam))
@@ -91,10 +99,11 @@ class Keras:
 FRAMEWORKS = pytest.mark.parametrize("fw", [Torch(), Keras()], ids=["torch", "keras"])
 
 
-def core_reference(case, unary, embeddings, lam, pd_bound=0.9) -> np.ndarray:
+def core_reference(case, unary, embeddings, lam, max_strength=0.9, strength=None) -> np.ndarray:
     """The layer's output computed from the core on the flattened (label-major) system, with
-    the bounded embeddings scaled to ‖·‖₂² ≤ pd_bound·λ in NumPy."""
-    return case.layer_reference(unary, embeddings, lam, pd_bound, **TIGHT)
+    the embedding blocks scaled to a ``strength``, or else the bounded embeddings clamped to
+    ‖·‖₂² ≤ max_strength·λ, in NumPy."""
+    return case.layer_reference(unary, embeddings, lam, max_strength, strength, **TIGHT)
 
 
 def layer_inputs(seed: int, case, spatial: tuple[int, ...], *, labels=3, dim=2, scale=3.0):
@@ -122,6 +131,28 @@ def test_layer_is_the_core_solve_of_the_flattened_volume(fw, case, spatial, seed
     assert case.layer_system(unary, embeddings, 1.0).kappa <= 1000  # what AGREE assumes
     x = fw.call(fw.layer(lam=1.0, **case.layer_kwargs()), unary, embeddings)
     np.testing.assert_allclose(x, core_reference(case, unary, embeddings, 1.0), **AGREE)
+
+
+@FRAMEWORKS
+@each_model
+@given(
+    spatial=spatial_shapes,
+    seed=st.integers(0, 2**16),
+    scale=st.sampled_from([1e-3, 3.0, 1e4]),
+    lam=st.sampled_from([0.5, 2.0]),
+)
+def test_learnt_strength_layer_solves_the_scaled_blocks(fw, case, spatial, seed, scale, lam):
+    """The default layer: every embedding block scaled to ρ·λ over the layer's bound on its
+    ‖·‖₂², whatever the embeddings' scale, then the core solve."""
+    unary, embeddings = layer_inputs(seed, case, spatial, scale=scale)
+    layer = fw.layer(lam=lam, **case.layer_kwargs(learnt=True))
+    # The strengths as the layer holds them: its float32 parameters round 0.3 at 1e-8.
+    strengths = fw.strengths(layer)
+    np.testing.assert_allclose(strengths, 0.3, rtol=1e-7)
+    assert case.layer_system(unary, embeddings, lam, strength=strengths).kappa <= 1000
+    x = fw.call(layer, unary, embeddings)
+    expected = core_reference(case, unary, embeddings, lam, strength=strengths)
+    np.testing.assert_allclose(x, expected, **AGREE)
 
 
 @pytest.mark.parametrize("spatial", [(7,), (3, 4, 5)], ids=["1d", "3d"])
@@ -251,9 +282,9 @@ def test_learnt_lam_moves_the_bound_with_it(fw, case):
 
 @FRAMEWORKS
 @bounded_models
-def test_pd_bound_none_leaves_the_embeddings_to_the_user(fw, case):
+def test_max_strength_none_leaves_raw_embeddings_to_the_user(fw, case):
     unary, embeddings = layer_inputs(3, case, (4, 4), scale=10.0)
-    unbounded = fw.layer(lam=1.0, pd_bound=None, **case.layer_kwargs())
+    unbounded = fw.layer(lam=1.0, max_strength=None, **case.layer_kwargs())
     with pytest.raises(lg.IndefiniteSystemError):
         fw.call(unbounded, unary, embeddings)
     # Where the bounded rows are below the bound already, bound or no bound gives the
@@ -263,12 +294,47 @@ def test_pd_bound_none_leaves_the_embeddings_to_the_user(fw, case):
     np.testing.assert_allclose(x, core_reference(case, unary, small, 1.0, None), **AGREE)
 
 
-@pytest.mark.parametrize("pd_bound", [0.0, 1.0, 1.5, True, "0.9"])
+@pytest.mark.parametrize("max_strength", [0.0, 1.0, 1.5, True, "0.9"])
 @bounded_models
-def test_pd_bound_outside_the_open_unit_interval_is_refused(case, pd_bound):
+def test_max_strength_outside_the_open_unit_interval_is_refused(case, max_strength):
     for layer in (torch_adapter.DenseGCRF, tf_adapter.DenseGCRF):
-        with pytest.raises(lg.GCRFError, match="pd_bound"):
-            layer(pd_bound=pd_bound, **case.layer_kwargs())
+        for learnt in (False, True):
+            with pytest.raises(lg.GCRFError, match="max_strength must be a number in"):
+                layer(max_strength=max_strength, **case.layer_kwargs(learnt=learnt))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(strength=0.0), "strength"),
+        (dict(strength=0.95), r"strength .* \(0, max_strength=0.9\)"),
+        (dict(strength=True), "strength"),
+        (dict(max_strength=None), "max_strength=None .* strength=None only"),
+        (dict(max_strength=-1.0), r"max_strength must be a number in \(0, inf\)"),
+        (dict(traceable="yes"), "traceable"),
+    ],
+)
+def test_strength_arguments_are_checked(kwargs, match):
+    for layer in (torch_adapter.DenseGCRF, tf_adapter.DenseGCRF):
+        with pytest.raises(lg.GCRFError, match=match):
+            layer(**kwargs)
+
+
+@pytest.mark.parametrize("pd_bound", [0.5, None])
+def test_pd_bound_is_deprecated_for_the_raw_layer_it_was(pd_bound):
+    for layer in (torch_adapter.DenseGCRF, tf_adapter.DenseGCRF):
+        with pytest.warns(DeprecationWarning, match="strength=None, max_strength=x"):
+            settings = layer(potts=True, pd_bound=pd_bound).settings
+        assert (settings.strength, settings.max_strength) == (None, pd_bound)
+
+
+def test_general_layers_strength_may_exceed_lam():
+    """The general model is positive definite for any A: its ceiling is any positive number."""
+    unary, embeddings = layer_inputs(5, REGISTRY["general"], (3, 3), scale=3.0)
+    layer = Torch().layer(model="general", strength=2.0, max_strength=4.0)
+    strengths = Torch().strengths(layer)
+    expected = core_reference(REGISTRY["general"], unary, embeddings, 1.0, strength=strengths)
+    np.testing.assert_allclose(Torch().call(layer, unary, embeddings), expected, **AGREE)
 
 
 # -- raw convolution outputs train ------------------------------------------------------------
@@ -300,7 +366,7 @@ def test_torch_layer_trains_on_raw_convolution_outputs(case):
 
     raw = embed(images).detach().numpy()
     assert np.all(top_eigenvalue(raw_bounded_rows(case, raw)) > 100.0)  # ≫ λ = 1
-    unbounded = torch_adapter.DenseGCRF(lam=1.0, pd_bound=None, **case.layer_kwargs())
+    unbounded = torch_adapter.DenseGCRF(lam=1.0, max_strength=None, **case.layer_kwargs())
     with pytest.raises(lg.IndefiniteSystemError):
         unbounded(unary_conv(images), embed(images))
 
@@ -319,14 +385,14 @@ def test_torch_layer_trains_on_raw_convolution_outputs(case):
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 
-def raw_keras_segmenter(case, labels: int, *, pd_bound: float | None = 0.9) -> keras.Model:
+def raw_keras_segmenter(case, labels: int, *, max_strength: float | None = 0.9) -> keras.Model:
     """Channels-last convolutions straight into the layer (no normalisation)."""
     channels = case.embedding_channels(raw_dim(case), labels)
     images = keras.Input((12, 12, 3))
     unary = keras.layers.Conv2D(labels, 3, padding="same", name="unary")(images)
     embeddings = keras.layers.Conv2D(math.prod(channels), 3, padding="same", name="embed")(images)
     embeddings = keras.layers.Reshape((12, 12, *channels))(embeddings)
-    layer = tf_adapter.DenseGCRF(lam=1.0, pd_bound=pd_bound, **case.layer_kwargs())
+    layer = tf_adapter.DenseGCRF(lam=1.0, max_strength=max_strength, **case.layer_kwargs())
     return keras.Model(images, layer(unary, embeddings))
 
 
@@ -340,7 +406,7 @@ def test_keras_layer_trains_on_raw_convolution_outputs(case):
     raw = keras.Model(model.input, model.layers[-2].output)(images).numpy()
     channels_first = np.moveaxis(raw, range(3, raw.ndim), range(1, raw.ndim - 2))
     assert np.all(top_eigenvalue(raw_bounded_rows(case, channels_first)) > 100.0)  # ≫ λ = 1
-    unbounded = raw_keras_segmenter(case, 4, pd_bound=None)
+    unbounded = raw_keras_segmenter(case, 4, max_strength=None)
     unbounded.set_weights(model.get_weights())
     with pytest.raises(lg.IndefiniteSystemError):
         unbounded(images)
@@ -388,22 +454,30 @@ def pointwise(features: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.
     )
 
 
-def head_reference(features, unary_wb, embed_wb, lam, case, embed_dim) -> np.ndarray:
+def head_reference(features, unary_wb, embed_wb, strengths, case, embed_dim) -> np.ndarray:
     """A head's output from its branch weights: the 1×1 convolutions in NumPy, channel
-    d·L + l of the general embedding branch as A[d, l], then the core solve."""
+    d·L + l of a per-label embedding branch as A[d, l], the blocks scaled to the head's
+    strengths, then the core solve with λ = 1."""
     unary = pointwise(features, *unary_wb)
     embeddings = pointwise(features, *embed_wb)
     batch, _, *spatial = embeddings.shape
     channels = case.embedding_channels(embed_dim, unary.shape[1])
     embeddings = embeddings.reshape(batch, *channels, *spatial)
-    return core_reference(case, unary, embeddings, lam)
+    return core_reference(case, unary, embeddings, 1.0, strength=strengths)
+
+
+def head_kwargs(case) -> dict:
+    """The head arguments of a model: E = ATTRACTIVE_DIM for signed, as its case splits."""
+    return {"attractive_dim": ATTRACTIVE_DIM} if case.name == "signed" else {}
 
 
 @head_models
 @pytest.mark.parametrize("spatial", [(7,), (3, 4), (2, 3, 4)], ids=["1d", "2d", "3d"])
 def test_torch_head_is_its_branches_then_the_core_solve(case, spatial):
     torch.manual_seed(0)
-    head = torch_adapter.GCRFHead(5, 3, embed_dim=2, model=case.name, spatial_dims=len(spatial))
+    head = torch_adapter.GCRFHead(
+        5, 3, embed_dim=2, model=case.name, spatial_dims=len(spatial), **head_kwargs(case)
+    )
     head = head.double()
     features = np.random.default_rng(0).standard_normal((2, 5, *spatial))
     x = head(torch.from_numpy(features)).detach().numpy()
@@ -411,8 +485,8 @@ def test_torch_head_is_its_branches_then_the_core_solve(case, spatial):
         (conv.weight.detach().numpy().reshape(conv.out_channels, 5), conv.bias.detach().numpy())
         for conv in (head.unary, head.embed)
     ]
-    lam = float(head.crf.lam.detach())
-    np.testing.assert_allclose(x, head_reference(features, *weights, lam, case, 2), **AGREE)
+    strengths = Torch().strengths(head.crf)
+    np.testing.assert_allclose(x, head_reference(features, *weights, strengths, case, 2), **AGREE)
 
 
 @head_models
@@ -420,7 +494,12 @@ def test_torch_head_is_its_branches_then_the_core_solve(case, spatial):
 def test_keras_head_is_its_branches_then_the_core_solve(case, spatial):
     keras.utils.set_random_seed(0)
     head = tf_adapter.GCRFHead(
-        3, embed_dim=2, model=case.name, data_format="channels_last", dtype="float64"
+        3,
+        embed_dim=2,
+        model=case.name,
+        data_format="channels_last",
+        dtype="float64",
+        **head_kwargs(case),
     )
     features = np.random.default_rng(0).standard_normal((2, *spatial, 5))
     x = head(tf.constant(features)).numpy()
@@ -428,21 +507,28 @@ def test_keras_head_is_its_branches_then_the_core_solve(case, spatial):
         (conv.kernel.numpy().reshape(5, -1).T, conv.bias.numpy())
         for conv in (head.unary, head.embed)
     ]
-    lam = float(head.crf.lam)
-    expected = head_reference(np.moveaxis(features, -1, 1), *weights, lam, case, 2)
+    strengths = Keras().strengths(head.crf)
+    expected = head_reference(np.moveaxis(features, -1, 1), *weights, strengths, case, 2)
     np.testing.assert_allclose(x, np.moveaxis(expected, 1, -1), **AGREE)
 
 
-def test_heads_learn_lam_by_default_and_pass_the_layer_settings_on():
-    torch_head = torch_adapter.GCRFHead(4, 3, lam=2.0, pd_bound=0.5, maxiter=7)
-    keras_head = tf_adapter.GCRFHead(3, lam=2.0, pd_bound=0.5, maxiter=7)
+def test_heads_learn_the_strength_by_default_and_pass_the_layer_settings_on():
+    torch_head = torch_adapter.GCRFHead(4, 3, lam=2.0, max_strength=0.5, maxiter=7)
+    keras_head = tf_adapter.GCRFHead(3, lam=2.0, max_strength=0.5, maxiter=7)
     for crf in (torch_head.crf, keras_head.crf):
-        assert crf.settings.learn_lam and crf.settings.model == "potts"
-        assert (crf.settings.lam, crf.settings.pd_bound, crf.settings.maxiter) == (2.0, 0.5, 7)
-    assert float(torch_head.crf.lam.detach()) == pytest.approx(2.0)
-    assert float(keras_head.crf.lam) == pytest.approx(2.0)
-    assert any(p is torch_head.crf.raw_lam for p in torch_head.parameters())
-    assert any(w is keras_head.crf.raw_lam for w in keras_head.trainable_weights)
+        settings = crf.settings
+        assert settings.model == "potts" and settings.learn_strength and not settings.learn_lam
+        assert (settings.lam, settings.max_strength, settings.maxiter) == (2.0, 0.5, 7)
+        assert crf.effective_lam == 2.0 and crf.effective_strength == {"Ahat": 0.3}
+    assert [p for p in torch_head.crf.parameters()] == [torch_head.crf.raw_strength]
+    assert keras_head.crf.trainable_weights == [keras_head.crf.raw_strength]
+
+
+def test_signed_head_has_d_attractive_channels_by_default():
+    head = torch_adapter.GCRFHead(4, 3, embed_dim=2, model="signed")
+    assert head.embed.out_channels == (2 + 2) * 3 and head.crf.settings.attractive_dim == 2
+    assert head(torch.randn(1, 4, 3, 3)).shape == (1, 3, 3, 3)
+    assert set(head.crf.effective_strength) == {"A", "Gamma"}
 
 
 @pytest.mark.parametrize(
@@ -450,8 +536,8 @@ def test_heads_learn_lam_by_default_and_pass_the_layer_settings_on():
     [
         (dict(num_labels=0), "num_labels"),
         (dict(embed_dim=2.5), "embed_dim"),
-        # The heads build the general and Potts models (model_cases: has_head).
-        (dict(model="signed"), "model"),
+        (dict(model="dense"), "model"),
+        (dict(model="potts", attractive_dim=2), "attractive_dim goes with model='signed'"),
         (dict(lam=-1.0), "lam"),
     ],
 )
@@ -483,17 +569,19 @@ def test_keras_head_model_saves_and_loads(tmp_path):
     keras.utils.set_random_seed(0)
     images = keras.Input((6, 6, 3))
     features = keras.layers.Conv2D(4, 3, padding="same")(images)
-    head = tf_adapter.GCRFHead(3, embed_dim=2, model="general", lam=0.5, pd_bound=None)
+    head = tf_adapter.GCRFHead(3, embed_dim=2, model="general", lam=0.5, learn_lam=True)
     model = keras.Model(images, head(features))
     assert model.output_shape == (None, 6, 6, 3)
     x = np.random.default_rng(0).standard_normal((2, 6, 6, 3)).astype("float32")
-    head.crf.raw_lam.assign(softplus_inverse(0.8))  # a weight, not the initial λ
+    head.crf.raw_lam.assign(softplus_inverse(0.8))  # weights, not the initial values
+    head.crf.raw_strength.assign([1.5])
     model.save(tmp_path / "head.keras")
     loaded = keras.models.load_model(tmp_path / "head.keras")
     loaded_head = loaded.layers[-1]
     assert isinstance(loaded_head, tf_adapter.GCRFHead)
     assert loaded_head.get_config() == head.get_config()
     assert float(loaded_head.crf.lam) == pytest.approx(0.8)
+    assert loaded_head.crf.effective_strength == head.crf.effective_strength != {"A": 0.3}
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 

@@ -114,7 +114,8 @@ def test_lraspp_mobilenet_v3_trains_with_a_gcrf_head(no_network, one_torch_threa
     targets = torch.randint(LABELS, (2, 128, 128))
     with torch.no_grad():
         embeddings = head.embed(model.backbone(images)["high"]).flatten(2)
-    assert np.all(top_eigenvalues(embeddings.numpy()) > 10 * float(head.crf.lam.detach()))
+    # Raw scales far beyond λ: the learnt strength sets the pairwise term's size anyway.
+    assert np.all(top_eigenvalues(embeddings.numpy()) > 10 * head.crf.effective_lam)
 
     # From scratch, with batch statistics of two images: larger steps make the first ones noisy.
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -127,7 +128,7 @@ def test_lraspp_mobilenet_v3_trains_with_a_gcrf_head(no_network, one_torch_threa
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert all(torch.isfinite(g).all() for g in grads)
-        for reached in (head.embed.weight, head.crf.raw_lam, model.backbone["0"][0].weight):
+        for reached in (head.embed.weight, head.crf.raw_strength, model.backbone["0"][0].weight):
             assert reached.grad is not None and reached.grad.abs().max() > 0
         optimizer.step()
         losses.append(loss.item())
@@ -160,10 +161,10 @@ def test_keras_mobilenet_v3_trains_with_a_gcrf_head_in_model_fit(no_network):
     # statistics would shrink them by orders of magnitude).
     raw = head.embed(backbone(x, training=True)).numpy()
     raw = np.moveaxis(raw, -1, 1).reshape(4, 8, -1)
-    assert np.all(top_eigenvalues(raw) > 10 * float(head.crf.lam))
+    assert np.all(top_eigenvalues(raw) > 10 * head.crf.effective_lam)
 
     model.compile(keras.optimizers.Adam(1e-4), keras.losses.SparseCategoricalCrossentropy(True))
-    lam_before = float(head.crf.lam)
     losses = model.fit(x, y, batch_size=2, epochs=3, verbose=0).history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-    assert float(head.crf.lam) != pytest.approx(lam_before)  # λ is trained with the rest
+    # The strength is trained with the rest.
+    assert head.crf.effective_strength["Ahat"] != pytest.approx(0.3, abs=1e-6)

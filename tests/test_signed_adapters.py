@@ -88,7 +88,8 @@ def _layer_inputs(seed, spatial=(4, 5), labels=3, channels=5, scale=3.0):
 
 def test_torch_layer_of_attractive_channels_only_is_pd_by_construction():
     unary, embeddings = _layer_inputs(3)
-    layer = torch_adapter.DenseGCRF(1.0, "signed", attractive_dim=5, **TIGHT)  # A is None
+    # A is None; raw Γ clamped at ‖Γ‖₂² ≤ 0.9·λ.
+    layer = torch_adapter.DenseGCRF(1.0, "signed", attractive_dim=5, strength=None, **TIGHT)
     out = layer(torch.from_numpy(unary), torch.from_numpy(embeddings))
     # The core's solve with Γ (all the channels) scaled to ‖Γ‖₂² = 0.9·λ.
     Gamma = embeddings.reshape(2, 5, -1)
@@ -98,7 +99,9 @@ def test_torch_layer_of_attractive_channels_only_is_pd_by_construction():
     want = lg.solve_signed(None, Gamma, unary.reshape(2, -1), 1.0, **TIGHT)
     np.testing.assert_allclose(out.numpy(), want.reshape(unary.shape), rtol=1e-9, atol=1e-12)
     # Without the bound these embeddings are far from definite.
-    unbounded = torch_adapter.DenseGCRF(1.0, "signed", attractive_dim=5, pd_bound=None, **TIGHT)
+    unbounded = torch_adapter.DenseGCRF(
+        1.0, "signed", attractive_dim=5, strength=None, max_strength=None, **TIGHT
+    )
     with pytest.raises(lg.IndefiniteSystemError):
         unbounded(torch.from_numpy(unary), torch.from_numpy(embeddings))
 

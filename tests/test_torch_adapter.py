@@ -221,18 +221,27 @@ def test_module_matches_the_functions(case):
 
 def test_learnt_lam_is_positive_and_starts_at_the_given_value():
     layer = DenseGCRF(lam=0.3, potts=True, learn_lam=True)
-    assert [name for name, _ in layer.named_parameters()] == ["raw_lam"]
+    assert [name for name, _ in layer.named_parameters()] == ["raw_lam", "raw_strength"]
     torch.testing.assert_close(layer.lam, torch.tensor(0.3))
     with torch.no_grad():
         layer.raw_lam.fill_(-30.0)
     assert layer.lam > 0
-    assert not list(DenseGCRF(lam=0.3).parameters())
+    assert not list(DenseGCRF(lam=0.3, strength=None).parameters())
+    fixed = DenseGCRF(lam=0.3, learn_strength=False)
+    assert not list(fixed.parameters()) and [n for n, _ in fixed.named_buffers()] == [
+        "raw_strength"
+    ]
     assert DenseGCRF(lam=50.0, learn_lam=True).lam.item() == pytest.approx(50.0)
 
 
 def test_extra_repr():
     text = repr(DenseGCRF(lam=0.25, potts=True, method="cg", learn_lam=True, rtol=1e-6))
-    assert text == "DenseGCRF(lam=0.25, model='potts', learn_lam=True, method='cg', rtol=1e-06)"
+    assert text == (
+        "DenseGCRF(lam=0.25, strength[Ahat]=0.3, model='potts', learn_lam=True, "
+        "method='cg', rtol=1e-06)"
+    )
+    text = repr(DenseGCRF(model="signed", attractive_dim=2, strength=None))
+    assert text == "DenseGCRF(lam=1, model='signed', strength=None, attractive_dim=2)"
 
 
 def long_range_batch(n: int = 16, size: int = 8):
@@ -248,25 +257,30 @@ def long_range_batch(n: int = 16, size: int = 8):
 
 
 class MarkerNet(nn.Module):
-    """A 3×3 conv net for the unaries and the embeddings, then a Potts G-CRF (or nothing)."""
+    """A 3×3 conv net for the unaries and the embeddings, then a Potts G-CRF (or nothing):
+    the default layer on the raw embeddings, or a raw layer on embeddings the net scales."""
 
-    def __init__(self, crf: bool):
+    def __init__(self, crf: str | None):
         super().__init__()
         self.unary = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
         self.embed = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
-        self.crf = DenseGCRF(lam=1.0, potts=True) if crf else None
+        self.scaled = crf == "raw"
+        self.crf = (
+            None if crf is None else DenseGCRF(potts=True, strength=None if self.scaled else 0.3)
+        )
 
     def forward(self, images):
         unary = self.unary(images)
         if self.crf is None:
             return unary
         embeddings = self.embed(images)
-        # Frobenius norm 0.9 per image bounds ‖Â‖₂² by 0.81 < λ: the Potts system stays PD.
-        embeddings = 0.9 * embeddings / embeddings.flatten(1).norm(dim=1)[:, None, None, None]
+        if self.scaled:
+            # Frobenius norm 0.9 per image bounds ‖Â‖₂² by 0.81 < λ: the system stays PD.
+            embeddings = 0.9 * embeddings / embeddings.flatten(1).norm(dim=1)[:, None, None, None]
         return self.crf(unary, embeddings)
 
 
-def train_marker_net(crf: bool, steps: int = 40) -> tuple[list[float], MarkerNet]:
+def train_marker_net(crf: str | None, steps: int = 40) -> tuple[list[float], MarkerNet]:
     images, targets = long_range_batch()
     torch.manual_seed(0)
     net = MarkerNet(crf)
@@ -281,14 +295,19 @@ def train_marker_net(crf: bool, steps: int = 40) -> tuple[list[float], MarkerNet
     return losses, net
 
 
-def test_training_uses_long_range_context():
-    losses, net = train_marker_net(crf=True)
-    baseline, _ = train_marker_net(crf=False)
-    assert losses[-1] < 0.25 * losses[0]
+@pytest.mark.parametrize("crf", ["raw", "default"])
+def test_training_uses_long_range_context(crf):
+    # The default layer starts at strength 0.3 and learns to pool: it takes longer.
+    steps = 40 if crf == "raw" else 80
+    losses, net = train_marker_net(crf, steps)
+    baseline, _ = train_marker_net(None, steps)
+    assert losses[-1] < 0.25 * losses[0], losses
     # the unaries alone cannot see the markers from most pixels
-    assert losses[-1] < 0.5 * baseline[-1]
+    assert losses[-1] < 0.5 * baseline[-1], (losses[-1], baseline[-1])
     for p in net.embed.parameters():
         assert torch.isfinite(p.grad).all() and p.grad.abs().max() > 0
+    if crf == "default":  # pooling helps here: the strength grows from 0.3
+        assert net.crf.effective_strength["Ahat"] > 0.5
 
 
 # -- precision -------------------------------------------------------------------------------
