@@ -7,6 +7,9 @@ Split by role:
   layers' scalings of the embeddings, ``strength_scaled`` and ``pd_scaled``;
 * :mod:`~lowrank_gcrf.adapters.torch.modules`: ``DenseGCRF``;
 * :mod:`~lowrank_gcrf.adapters.torch.heads`: ``GCRFHead``;
+* :mod:`~lowrank_gcrf.adapters.torch.traceable_solve`: the solve in PyTorch operations only,
+  that exporters trace, and :mod:`~lowrank_gcrf.adapters.torch.custom_op`: the core's exact
+  solve as the ``torch.library`` custom op ``lowrank_gcrf::solve`` (``exact_solve``);
 * :mod:`~lowrank_gcrf.adapters.torch.image_refine`: ``refine``.
 
 Everything a layer decides that is not a tensor operation is in
@@ -20,6 +23,7 @@ The adapter holds no maths of its own, and core errors propagate unchanged.
 importable as aliases of :func:`solve`, :func:`solve_potts` and :func:`solve_signed`.
 """
 
+from lowrank_gcrf.adapters.torch.custom_op import exact_solve
 from lowrank_gcrf.adapters.torch.functional import (
     pd_scaled,
     solve,
@@ -37,6 +41,7 @@ gcrf_solve, potts_solve, signed_solve = solve, solve_potts, solve_signed
 __all__ = [
     "DenseGCRF",
     "GCRFHead",
+    "exact_solve",
     "pd_scaled",
     "refine",
     "solve",

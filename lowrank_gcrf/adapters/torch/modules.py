@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from lowrank_gcrf.adapters.bridge import softplus_inverse
 from lowrank_gcrf.adapters.layer_plan import (
+    DEFAULT_MAX_STRENGTH,
+    DEFAULT_STRENGTH,
     UNSET,
     layer_settings,
     runs_traceable_solve,
@@ -18,6 +20,7 @@ from lowrank_gcrf.adapters.layer_plan import (
 )
 from lowrank_gcrf.adapters.layer_shapes import layer_shapes
 from lowrank_gcrf.adapters.torch.autograd import dtype_plan, solve_tensors
+from lowrank_gcrf.adapters.torch.custom_op import exact_solve
 from lowrank_gcrf.adapters.torch.functional import pd_rescaled, strength_scaled
 from lowrank_gcrf.adapters.torch.traceable_solve import traceable_solve
 from lowrank_gcrf.dtypes import dtype_name
@@ -56,7 +59,7 @@ class DenseGCRF(nn.Module):
         indefinite system raises :class:`lowrank_gcrf.IndefiniteSystemError`).
     pd_bound : float or None, optional
         Deprecated (a DeprecationWarning): ``pd_bound=x`` is ``strength=None,
-        max_strength=x``, the behaviour of version 0.1.
+        max_strength=x``, the layers' behaviour before the learnt strength.
     method : {"auto", "cg", "direct"}, default "auto"
         Solver for the forward and backward passes.
     rtol : float, optional
@@ -117,9 +120,9 @@ class DenseGCRF(nn.Module):
         *,
         potts: bool | None = None,
         learn_lam: bool = False,
-        strength: float | None = 0.3,
+        strength: float | None = DEFAULT_STRENGTH,
         learn_strength: bool = True,
-        max_strength: float | None = 0.9,
+        max_strength: float | None = DEFAULT_MAX_STRENGTH,
         pd_bound: float | None = UNSET,
         method: str = "auto",
         rtol: float | None = None,
@@ -194,7 +197,13 @@ class DenseGCRF(nn.Module):
                 plan.solve_as, A.to(dtypes[0]), b.to(dtypes[0]), lam, plan.strength_bounds
             )
             return x.to(dtypes[1]).reshape(shapes.output)
-        return solve_tensors(plan.solve_as, A, b, lam, plan.options, dtypes).reshape(shapes.output)
+        if torch.compiler.is_compiling():
+            # The core's solve as one opaque custom op: a compiled training step keeps one
+            # graph (its backward factorizes again, which the eager path avoids).
+            x = exact_solve(plan.solve_as, A, b, lam, plan.options)
+        else:
+            x = solve_tensors(plan.solve_as, A, b, lam, plan.options, dtypes)
+        return x.reshape(shapes.output)
 
     def _traced(self) -> bool:
         """Whether this call is traced for deployment (compiled, exported, JIT-traced or
