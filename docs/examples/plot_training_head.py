@@ -58,7 +58,7 @@ with torch.no_grad():
     predictions = model(test_images).argmax(dim=1)
 accuracy = (predictions == test_targets).float().mean().item()
 print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; test pixel accuracy {accuracy:.3f}")
-print(f"learnt λ = {float(model[1].crf.lam.detach()):.3f}")
+print(f"λ = {model[1].crf.effective_lam:.3f}, learnt strength {model[1].crf.effective_strength}")
 
 # %%
 # The loss and a few test scenes

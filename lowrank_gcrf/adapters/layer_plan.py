@@ -182,6 +182,10 @@ UNSET: Any = _Unset()
 #: layer amplifies the unary's label deviations by at most 1/(1 − 0.3) ≈ 1.4 (Potts).
 DEFAULT_STRENGTH = 0.3
 
+#: The layers' default ceiling of the strength: the Potts layer's κ stays below
+#: (1 + (L − 1)·0.9)/(1 − 0.9), 190 at L = 21.
+DEFAULT_MAX_STRENGTH = 0.9
+
 
 def layer_settings(
     lam: Any = 1.0,
@@ -191,7 +195,7 @@ def layer_settings(
     learn_lam: bool = False,
     strength: float | None = DEFAULT_STRENGTH,
     learn_strength: bool = True,
-    max_strength: float | None = 0.9,
+    max_strength: float | None = DEFAULT_MAX_STRENGTH,
     pd_bound: Any = UNSET,
     method: str = "auto",
     rtol: float | None = None,

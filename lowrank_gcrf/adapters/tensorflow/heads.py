@@ -10,7 +10,12 @@ import keras
 import tensorflow as tf
 
 from lowrank_gcrf.adapters.head_plan import head_sizes
-from lowrank_gcrf.adapters.layer_plan import UNSET, setting_arguments
+from lowrank_gcrf.adapters.layer_plan import (
+    DEFAULT_MAX_STRENGTH,
+    DEFAULT_STRENGTH,
+    UNSET,
+    setting_arguments,
+)
 from lowrank_gcrf.adapters.layer_shapes import SPATIAL_NAMES, layout
 from lowrank_gcrf.adapters.tensorflow.layers import DenseGCRF
 from lowrank_gcrf.adapters.tensorflow.layout_ops import shape_of
@@ -72,9 +77,9 @@ class GCRFHead(keras.layers.Layer):
         model: str = "potts",
         lam: float = 1.0,
         learn_lam: bool = False,
-        strength: float | None = 0.3,
+        strength: float | None = DEFAULT_STRENGTH,
         learn_strength: bool = True,
-        max_strength: float | None = 0.9,
+        max_strength: float | None = DEFAULT_MAX_STRENGTH,
         attractive_dim: int | None = None,
         pd_bound: float | None = UNSET,
         method: str = "auto",

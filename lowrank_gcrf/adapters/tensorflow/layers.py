@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from lowrank_gcrf.adapters.bridge import softplus_inverse
 from lowrank_gcrf.adapters.layer_plan import (
+    DEFAULT_MAX_STRENGTH,
+    DEFAULT_STRENGTH,
     UNSET,
     layer_settings,
     runs_traceable_solve,
@@ -91,9 +93,9 @@ class DenseGCRF(keras.layers.Layer):
         *,
         potts: bool | None = None,
         learn_lam: bool = False,
-        strength: float | None = 0.3,
+        strength: float | None = DEFAULT_STRENGTH,
         learn_strength: bool = True,
-        max_strength: float | None = 0.9,
+        max_strength: float | None = DEFAULT_MAX_STRENGTH,
         pd_bound: float | None = UNSET,
         method: str = "auto",
         rtol: float | None = None,

@@ -249,7 +249,8 @@ def strength_scaled(
 ) -> Tensor:
     """``A`` (B, C, n) with each block of channels scaled to ``‖block‖₂² ≤ ρ·λ``, its strength
     ρ from ``strengths`` (one per block): the embeddings give the affinities' shape, ρ their
-    size, whatever the network's scale (:func:`spectral_bound`; equality for a rank-one
+    size, whatever the network's scale
+    (:func:`~lowrank_gcrf.adapters.torch.functional.spectral_bound`; equality for a rank-one
     block).
 
     Examples

@@ -6,7 +6,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from lowrank_gcrf.adapters.head_plan import head_sizes, positive_size
-from lowrank_gcrf.adapters.layer_plan import UNSET, setting_arguments
+from lowrank_gcrf.adapters.layer_plan import (
+    DEFAULT_MAX_STRENGTH,
+    DEFAULT_STRENGTH,
+    UNSET,
+    setting_arguments,
+)
 from lowrank_gcrf.adapters.layer_shapes import layout
 from lowrank_gcrf.adapters.torch.modules import DenseGCRF
 from lowrank_gcrf.errors import GCRFError
@@ -76,9 +81,9 @@ class GCRFHead(nn.Module):
         spatial_dims: int = 2,
         lam: float = 1.0,
         learn_lam: bool = False,
-        strength: float | None = 0.3,
+        strength: float | None = DEFAULT_STRENGTH,
         learn_strength: bool = True,
-        max_strength: float | None = 0.9,
+        max_strength: float | None = DEFAULT_MAX_STRENGTH,
         attractive_dim: int | None = None,
         pd_bound: float | None = UNSET,
         method: str = "auto",
