@@ -143,6 +143,18 @@ def exact_solve(
     Tensor
         x, shaped like b, in the output dtype of the core's policy; differentiable in
         ``embeddings``, ``b`` and a tensor ``lam`` (Eq. 3, ``docs/maths.md#gradients``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from lowrank_gcrf.adapters.torch import exact_solve
+    >>> from lowrank_gcrf.options import solver_options
+    >>> Ahat = (torch.randn(2, 4, 30) / 16).requires_grad_()    # (B, D, P), ‖Â‖₂² < λ
+    >>> b = torch.randn(2, 3, 30)                               # (B, L, P)
+    >>> x = exact_solve("potts", Ahat, b, 1.0, solver_options(method="direct"))
+    >>> x.sum().backward()
+    >>> x.shape, Ahat.grad.shape
+    (torch.Size([2, 3, 30]), torch.Size([2, 4, 30]))
     """
     compute, output = dtype_plan(embeddings, b)
     lam = torch.as_tensor(lam, dtype=compute, device=embeddings.device)
