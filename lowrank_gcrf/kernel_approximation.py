@@ -27,6 +27,11 @@ KMEANS_PIXELS_PER_LANDMARK = 16
 #: Nyström drops eigen-directions of the landmark kernel below this fraction of the largest:
 #: their inverse square roots would amplify rounding errors of float32 features.
 NYSTROM_RTOL = 1e-6
+#: The Gaussian's exponent is clamped below at this value: exp(−60) ≈ 8.8e-27 is a normal
+#: float32 (subnormals start below exp(−87.3)), and arithmetic on subnormal values is many
+#: times slower on x86 CPUs. Kernel values this small are far below float32's rounding of
+#: the sums they enter (each pixel's degree is at least its own kernel value, 1).
+KERNEL_EXPONENT_FLOOR = -60.0
 
 
 def _squared_distances(xp: Any, X: Any, Y: Any) -> Any:
@@ -60,11 +65,12 @@ def kmeans_landmarks(xp: Any, F: Any, m: int, rng: np.random.Generator) -> Any:
 
 
 def gaussian_kernel(xp: Any, X: Any, Y: Any) -> Any:
-    """``exp(−|xᵢ − yⱼ|²/2)`` for rows of X (n, f) and Y (m, f), shape (n, m).
+    """``exp(max(−|xᵢ − yⱼ|²/2, −60))`` for rows of X (n, f) and Y (m, f), shape (n, m).
 
     One matrix product of the augmented rows ``(x, −|x|²/2, 1)·(y, 1, −|y|²/2)`` gives the
     exponent, so that the n × m array is written once before the exponential (rounding may
-    lift an exponent a few ulps above 0: harmless).
+    lift an exponent a few ulps above 0: harmless). The exponent is clamped at
+    :data:`KERNEL_EXPONENT_FLOOR` so that no value is subnormal.
     """
     device = array_api_compat.device(X)
     ones_x = xp.ones((X.shape[0], 1), dtype=X.dtype, device=device)
@@ -73,7 +79,7 @@ def gaussian_kernel(xp: Any, X: Any, Y: Any) -> Any:
     half_y = -0.5 * xp.sum(Y * Y, axis=1, keepdims=True)
     left = xp.concat([X, half_x, ones_x], axis=1)
     right = xp.concat([Y, ones_y, half_y], axis=1)
-    return xp.exp(left @ right.T)
+    return xp.exp(xp.maximum(left @ right.T, KERNEL_EXPONENT_FLOOR))
 
 
 def nystrom_transform(xp: Any, landmarks: Any) -> Any:

@@ -32,10 +32,19 @@ from .image_kernels import dense_crf_features, potts_embeddings, scaled_to_stren
 # The adapters import RefineParameters and check_refine_inputs from this module.
 from .refine_inputs import (
     RefineParameters,
+    RefineShape,
     channels_first,
     check_refine_inputs,
     checked_spatial_dims,
 )
+from .refine_strength import (
+    AUTO,
+    expected_error,
+    scaled_by_confidence,
+    strength_from_error,
+    with_strengths,
+)
+from .smooth_refine import NormalisedSmoothness, solve_deviations
 from .threads import core_function
 from .validation import array_namespace
 
@@ -57,7 +66,7 @@ def refine(
     sxy_smooth: float = 3.0,
     w_appearance: float = 4.0,
     w_smooth: float = 0.0,
-    strength: float = 0.7,
+    strength: float | str = "auto",
     rank: int = 32,
     landmarks: int = 128,
     spatial_dims: int = 2,
@@ -67,6 +76,7 @@ def refine(
     lam: float = 1.0,
     approximation: str = "nystrom-kmeans",
     normalization: str = "symmetric",
+    smooth_kernel: str = "landmarks",
     method: str = "direct",
     return_info: bool = False,
 ) -> Any:
@@ -100,12 +110,20 @@ def refine(
         matters: the symmetric normalisation divides out their overall scale, and
         ``strength`` sets it instead. The smoothness kernel is off by default: a kernel a few
         pixels wide is far from low rank, and with the quarter of the landmarks it gets its
-        approximation lowered validation mIoU in the benchmark.
-    strength : float in [0, 1), default 0.7
+        approximation lowered validation mIoU in the benchmark; ``smooth_kernel="exact"``
+        holds it exactly instead, at about twice the time.
+    strength : float in [0, 1), or "auto" (default)
         ``‖Â‖₂²/λ``: how far scores propagate along similar pixels (the weight of n-step
         paths is strengthⁿ; about ``1/(1 − strength)`` steps). 0 returns ``probs`` (up to
         the clipping below); values close to 1 smooth more. The margin ``1 − strength`` is
-        how far the system stays from indefinite.
+        how far the system stays from indefinite. ``"auto"`` chooses it per image from the
+        unary's confidence (:mod:`lowrank_gcrf.refine_strength`): with ``e`` the mean of
+        ``1 − max_k p_k`` over the pixels (the fraction a calibrated network gets wrong),
+        ``strength = min(1 − 1/(1 + 20·e/(1 − e)), 0.95)``: about 0.5 for a confident
+        stride-8 prediction (e ≈ 0.05), 0.9 for one with 30 % of its pixels wrong at
+        probability 0.7, 0 for a one-hot unary. It reads the confidence from ``probs`` (or
+        their softmax with ``logits=True``): pass calibrated probabilities, not sharpened
+        or tempered ones, or give a number.
     rank : int, default 32
         Rank D of the embeddings Â: the solve costs about D²·P + 8·D·L·P.
     landmarks : int, default 128
@@ -135,6 +153,14 @@ def refine(
         Kernel feature map (:mod:`lowrank_gcrf.image_kernels`).
     normalization : {"symmetric", "none"}
         ``"symmetric"``: ``Δ^{-1/2} W Δ^{-1/2}`` as in spectral clustering (default).
+    smooth_kernel : {"landmarks", "exact"}, default "landmarks"
+        How the smoothness kernel (``w_smooth > 0``) is held. ``"landmarks"``: in the rank-D
+        embeddings, from a quarter of the landmarks. ``"exact"``: by Gaussian filtering
+        (:mod:`lowrank_gcrf.smooth_refine`), each kernel symmetrically normalised and given
+        the share ``w/(w_appearance + w_smooth)`` of the strength, the deviations of the
+        Potts MAP solved by CG preconditioned by the low-rank appearance part (``method`` is
+        then not used; the info reports that CG and the deviation systems' residual). NumPy
+        and CuPy only (not the adapters).
     method : {"direct", "cg", "auto"}, default "direct"
         Passed to :func:`~lowrank_gcrf.solve_potts`.
     return_info : bool
@@ -190,19 +216,26 @@ def refine(
         lam=lam,
         approximation=approximation,
         normalization=normalization,
+        smooth_kernel=smooth_kernel,
     )
     shape = check_refine_inputs(
         probs, image, spatial_dims=spatial_dims, logits=logits, channel_axis=channel_axis
     )
     xp = shape.xp
-    Ahat = refine_embeddings(
-        image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
-    )
-    scores = xp.astype(probs, shape.compute)
-    if not logits:
-        scores = xp.log(xp.maximum(scores, PROB_FLOOR))
-    b = xp.reshape(scores, (Ahat.shape[0], shape.num_labels, Ahat.shape[-1]))
-    x, info = solve_potts(Ahat, b, lam, method=method, rtol=SOLVE_RTOL, return_info=True)
+    n, pixels = math.prod(shape.batch), math.prod(shape.spatial)
+    scores = xp.reshape(xp.astype(probs, shape.compute), (n, shape.num_labels, pixels))
+    b = scores if logits else xp.log(xp.maximum(scores, PROB_FLOOR))
+    if params.smooth_kernel == "exact" and params.w_smooth > 0 and n > 0:
+        x, info = _exact_smoothness_solve(
+            image, scores, b, params, shape, logits=logits, channel_axis=channel_axis
+        )
+    else:
+        Ahat = refine_embeddings(
+            image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
+        )
+        if params.strength == AUTO:
+            Ahat = scaled_by_confidence(xp, Ahat, scores, logits=logits)
+        x, info = solve_potts(Ahat, b, lam, method=method, rtol=SOLVE_RTOL, return_info=True)
     x = x - xp.max(x, axis=1, keepdims=True)
     e = xp.exp(x)
     output = floating_dtypes(xp, probs=probs)[1]  # probs' dtype, in native byte order
@@ -216,6 +249,54 @@ def refine(
         converged=xp.reshape(info.converged, shape.batch),
     )
     return refined, info
+
+
+def _exact_smoothness_solve(
+    image: Any,
+    scores: Any,
+    b: Any,
+    params: RefineParameters,
+    shape: RefineShape,
+    *,
+    logits: bool,
+    channel_axis: int | None,
+) -> tuple[Any, Any]:
+    """The deviations of the Potts MAP (n, L, P) with the appearance kernel at rank D and the
+    smoothness kernel exact (:mod:`lowrank_gcrf.smooth_refine`), the strength α (fixed or
+    automatic) shared in proportion to ``w_appearance : w_smooth``."""
+    xp = shape.xp
+    n, labels, pixels = b.shape
+    if params.strength == AUTO:
+        alpha = strength_from_error(xp, expected_error(xp, scores, logits=logits))
+    else:
+        alpha = xp.full((n,), params.strength, dtype=xp.float64)
+    appearance = params.w_appearance / (params.w_appearance + params.w_smooth)
+    device = array_api_compat.device(b)
+    if params.w_appearance > 0:
+        unit = dataclasses.replace(params, w_smooth=0.0, strength=AUTO)
+        Ahat = refine_embeddings(
+            image,
+            unit,
+            spatial_dims=len(shape.spatial),
+            dtype=shape.compute,
+            channel_axis=channel_axis,
+        )
+        Ahat = with_strengths(xp, Ahat, alpha * appearance)
+    else:
+        Ahat = xp.zeros((n, params.rank, pixels), dtype=shape.compute, device=device)
+    smoothness = NormalisedSmoothness(
+        xp, shape.spatial, params.sxy_smooth, shape.compute, device=device
+    )
+    y, info = solve_deviations(
+        xp,
+        Ahat,
+        smoothness,
+        alpha * (1.0 - appearance),
+        xp.reshape(b, (n, labels, *shape.spatial)),
+        lam=params.lam,
+        rtol=SOLVE_RTOL,
+    )
+    return xp.reshape(y, (n, labels, pixels)), info
 
 
 @core_function
@@ -232,9 +313,11 @@ def refine_embeddings(
     ``image`` (..., C, *spatial), or the layout ``channel_axis`` names (see :func:`refine`),
     is flattened to n = prod(...) images; each gets the rank-D features of the dense CRF
     kernels (:mod:`lowrank_gcrf.image_kernels`), and the batch is scaled so that
-    ``‖Â‖₂² = strength · λ`` per image. Â comes in ``dtype``; an empty batch gives an empty
-    (0, D, P) array. Not differentiable (the image is data): the adapters compute Â with it
-    and differentiate through the solve.
+    ``‖Â‖₂² = strength · λ`` per image (``‖Â‖₂² = λ`` with ``strength="auto"``: the caller
+    scales each image by the square root of its strength,
+    :func:`~lowrank_gcrf.refine_strength.with_strengths`). Â comes in ``dtype``; an empty
+    batch gives an empty (0, D, P) array. Not differentiable (the image is data): the
+    adapters compute Â with it and differentiate through the solve.
     """
     xp = array_namespace(image)
     spatial_dims = checked_spatial_dims(spatial_dims)
@@ -274,4 +357,5 @@ def refine_embeddings(
         )
         for i in range(n_images)
     ]
-    return scaled_to_strength(xp, xp.stack(embeddings), strength=params.strength, lam=params.lam)
+    strength = 1.0 if params.strength == AUTO else params.strength
+    return scaled_to_strength(xp, xp.stack(embeddings), strength=strength, lam=params.lam)

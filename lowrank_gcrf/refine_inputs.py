@@ -19,6 +19,7 @@ import numpy as np
 from .dtypes import dtype_name, epsilon, floating_dtypes
 from .errors import GCRFError, GCRFTypeError
 from .image_kernels import check_kernel_options
+from .refine_strength import AUTO
 from .validation import array_namespace, check_array, check_finite
 
 #: The unit roundoff of float32, the precision networks compute their softmax in.
@@ -28,6 +29,8 @@ COLOUR_MAX = 255
 #: A floating image above this is on another scale too: a 0–255 image stays far below it,
 #: even with the overshoot of a resampling filter (bicubic, Lanczos) at its edges.
 FLOAT_COLOUR_MAX = 2 * COLOUR_MAX
+#: How the smoothness kernel is held: in the low-rank embeddings, or exactly by filtering.
+SMOOTH_KERNELS = ("landmarks", "exact")
 
 
 def _describe(value: Any) -> str:
@@ -60,6 +63,23 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
         raise GCRFError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
+def _strength(value: Any) -> float | str:
+    """``value`` as a strength: ``"auto"``, or a float in [0, 1); raise otherwise."""
+    if isinstance(value, str):
+        if value != AUTO:
+            raise GCRFError(f"strength must be {AUTO!r} or a number in [0, 1), got {value!r}")
+        return value
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise GCRFTypeError(f"strength must be {AUTO!r} or a real number, got {_describe(value)}")
+    strength = _real("strength", value)
+    if not 0 <= strength < 1:
+        raise GCRFError(
+            f"strength must be in [0, 1) (it is ‖Â‖₂²/λ; the Potts system is positive "
+            f"definite only below 1), or {AUTO!r}, got {strength!r}"
+        )
+    return strength
+
+
 @dataclasses.dataclass(frozen=True)
 class RefineParameters:
     """The dense CRF kernels, their approximation and the strength of a refinement.
@@ -75,17 +95,19 @@ class RefineParameters:
     sxy_smooth: float = 3.0
     w_appearance: float = 4.0
     w_smooth: float = 0.0
-    strength: float = 0.7
+    strength: float | str = AUTO
     rank: int = 32
     landmarks: int = 128
     seed: int = 0
     lam: float = 1.0
     approximation: str = "nystrom-kmeans"
     normalization: str = "symmetric"
+    smooth_kernel: str = "landmarks"
 
     def __post_init__(self) -> None:
-        for name in ("sxy", "srgb", "sxy_smooth", "w_appearance", "w_smooth", "strength", "lam"):
+        for name in ("sxy", "srgb", "sxy_smooth", "w_appearance", "w_smooth", "lam"):
             object.__setattr__(self, name, _real(name, getattr(self, name)))
+        object.__setattr__(self, "strength", _strength(self.strength))
         for name in ("rank", "landmarks", "seed"):
             object.__setattr__(self, name, _integer(name, getattr(self, name)))
         for name in ("sxy", "srgb", "sxy_smooth", "lam"):
@@ -95,11 +117,6 @@ class RefineParameters:
         if self.w_appearance == 0 and self.w_smooth == 0:
             raise GCRFError(
                 "w_appearance and w_smooth are both 0: set at least one kernel weight > 0"
-            )
-        if not 0 <= self.strength < 1:
-            raise GCRFError(
-                f"strength must be in [0, 1) (it is ‖Â‖₂²/λ; the Potts system is positive "
-                f"definite only below 1), got {self.strength!r}"
             )
         if self.rank < 1:
             raise GCRFError(f"rank must be a positive integer, got {self.rank!r}")
@@ -114,6 +131,22 @@ class RefineParameters:
                 f"{self.seed!r}"
             )
         check_kernel_options(self.approximation, self.normalization)
+        if self.smooth_kernel not in SMOOTH_KERNELS:
+            raise GCRFError(
+                f"smooth_kernel must be one of {', '.join(SMOOTH_KERNELS)}; got "
+                f"{self.smooth_kernel!r}"
+            )
+
+
+def check_adapter_parameters(params: RefineParameters) -> None:
+    """Raise for what only the core :func:`~lowrank_gcrf.refine` does: the exact smoothness
+    kernel (the adapters' solve differentiates through low-rank embeddings alone)."""
+    if params.smooth_kernel == "exact" and params.w_smooth > 0:
+        raise GCRFError(
+            "smooth_kernel='exact' is available in lowrank_gcrf.refine only (NumPy and CuPy "
+            "arrays); the adapters hold the smoothness kernel in the landmarks: pass "
+            "smooth_kernel='landmarks', or w_smooth=0"
+        )
 
 
 def checked_spatial_dims(value: Any) -> int:
@@ -257,6 +290,30 @@ def _check_image(xp: Any, image: Any) -> None:
         )
 
 
+def _warn_if_energies(xp: Any, scores: Any, num_labels: int, axis: int) -> None:
+    """Warn when ``logits=True`` scores are recognisably energies ``−log p`` (pydensecrf's
+    unary): all ≥ 0, not all equal, and ``Σ_k exp(−s_k) = 1`` at every pixel within √ε of
+    float32 plus the L·1e-5 that clipping the probabilities at 1e-5 (as pydensecrf's
+    ``unary_from_softmax`` does) adds. Scores are read higher-is-likelier: energies would
+    invert the result."""
+    if num_labels < 2 or scores.size == 0:
+        return
+    s = xp.astype(scores, xp.float64)
+    if not (float(xp.min(s)) >= 0.0 and float(xp.max(s)) > float(xp.min(s))):
+        return
+    total = xp.sum(xp.exp(-s), axis=axis)
+    tol = math.sqrt(FLOAT32_EPS) + num_labels * 1e-5
+    if float(xp.max(xp.abs(total - 1.0))) <= tol:
+        warnings.warn(
+            "probs with logits=True look like energies −log p (all ≥ 0, and exp(−probs) sums "
+            "to 1 over the labels): refine reads logits as scores, higher for likelier labels, "
+            "so energies invert the result. Pass the probabilities exp(−energies) with "
+            "logits=False, or the scores −energies with logits=True",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class RefineShape:
     """What :func:`check_refine_inputs` found: namespace, shapes and compute dtype."""
@@ -299,6 +356,8 @@ def check_refine_inputs(
     compute = _compute_dtype(xp, probs)
     _check_image(xp, image)
     check_finite(xp, probs, "probs")
-    if not logits:
+    if logits:
+        _warn_if_energies(xp, probs, num_labels, -spatial_dims - 1)
+    else:
         _check_probabilities(xp, probs, num_labels, -spatial_dims - 1, carried_dtype)
     return RefineShape(xp, batch, num_labels, spatial, compute)

@@ -118,8 +118,21 @@ NOT_A_NUMBER = st.one_of(
 
 @given(name=st.sampled_from(FLOAT_PARAMETERS + INTEGER_PARAMETERS), value=NOT_A_NUMBER)
 def test_parameters_of_the_wrong_type_name_themselves(name, value):
-    with pytest.raises(lg.GCRFTypeError, match=f"^{name} must be an? (real number|integer), got"):
+    if name == "strength" and isinstance(value, str):
+        # A string is a strength's type ("auto"): any other is a wrong value, named so.
+        with pytest.raises(lg.GCRFError, match=r"^strength must be 'auto' or a number in"):
+            RefineParameters(strength=value)
+        return
+    expected = "'auto' or a real number" if name == "strength" else "an? (real number|integer)"
+    with pytest.raises(lg.GCRFTypeError, match=f"^{name} must be {expected}, got"):
         RefineParameters(**{name: value})
+
+
+def test_strength_auto_is_the_default_and_accepted():
+    assert RefineParameters().strength == "auto"
+    assert RefineParameters(strength="auto").strength == "auto"
+    with pytest.raises(lg.GCRFError, match="strength must be 'auto' or a number"):
+        RefineParameters(strength="Auto")
 
 
 @given(name=st.sampled_from(INTEGER_PARAMETERS), value=st.floats(1.0, 64.0))
@@ -379,7 +392,8 @@ def test_float32_softmax_held_in_float64_passes(labels, scale, seed):
 )
 def test_huge_logits_refine_without_warnings(dtype, exponent, seed):
     """Logits up to 1e300 (float64) or 1e37 (float32): the refined probabilities are the
-    one-hot argmax of the solve, which is linear in the logits, and nothing warns."""
+    one-hot argmax of the solve, which is linear in the logits, and nothing warns. (A fixed
+    strength: the automatic one reads the logits' confidence, which their scale changes.)"""
     top = 300 if dtype == np.float64 else 37
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((3, 6, 7))
@@ -387,8 +401,8 @@ def test_huge_logits_refine_without_warnings(dtype, exponent, seed):
     logits = (z * 10.0 ** (top * exponent)).astype(dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        refined = lg.refine(logits, image, logits=True, **SMALL)
+        refined = lg.refine(logits, image, logits=True, strength=0.7, **SMALL)
     assert_probabilities(refined, logits)
     # Softmax keeps the argmax of the solve's scores, which scale with the logits.
-    unit = lg.refine(z, image, logits=True, **SMALL)
+    unit = lg.refine(z, image, logits=True, strength=0.7, **SMALL)
     assert np.mean(refined.argmax(axis=0) == unit.argmax(axis=0)) > 0.9

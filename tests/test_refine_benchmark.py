@@ -1,16 +1,29 @@
 """Smoke run of ``python -m benchmarks.refine --quick``: every section runs, the section and
-figure are written to the chosen folder, and the published results are untouched."""
+figure are written to the chosen folder, and the published results are untouched; and the
+scenes' held-out split and simulated unaries are what the benchmark says they are."""
 
 from __future__ import annotations
 
 import json
+
+import numpy as np
 
 # pydensecrf2, scikit-image and scikit-learn are in the test extra: a missing one fails here.
 import pydensecrf.densecrf  # noqa: F401
 import skimage  # noqa: F401
 import sklearn  # noqa: F401
 
-from benchmarks.refine.job import QUICK, run
+from benchmarks.refine.contenders import MF5, OURS
+from benchmarks.refine.job import QUICK, run, timing_probs
+from benchmarks.refine.report import wins
+from benchmarks.refine.scenes import (
+    FILLS,
+    NOISY_CONFIDENCE,
+    NUM_CLASSES,
+    PHOTOS,
+    SHAPES,
+    make_scene,
+)
 from benchmarks.results_writer import published_fingerprint
 
 
@@ -22,7 +35,8 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     assert "<!-- refine:begin -->" in text and "<!-- refine:end -->" in text
     for heading in (
         "### Target",
-        "### Test split",
+        "### Test split (held out)",
+        "### Validation: choosing the defaults",
         "### Time per image",
         "### Peak memory",
         "### Kernel approximations",
@@ -30,8 +44,45 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     ):
         assert heading in text
     results = json.loads((tmp_path / "results" / "refine.json").read_text())
-    assert results["quick"] and set(results["tuning"]) == {"coarse", "noisy"}
-    for block in results["tuning"].values():
-        for r in block["test"].values():
+    assert results["quick"] and set(results["test"]) == {"coarse", "noisy"}
+    for block in results["test"].values():
+        for r in block.values():
             assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["boundary_f"] <= 1.0
+            assert len(r["per_image"]) == QUICK.test
+    assert results["validation"]["chosen"] in results["validation"]["ours"]
+    assert [r["labels"] for r in results["timing"]] == list(QUICK.timing_labels)
     assert (tmp_path / "results" / "refine_qualitative.png").stat().st_size > 0
+
+
+def test_splits_share_no_photograph_fill_or_shape():
+    for sources in (PHOTOS, FILLS, SHAPES):
+        assert not set(sources["val"]) & set(sources["test"])
+
+
+def test_unaries_are_what_the_benchmark_describes():
+    scene = make_scene("test", (40, 56), 3)
+    noisy = scene.unaries["noisy"]
+    np.testing.assert_allclose(noisy.sum(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(noisy.max(axis=0), NOISY_CONFIDENCE, rtol=1e-6)
+    wrong = np.mean(noisy.argmax(axis=0) != scene.labels)
+    # 2240 pixels, 30 % wrong: the binomial's standard deviation is about 1 %.
+    assert 0.25 < wrong < 0.35
+    coarse = scene.unaries["coarse"]
+    assert coarse.shape == (NUM_CLASSES, 40, 56)
+    np.testing.assert_allclose(coarse.sum(axis=0), 1.0, rtol=1e-5)
+    widened = timing_probs(scene, 21)
+    assert widened.shape == (21, 40, 56)
+    np.testing.assert_allclose(widened.sum(axis=0), 1.0, rtol=1e-5)
+
+
+def test_wins_count_images_where_ours_reaches_mean_field():
+    test = {
+        "coarse": {
+            "unary": {"per_image": [0.5, 0.6, 0.7]},
+            MF5: {"per_image": [0.8, 0.6, 0.9]},
+            OURS: {"per_image": [0.7, 0.6, 0.95]},
+        }
+    }
+    won, count, worst = wins(test, "coarse")
+    assert (won, count) == (2, 3)
+    assert worst == 0.0

@@ -1,5 +1,5 @@
-"""The two refiners compared: ours (:func:`lowrank_gcrf.refine.refine`) and pydensecrf2's
-mean field, each a function ``(probs (L, H, W) float32, image (3, H, W) uint8) → probs``."""
+"""The refiners compared: ours (:func:`lowrank_gcrf.refine.refine`) and pydensecrf2's mean
+field, each a function ``(probs (L, H, W) float32, image (3, H, W) uint8) → probs``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from lowrank_gcrf.refine import refine
+from lowrank_gcrf.refine_strength import expected_error, strength_from_error
 
 from ..densecrf import mean_field
 
@@ -20,7 +21,12 @@ MF5 = "pydensecrf2 MF-5 (DeepLab)"
 MF10 = "pydensecrf2 MF-10 (DeepLab)"
 MF_TUNED = f"pydensecrf2 MF-{TUNED_MF_ITERATIONS} (tuned)"
 OURS = "ours (defaults)"
-OURS_TUNED = "ours (tuned)"
+#: the fixed strength that was the default before the automatic rule, for comparison
+PREVIOUS_STRENGTH = 0.7
+OURS_PREVIOUS = f"ours (strength {PREVIOUS_STRENGTH}, the previous default)"
+#: the option that holds the smoothness kernel exactly, at DeepLab's weights
+EXACT_SMOOTH = {"smooth_kernel": "exact", "w_smooth": 3.0}
+OURS_EXACT = "ours (exact smoothness kernel, w_smooth = 3)"
 
 
 def meanfield(probs: np.ndarray, image: np.ndarray, *, iterations: int, **params: Any) -> Any:
@@ -31,3 +37,16 @@ def meanfield(probs: np.ndarray, image: np.ndarray, *, iterations: int, **params
 def ours(probs: np.ndarray, image: np.ndarray, **params: Any) -> Any:
     """:func:`lowrank_gcrf.refine.refine` with ``params``."""
     return refine(probs, image, **params)
+
+
+def rule_strength(probs: np.ndarray, gain: float) -> float:
+    """The automatic strength rule with the constant ``gain`` in place of its default
+    (:mod:`lowrank_gcrf.refine_strength`), for one image's probabilities (L, H, W)."""
+    scores = probs.reshape(1, probs.shape[0], -1)
+    error = expected_error(np, scores, logits=False)
+    return float(strength_from_error(np, error, gain=gain)[0])
+
+
+def ours_rule(probs: np.ndarray, image: np.ndarray, *, gain: float, **params: Any) -> Any:
+    """Ours with the strength of the automatic rule at constant ``gain``."""
+    return refine(probs, image, strength=rule_strength(probs, gain), **params)

@@ -1,16 +1,20 @@
 """Refine a segmentation with the image: ours (exact low-rank Potts G-CRF) vs pydensecrf2.
 
-    python -m benchmarks.refine            # full run, about 10 minutes; publishes its results
+    python -m benchmarks.refine            # full run, about 5 minutes; publishes its results
     python -m benchmarks.refine --quick    # smoke run in seconds, to a temporary folder
 
-Scenes with exact ground truth from real image content (:mod:`.scenes`); two simulated
-network outputs (a stride-8 prediction upsampled, and per-pixel noisy probabilities).
-Sections: (1) kernel approximations vs rank D against the exact kernel; (2) downstream mIoU
-vs D on the validation split; (3) a parameter grid of equal size for both methods, chosen on
-the validation split, and every method on the test split; (4) time per image at 321×321 and
-513×513 (one thread); (5) peak memory. The full default run writes
-``benchmarks/results/refine.json``, ``refine_qualitative.png`` and the ``refine`` section of
-``benchmarks/RESULTS.md``; other runs write to ``--out`` or a temporary folder.
+Scenes with exact ground truth from real image content (:mod:`.scenes`), in a validation and
+a held-out test split that share no photograph, fill or object shape; two simulated network
+outputs (a stride-8 prediction upsampled, and per-pixel label noise). Sections: (1) kernel
+approximations vs rank D against the exact kernel; (2) downstream mIoU vs D on validation;
+(3) our defaults checked on validation (the automatic strength rule's constant against other
+constants and fixed strengths, chosen by the worse unary's gain against pydensecrf2 MF-5) and
+pydensecrf2's MF-10 tuned on a grid of as many settings; (4) every method on the test split,
+pooled and per image, with per-image wins against MF-5; (5) time per image against MF-5 at
+321×321 and 300×400 with 6 and 21 labels (one thread, interleaved); (6) peak memory. The full
+default run writes ``benchmarks/results/refine.json``, ``refine_qualitative.png`` and the
+``refine`` section of ``benchmarks/RESULTS.md``; other runs write to ``--out`` or a temporary
+folder.
 """
 
 from __future__ import annotations
@@ -34,26 +38,26 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from tqdm import tqdm
 
 from lowrank_gcrf.image_kernels import APPROXIMATIONS, NORMALIZATIONS
+from lowrank_gcrf.refine_strength import STEPS_PER_ERROR_ODDS
 
 from ..densecrf import unavailable
 from ..machine import cores, cpu_model, git_commit, package_versions, utc_timestamp
-from ..metrics import boundary_f, confusion, mean_iou
 from ..results_writer import destination, write_section
 from ..timing import interleaved_times
 from .contenders import (
     DEEPLAB,
+    EXACT_SMOOTH,
     MF5,
-    MF10,
-    MF_TUNED,
     OURS,
-    OURS_TUNED,
+    OURS_EXACT,
     TUNED_MF_ITERATIONS,
     meanfield,
     ours,
 )
 from .kernel_error import exact_kernels, kernel_error
+from .quality import evaluate, heldout_section, ours_with, validation_section
 from .report import markdown, qualitative_figure
-from .scenes import NUM_CLASSES, UNARIES, make_scene, make_scenes
+from .scenes import SHAPE, UNARIES, make_scene, make_scenes
 
 
 def _grid(**axes: tuple) -> list[dict[str, Any]]:
@@ -64,76 +68,48 @@ def _grid(**axes: tuple) -> list[dict[str, Any]]:
 class Config:
     """What one run measures (the full default run and the smoke run differ only here)."""
 
-    side: int = 321
-    val: int = 6
+    shape: tuple[int, int] = SHAPE
+    val: int = 8
     test: int = 16
-    timing_sides: tuple[int, ...] = (321, 513)
-    repeats: int = 9
-    kernel_side: int = 64
+    timing_shapes: tuple[tuple[int, int], ...] = ((321, 321), (300, 400))
+    timing_labels: tuple[int, ...] = (6, 21)
+    repeats: int = 7
+    kernel_shape: tuple[int, int] = (48, 64)
     kernel_images: int = 3
     kernel_ranks: tuple[int, ...] = (8, 16, 32, 64, 128)
     sweep_images: int = 4
     sweep_ranks: tuple[int, ...] = (16, 32, 64)
     landmarks: int = 128
+    #: constants c of the automatic strength rule tried on validation
+    rule_gains: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0)
+    #: fixed strengths tried on validation beside the rule
+    fixed_strengths: tuple[float, ...] = (0.5, 0.7, 0.9)
     mf_grid: list[dict[str, Any]] = field(
         default_factory=lambda: _grid(
-            w_appearance=(3.0, 5.0, 10.0), srgb=(5.0, 13.0), sxy=(40.0, 80.0, 160.0)
-        )
-    )
-    ours_grid: list[dict[str, Any]] = field(
-        default_factory=lambda: _grid(
-            strength=(0.5, 0.7, 0.9), srgb=(8.0, 13.0), sxy=(40.0, 80.0, 160.0)
+            w_appearance=(3.0, 5.0, 10.0), srgb=(5.0, 13.0), sxy=(40.0, 80.0)
         )
     )
     memory: bool = True
 
 
 QUICK = Config(
-    side=48,
+    shape=(36, 48),
     val=1,
     test=2,
-    timing_sides=(48,),
+    timing_shapes=((36, 48),),
+    timing_labels=(6,),
     repeats=1,
-    kernel_side=12,
+    kernel_shape=(9, 12),
     kernel_images=1,
     kernel_ranks=(4,),
     sweep_images=1,
     sweep_ranks=(4,),
     landmarks=8,
+    rule_gains=(STEPS_PER_ERROR_ODDS,),
+    fixed_strengths=(0.7,),
     mf_grid=_grid(w_appearance=(4.0,), srgb=(13.0,), sxy=(20.0, 80.0)),
-    ours_grid=_grid(strength=(0.7,), srgb=(13.0,), sxy=(20.0, 80.0)),
     memory=True,
 )
-
-
-def evaluate(method: Any, scenes: list, unary: str) -> dict[str, float]:
-    """mIoU over the scenes, mean boundary F-score and mean seconds per image."""
-    counts = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    bf, seconds = [], 0.0
-    for s in scenes:
-        start = time.perf_counter()
-        refined = method(s.unaries[unary], s.image)
-        seconds += time.perf_counter() - start
-        pred = refined.argmax(axis=0)
-        counts += confusion(pred, s.labels, NUM_CLASSES)
-        bf.append(boundary_f(pred, s.labels))
-    return {
-        "miou": mean_iou(counts),
-        "boundary_f": float(np.mean(bf)),
-        "seconds": seconds / len(scenes),
-    }
-
-
-def _unary(p: np.ndarray, _: np.ndarray) -> np.ndarray:
-    return p
-
-
-def _mf(iterations: int, **params: Any) -> Any:
-    return lambda p, i: meanfield(p, i, iterations=iterations, **params)
-
-
-def _ours(**params: Any) -> Any:
-    return lambda p, i: ours(p, i, **params)
 
 
 def _landmark_modes(rank: int, landmarks: int) -> list[tuple[str, int]]:
@@ -146,13 +122,13 @@ def _landmark_modes(rank: int, landmarks: int) -> list[tuple[str, int]]:
 
 def kernel_section(cfg: Config, bar: tqdm) -> list[dict[str, Any]]:
     """Kernel errors vs D on downsampled validation images, bandwidths scaled alike."""
-    scale = cfg.kernel_side / cfg.side
+    scale = cfg.kernel_shape[0] / cfg.shape[0]
     params = {
         **DEEPLAB,
         "sxy": DEEPLAB["sxy"] * scale,
         "sxy_smooth": DEEPLAB["sxy_smooth"] * scale,
     }
-    images = [make_scene("val", cfg.kernel_side, 100 + i).image for i in range(cfg.kernel_images)]
+    images = [make_scene("val", cfg.kernel_shape, 100 + i).image for i in range(cfg.kernel_images)]
     exact = [exact_kernels(im, params) for im in images]
     rows = []
     for rank, approximation, normalization in itertools.product(
@@ -199,7 +175,7 @@ def sweep_section(cfg: Config, val: list, bar: tqdm) -> list[dict[str, Any]]:
                 "normalization": normalization,
             }
             for unary in UNARIES:
-                method = _ours(
+                method = ours_with(
                     rank=rank, landmarks=m, approximation=approximation, normalization=normalization
                 )
                 row[unary] = evaluate(method, scenes, unary)["miou"]
@@ -208,77 +184,46 @@ def sweep_section(cfg: Config, val: list, bar: tqdm) -> list[dict[str, Any]]:
     return rows
 
 
-def tuning_section(cfg: Config, val: list, test: list, bar: tqdm) -> dict[str, Any]:
-    """Grid search on val per unary, then every method on test."""
-    out: dict[str, Any] = {}
-    for unary in UNARIES:
-        scores_mf = []
-        for p in cfg.mf_grid:
-            scores_mf.append(evaluate(_mf(TUNED_MF_ITERATIONS, **p), val, unary)["miou"])
-            bar.update()
-        scores_ours = []
-        for p in cfg.ours_grid:
-            scores_ours.append(evaluate(_ours(**p), val, unary)["miou"])
-            bar.update()
-        best_mf = cfg.mf_grid[int(np.argmax(scores_mf))]
-        best_ours = cfg.ours_grid[int(np.argmax(scores_ours))]
-        methods = {
-            "unary": _unary,
-            MF5: _mf(5),
-            MF10: _mf(10),
-            MF_TUNED: _mf(TUNED_MF_ITERATIONS, **best_mf),
-            OURS: _ours(),
-            OURS_TUNED: _ours(**best_ours),
-        }
-        results = {}
-        for name, method in methods.items():
-            results[name] = evaluate(method, test, unary)
-            bar.update()
-        out[unary] = {
-            "best_mf": best_mf,
-            "best_ours": best_ours,
-            "val_mf": scores_mf,
-            "val_ours": scores_ours,
-            "test": results,
-        }
-    return out
+def timing_probs(scene: Any, labels: int) -> np.ndarray:
+    """The scene's coarse unary (6 labels) widened to ``labels`` labels: the extra labels
+    share 2 % of every pixel's probability (timing depends on L, not on the values)."""
+    p = scene.unaries["coarse"]
+    if labels <= p.shape[0]:
+        p = p[:labels] / p[:labels].sum(axis=0, keepdims=True)
+        return np.ascontiguousarray(p, dtype=np.float32)
+    extra = np.full((labels - p.shape[0], *p.shape[1:]), 0.02 / (labels - p.shape[0]))
+    return np.concatenate([0.98 * p, extra]).astype(np.float32)
 
 
-def _interleaved_times(
-    methods: dict[str, Any], scene: Any, repeats: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and fastest seconds per call of each method on the scene's coarse unary, the
-    methods taking turns in every round (:func:`benchmarks.timing.interleaved_times`)."""
-    probs, image = scene.unaries["coarse"], scene.image
-    calls = {name: functools.partial(method, probs, image) for name, method in methods.items()}
-    times = interleaved_times(calls, repeats)
-    medians = {name: float(np.median(t)) for name, t in times.items()}
-    return medians, {name: float(np.min(t)) for name, t in times.items()}
-
-
-def timing_section(cfg: Config, tuned: dict[str, Any], bar: tqdm) -> list[dict[str, Any]]:
-    """Median seconds per image (coarse unary, 13 labels) at each side."""
-    best_mf, best_ours = tuned["coarse"]["best_mf"], tuned["coarse"]["best_ours"]
-    methods = {
-        MF5: _mf(5),
-        MF10: _mf(10),
-        MF_TUNED: _mf(TUNED_MF_ITERATIONS, **best_mf),
-        OURS: _ours(),
-        OURS_TUNED: _ours(**best_ours),
-    }
+def timing_section(cfg: Config, bar: tqdm) -> list[dict[str, Any]]:
+    """Median seconds per image of MF-5 and ours (defaults, and with the exact smoothness
+    kernel), interleaved, per shape and L."""
     rows = []
-    for side in cfg.timing_sides:
-        medians, fastest = _interleaved_times(methods, make_scene("test", side, 0), cfg.repeats)
-        rows.append({"side": side, **medians, "fastest": fastest})
-        bar.update(len(methods))
+    for shape, labels in itertools.product(cfg.timing_shapes, cfg.timing_labels):
+        scene = make_scene("test", shape, 0)
+        probs, image = timing_probs(scene, labels), scene.image
+        calls = {
+            MF5: functools.partial(meanfield, probs, image, iterations=5),
+            OURS: functools.partial(ours, probs, image),
+            OURS_EXACT: functools.partial(ours, probs, image, **EXACT_SMOOTH),
+        }
+        times = interleaved_times(calls, cfg.repeats)
+        medians = {name: float(np.median(t)) for name, t in times.items()}
+        row: dict[str, Any] = {"shape": list(shape), "labels": labels, **medians}
+        for name in (OURS, OURS_EXACT):
+            ratios = [a / b for a, b in zip(times[name], times[MF5], strict=True)]
+            row[f"{name} / MF-5"] = medians[name] / medians[MF5]
+            row[f"{name} / MF-5, median per round"] = float(np.median(ratios))
+        rows.append(row)
+        bar.update()
     return rows
 
 
 def memory_section(cfg: Config, bar: tqdm) -> dict[str, Any]:
-    """Peak memory of one call per method, each in a fresh process, at the first timing side."""
-    side = cfg.timing_sides[0]
-    scene = make_scene("test", side, 0)
-    out: dict[str, Any] = {"side": side}
+    """Peak memory of one call per method, each in a fresh process, at the first timing shape."""
+    shape = cfg.timing_shapes[0]
+    scene = make_scene("test", shape, 0)
+    out: dict[str, Any] = {"shape": list(shape)}
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "inputs.npz"
         np.savez(inputs, probs=scene.unaries["coarse"], image=scene.image)
@@ -324,27 +269,30 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         raise SystemExit(reason)
     dest = destination("refine", publishable=not quick, out=out)
     dest.results_dir.mkdir(parents=True, exist_ok=True)
+    candidates = len(cfg.rule_gains) + len(cfg.fixed_strengths)
     steps = (
         len(cfg.kernel_ranks) * len(APPROXIMATIONS) * len(NORMALIZATIONS)
         + len(cfg.sweep_ranks) * len(APPROXIMATIONS) * len(NORMALIZATIONS)
-        + len(UNARIES) * (len(cfg.mf_grid) + len(cfg.ours_grid) + 6)
-        + len(cfg.timing_sides) * 5
+        + len(UNARIES) * (2 + candidates + 1 + len(cfg.mf_grid) + 8)
+        + len(cfg.timing_shapes) * len(cfg.timing_labels)
         + (3 if cfg.memory else 0)
     )
     start = time.perf_counter()
     with threadpool_limits(1), tqdm(total=steps, desc="refine benchmark") as bar:
         info = machine()
         info["load_start"] = os.getloadavg()
-        val = make_scenes("val", cfg.side, cfg.val)
-        test = make_scenes("test", cfg.side, cfg.test)
+        val = make_scenes("val", cfg.shape, cfg.val)
+        test = make_scenes("test", cfg.shape, cfg.test)
         bar.set_postfix_str("kernel errors")
         kernels = kernel_section(cfg, bar)
         bar.set_postfix_str("rank sweep")
         sweep = sweep_section(cfg, val, bar)
-        bar.set_postfix_str("tuning and test")
-        tuned = tuning_section(cfg, val, test, bar)
+        bar.set_postfix_str("validation")
+        validation = validation_section(cfg, val, bar)
+        bar.set_postfix_str("test")
+        tested = heldout_section(cfg, validation, test, bar)
         bar.set_postfix_str("timing")
-        timing = timing_section(cfg, tuned, bar)
+        timing = timing_section(cfg, bar)
         bar.set_postfix_str("memory")
         memory = memory_section(cfg, bar) if cfg.memory else None
     info["load_end"] = os.getloadavg()
@@ -354,7 +302,8 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         "machine": info,
         "kernels": kernels,
         "sweep": sweep,
-        "tuning": tuned,
+        "validation": validation,
+        "test": tested,
         "timing": timing,
         "memory": memory,
         "deeplab": DEEPLAB,
@@ -363,7 +312,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
     }
     (dest.results_dir / "refine.json").write_text(json.dumps(results, indent=1))
     figure = dest.results_dir / "refine_qualitative.png"
-    qualitative_figure(test[0], tuned, figure)
+    qualitative_figure(test[0], validation, figure)
     body = markdown(results, figure, dest.results_md)
     write_section(dest.results_md, "refine", body)
     print(body[body.index("### Target") : body.index("### Peak memory")])

@@ -11,7 +11,13 @@ from lowrank_gcrf.adapters.bridge import refine_embeddings
 from lowrank_gcrf.adapters.tensorflow.functional import solve_potts
 from lowrank_gcrf.adapters.tensorflow.op import from_core, tensor_to_core
 from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL
-from lowrank_gcrf.refine_inputs import RefineParameters, checked_spatial_dims
+from lowrank_gcrf.refine_inputs import (
+    RefineParameters,
+    check_adapter_parameters,
+    checked_spatial_dims,
+)
+from lowrank_gcrf.refine_strength import AUTO, scaled_by_confidence
+from lowrank_gcrf.validation import array_namespace
 
 
 def refine(
@@ -29,7 +35,9 @@ def refine(
     The embeddings Â come from the image through the core, without gradient (the image is
     data): directly in eager mode, through ``tf.py_function`` in a graph (the static shape
     is restored). The solve is :func:`~lowrank_gcrf.adapters.tensorflow.solve_potts`, so
-    ``∂L/∂probs`` flows through the exact Potts solve and the softmax.
+    ``∂L/∂probs`` flows through the exact Potts solve and the softmax. With
+    ``strength="auto"`` the strength read from the probabilities' confidence scales Â, also
+    without gradient (it chooses the model, as a hyperparameter would).
 
     Parameters
     ----------
@@ -42,7 +50,8 @@ def refine(
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
-        ``lam``, ``approximation``, ``normalization``).
+        ``lam``, ``approximation``, ``normalization``, ``smooth_kernel`` — ``"landmarks"``
+        only: the exact smoothness kernel is the core's alone).
 
     Returns
     -------
@@ -59,14 +68,16 @@ def refine(
     TensorShape([4, 32, 32])
     """
     params = RefineParameters(**parameters)
+    check_adapter_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     probs, image = tf.convert_to_tensor(probs), tf.convert_to_tensor(image)
     compute = tf.float64 if probs.dtype == tf.float64 else tf.float32
     carried = probs.dtype.name
 
     def embeddings(p: tf.Tensor, i: tf.Tensor) -> Any:
+        core_probs = tensor_to_core(p)
         core = refine_embeddings(
-            tensor_to_core(p),
+            core_probs,
             tensor_to_core(i),
             params,
             spatial_dims=spatial_dims,
@@ -74,6 +85,8 @@ def refine(
             channel_axis=channel_axis,
             carried_dtype=carried,
         )
+        if params.strength == AUTO:
+            core = scaled_by_confidence(array_namespace(core), core, core_probs, logits=logits)
         return from_core(core)
 
     # bfloat16 has no NumPy dtype to cross DLPack with (the core still judges the

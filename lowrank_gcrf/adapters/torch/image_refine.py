@@ -14,7 +14,13 @@ from lowrank_gcrf.adapters.torch.functional import solve_potts
 from lowrank_gcrf.dtypes import dtype_name
 from lowrank_gcrf.errors import GCRFTypeError
 from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL
-from lowrank_gcrf.refine_inputs import RefineParameters, checked_spatial_dims
+from lowrank_gcrf.refine_inputs import (
+    RefineParameters,
+    check_adapter_parameters,
+    checked_spatial_dims,
+)
+from lowrank_gcrf.refine_strength import AUTO, scaled_by_confidence
+from lowrank_gcrf.validation import array_namespace
 
 
 def refine(
@@ -31,7 +37,9 @@ def refine(
 
     The embeddings Â come from the image through the core, without gradient (the image is
     data); the solve is :func:`~lowrank_gcrf.adapters.torch.solve_potts`, so ``∂L/∂probs``
-    flows through the exact Potts solve and the softmax.
+    flows through the exact Potts solve and the softmax. With ``strength="auto"`` the
+    strength read from the probabilities' confidence scales Â, also without gradient (it
+    chooses the model, as a hyperparameter would).
 
     Parameters
     ----------
@@ -45,7 +53,8 @@ def refine(
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
-        ``lam``, ``approximation``, ``normalization``).
+        ``lam``, ``approximation``, ``normalization``, ``smooth_kernel`` — ``"landmarks"``
+        only: the exact smoothness kernel is the core's alone).
 
     Returns
     -------
@@ -69,20 +78,23 @@ def refine(
             f"{type(image).__name__}; use lowrank_gcrf.refine for NumPy or CuPy arrays"
         )
     params = RefineParameters(**parameters)
+    check_adapter_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     compute = torch.float64 if probs.dtype == torch.float64 else torch.float32
     with core_stream(probs.device):
-        Ahat = torch.from_dlpack(
-            refine_embeddings(
-                tensor_to_core(_dlpack_dtype(probs, compute)),
-                tensor_to_core(_dlpack_dtype(image, compute)),
-                params,
-                spatial_dims=spatial_dims,
-                logits=logits,
-                channel_axis=channel_axis,
-                carried_dtype=dtype_name(probs.dtype),
-            )
+        core_probs = tensor_to_core(_dlpack_dtype(probs, compute))
+        Ahat = refine_embeddings(
+            core_probs,
+            tensor_to_core(_dlpack_dtype(image, compute)),
+            params,
+            spatial_dims=spatial_dims,
+            logits=logits,
+            channel_axis=channel_axis,
+            carried_dtype=dtype_name(probs.dtype),
         )
+        if params.strength == AUTO:
+            Ahat = scaled_by_confidence(array_namespace(Ahat), Ahat, core_probs, logits=logits)
+        Ahat = torch.from_dlpack(Ahat)
     scores = probs.to(compute)
     if not logits:
         scores = torch.log(scores.clamp_min(PROB_FLOOR))
