@@ -153,3 +153,27 @@ def test_signed_layer_xla_inference():
     eager = crf(unary, embeddings).numpy()
     compiled = tf.function(lambda u, e: crf(u, e, training=False), jit_compile=True)
     assert relative_error(compiled(unary, embeddings), eager) <= RTOL
+
+
+def test_fit_runs_the_core_solve_and_predict_the_traceable_one(monkeypatch):
+    """Keras training (graph mode, training=True) keeps the core's exact solve and its
+    gradients; predict (graph mode, training=False) runs the traceable solve."""
+    from lowrank_gcrf.adapters.tensorflow import layers
+
+    calls: list[str] = []
+    for name, label in [("traceable_solve", "traceable"), ("solve_tensors", "core")]:
+        original = getattr(layers, name)
+
+        def spy(*args, _original=original, _label=label, **kwargs):
+            calls.append(_label)  # once per trace: the spies run while tracing
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(layers, name, spy)
+    model, features = model_and_features("potts")
+    labels = np.zeros(model.output_shape[1:-1], dtype="int64")[None].repeat(len(features), 0)
+    model.compile(keras.optimizers.SGD(1e-3), keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(features, labels, epochs=1, verbose=0)
+    assert set(calls) == {"core"}
+    calls.clear()
+    model.predict(features, verbose=0)
+    assert set(calls) == {"traceable"}

@@ -129,8 +129,29 @@ def test_jit_trace_loaded_in_fresh_process(exported, model):
     assert relative_error(case["jit"], case["eager"]) <= RTOL
 
 
+def spy_on_solves(monkeypatch) -> list[str]:
+    """Record which solve each layer call runs: "traceable", "exact" (the custom op, under
+    compilation) or "core" (the eager autograd function)."""
+    from lowrank_gcrf.adapters.torch import modules
+
+    calls: list[str] = []
+    for name, label in [
+        ("traceable_solve", "traceable"),
+        ("exact_solve", "exact"),
+        ("solve_tensors", "core"),
+    ]:
+        original = getattr(modules, name)
+
+        def spy(*args, _original=original, _label=label, **kwargs):
+            calls.append(_label)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(modules, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize(("model", "backend"), [("potts", "inductor"), ("general", "aot_eager")])
-def test_compile_fullgraph_inference(model, backend):
+def test_compile_fullgraph_inference(model, backend, monkeypatch):
     """fullgraph=True raises at any graph break: the whole head compiles as one graph.
 
     The default head (Potts) goes through Inductor, the route users take; the general head
@@ -138,10 +159,52 @@ def test_compile_fullgraph_inference(model, backend):
     break would show, sparing the suite a second C++ code generation (about 15 s on two
     cores)."""
     head, features = head_and_features(model)
+    calls = spy_on_solves(monkeypatch)
     with torch.no_grad():
         eager = head(features)
         compiled = torch.compile(head, fullgraph=True, backend=backend)(features)
     assert relative_error(compiled, eager) <= RTOL
+    assert calls == ["core", "traceable"]  # eager: the core's; traced in eval mode: traceable
+
+
+def test_training_runs_the_core_solve_eager_and_compiled(monkeypatch):
+    """Training keeps the core's exact solve: the autograd function eagerly, the custom op
+    under torch.compile (one graph, fullgraph=True), with the eager gradients."""
+    head, features = head_and_features("potts")
+    head.train()
+    calls = spy_on_solves(monkeypatch)
+    head(features).square().sum().backward()
+    eager = [p.grad.clone() for p in head.parameters()]
+    head.zero_grad()
+    torch.compile(head, fullgraph=True, backend="aot_eager")(features).square().sum().backward()
+    assert calls == ["core", "exact"]
+    for got, want in zip([p.grad for p in head.parameters()], eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_exporting_the_exact_solve_warns_that_the_program_needs_the_library():
+    head, features = head_and_features("potts")
+    with pytest.warns(UserWarning, match="holds the custom op lowrank_gcrf::solve"):
+        torch.export.export(head.train(), (features,))
+
+
+def test_traceable_solve_and_bound_ignore_autocast():
+    """Under autocast the products would run in bfloat16 (a 1e-3 error, a "bound" below
+    ‖A‖₂²): the traceable solve and the strength's bound opt out and keep float32."""
+    from lowrank_gcrf.adapters.torch.functional import spectral_bound
+    from lowrank_gcrf.adapters.torch.traceable_solve import traceable_solve
+
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(2, 8, 600, generator=generator) + 3.0  # a dominant direction
+    top = torch.linalg.matrix_norm(A.double(), ord=2) ** 2
+    Ahat = A * torch.sqrt(0.9 / top).float()[:, None, None]
+    b = torch.randn(2, 3, 600, generator=generator)
+    plain = traceable_solve("potts", Ahat, b, 1.0, (0.9,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bound = spectral_bound(A)
+        cast = traceable_solve("potts", Ahat, b, 1.0, (0.9,))
+    assert bound.dtype == torch.float32 and bool((bound.double() >= top * (1 - 1e-6)).all())
+    assert cast.dtype == torch.float32 and relative_error(cast, plain) <= 1e-6
 
 
 def test_signed_layer_exports():

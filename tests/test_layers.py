@@ -322,10 +322,22 @@ def test_strength_arguments_are_checked(kwargs, match):
 
 @pytest.mark.parametrize("pd_bound", [0.5, None])
 def test_pd_bound_is_deprecated_for_the_raw_layer_it_was(pd_bound):
+    # A FutureWarning: shown by default, also when a head passes pd_bound on.
     for layer in (torch_adapter.DenseGCRF, tf_adapter.DenseGCRF):
-        with pytest.warns(DeprecationWarning, match="strength=None, max_strength=x"):
+        with pytest.warns(FutureWarning, match="strength=None, max_strength=x"):
             settings = layer(potts=True, pd_bound=pd_bound).settings
         assert (settings.strength, settings.max_strength) == (None, pd_bound)
+    with pytest.warns(FutureWarning, match="pd_bound is deprecated"):
+        head = torch_adapter.GCRFHead(4, 3, pd_bound=pd_bound)
+    assert head.crf.settings.strength is None
+    with pytest.raises(lg.GCRFError, match="not both"):
+        torch_adapter.DenseGCRF(potts=True, pd_bound=pd_bound, strength=0.2)
+
+
+def test_traceable_true_needs_a_strength_at_construction():
+    for layer in (torch_adapter.DenseGCRF, tf_adapter.DenseGCRF):
+        with pytest.raises(lg.GCRFError, match="traceable=True needs a learnt strength"):
+            layer(potts=True, strength=None, traceable=True)
 
 
 def test_general_layers_strength_may_exceed_lam():

@@ -4,7 +4,7 @@ with ``weights=None`` (random initialisation; the network is blocked while they 
 and trained, so that nothing can be downloaded).
 
 Both heads take the backbones' raw features: no normalisation, and the Potts embeddings of
-the fresh 1×1 convolutions are far above λ (asserted), so the layers' positive-definiteness
+the fresh 1×1 convolutions are far above λ (asserted), so the layers' learnt-strength
 scaling is what keeps the systems solvable.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-import sys
 from types import ModuleType
 
 import numpy as np
@@ -31,9 +30,6 @@ from lowrank_gcrf.adapters import tensorflow as tf_adapter  # noqa: E402
 from lowrank_gcrf.adapters import torch as torch_adapter  # noqa: E402
 
 LABELS = 4
-
-#: torch.library fragments that must outlive the import (see :func:`import_torchvision`).
-_TORCHVISION_SCHEMAS: list = []
 
 
 @pytest.fixture
@@ -56,28 +52,14 @@ def one_torch_thread():
 
 
 def import_torchvision() -> ModuleType:
-    """torchvision, also where its compiled operators were built for another torch.
+    """torchvision (benchmarks.heads' import, which works next to a CPU-only torch), or a
+    skip where it is not installed."""
+    from benchmarks.heads.torchvision_import import import_torchvision as shared_import
 
-    PyPI's torchvision wheels are built against the CUDA torch; next to a CPU-only torch
-    their C++ operators fail to load and ``import torchvision`` stops while registering a
-    fake kernel for ``torchvision::nms``, the one registration it makes without checking
-    that the operators loaded. The segmentation models are plain Python and call none of
-    those operators, so declaring the two schemas it registers lets the import finish.
-    """
     try:
-        return importlib.import_module("torchvision")
+        return shared_import()
     except ImportError:
         pytest.skip("torchvision is not installed")
-    except RuntimeError as error:
-        if "torchvision::nms" not in str(error):
-            raise
-    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-        del sys.modules[name]
-    schemas = torch.library.Library("torchvision", "DEF")
-    for op in ("nms", "qnms"):
-        schemas.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _TORCHVISION_SCHEMAS.append(schemas)
-    return importlib.import_module("torchvision")
 
 
 def top_eigenvalues(Ahat: np.ndarray) -> np.ndarray:

@@ -4,17 +4,16 @@ are 1×1 convolutions giving the unary scores and the embeddings of a
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from lowrank_gcrf.adapters.layer_plan import LAYER_MODELS
+from lowrank_gcrf.adapters.layer_plan import LAYER_MODELS, is_positive_int
 from lowrank_gcrf.errors import GCRFError
 
 
 def positive_size(value: Any, name: str) -> int:
     """``value`` as an int, or a GCRFError unless it is a positive integer."""
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+    if not is_positive_int(value):
         raise GCRFError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 

@@ -209,7 +209,7 @@ def layer_settings(
     name = layer_model(model, potts)
     splits = [n for n, spec in LAYER_MODELS.items() if spec.attractive_split]
     if (name in splits) != (attractive_dim is not None) or not (
-        attractive_dim is None or _is_positive_int(attractive_dim)
+        attractive_dim is None or is_positive_int(attractive_dim)
     ):
         raise GCRFError(
             "attractive_dim (E ≥ 1, the last E embedding channels are the attractive "
@@ -217,12 +217,19 @@ def layer_settings(
             f"got model={name!r}, attractive_dim={attractive_dim!r}"
         )
     if pd_bound is not UNSET:
+        if (strength, max_strength) != (DEFAULT_STRENGTH, DEFAULT_MAX_STRENGTH):
+            raise GCRFError(
+                "pd_bound (deprecated) stands for strength=None, max_strength=pd_bound: pass "
+                "it or strength/max_strength, not both"
+            )
+        # A FutureWarning, not a DeprecationWarning: the call that passes pd_bound is often
+        # a head's, inside this library, where Python's filters would hide the latter.
         warnings.warn(
             "pd_bound is deprecated: the layers now learn the pairwise term's strength "
             "(strength=0.3 initially, at most max_strength). pd_bound=x keeps the old "
             "behaviour, raw embeddings clamped at ‖·‖₂² ≤ x·λ: spell it strength=None, "
             "max_strength=x",
-            DeprecationWarning,
+            FutureWarning,
             stacklevel=3,
         )
         strength, max_strength = None, pd_bound
@@ -251,6 +258,11 @@ def layer_settings(
         )
     if traceable not in ("auto", True, False):
         raise GCRFError(f"traceable must be 'auto', True or False, got {traceable!r}")
+    if traceable is True and strength is None:
+        raise GCRFError(
+            "traceable=True needs a learnt strength (strength=None guarantees no bound on the "
+            "conditioning to derive the traceable solve's iteration count from)"
+        )
     return LayerSettings(
         lam=initial_lam(lam),
         model=name,
@@ -285,7 +297,8 @@ def setting_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
     return {name: arguments[name] for name in SETTING_KEYWORDS if name in arguments}
 
 
-def _is_positive_int(value: Any) -> bool:
+def is_positive_int(value: Any) -> bool:
+    """Whether ``value`` is an integer ≥ 1 (not a bool)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
@@ -372,12 +385,16 @@ def solve_plan(settings: LayerSettings, channels: int, compute_dtype: str) -> So
 def runs_traceable_solve(settings: LayerSettings, plan: SolvePlan, *, traced: bool) -> bool:
     """Whether a layer call runs the traceable solve rather than the core's (``traceable=``):
     with "auto", where the framework traces the call for deployment and does not train
-    (``traced``, the framework's to tell) and the plan bounds the conditioning."""
+    (``traced``, the framework's to tell) and the plan bounds the conditioning (the settings
+    refuse ``traceable=True`` without a bound)."""
     if settings.traceable == "auto":
         return traced and plan.strength_bounds is not None
-    if settings.traceable and plan.strength_bounds is None:
-        raise GCRFError(
-            "traceable=True needs a learnt strength (strength=None guarantees no bound on the "
-            "conditioning to derive the traceable solve's iteration count from)"
-        )
     return bool(settings.traceable)
+
+
+def strength_report(settings: LayerSettings, values: list[float]) -> dict[str, float]:
+    """The strengths ρ, one per embedding block, by block name, rounded to 6 decimals for
+    logs (``effective_strength``)."""
+    return {
+        name: round(float(v), 6) for name, v in zip(settings.spec.blocks, values, strict=True)
+    }

@@ -1,5 +1,5 @@
-"""``refine`` on TensorFlow tensors: class probabilities refined with the image by an exact
-Potts G-CRF, differentiable with respect to the probabilities."""
+"""``refine`` on TensorFlow tensors: class probabilities refined with the image by a
+low-rank Potts G-CRF, differentiable with respect to the probabilities."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from lowrank_gcrf.refine_inputs import (
     check_adapter_parameters,
     checked_spatial_dims,
 )
+from lowrank_gcrf.refine_passes import APPEARANCE_WEIGHT, SMOOTH_WEIGHT, passes_parameters
 from lowrank_gcrf.refine_strength import AUTO, scaled_by_confidence
+from lowrank_gcrf.smooth_refine import gaussian_weights
 from lowrank_gcrf.validation import array_namespace
 
 
@@ -34,10 +36,13 @@ def refine(
 
     The embeddings Â come from the image through the core, without gradient (the image is
     data): directly in eager mode, through ``tf.py_function`` in a graph (the static shape
-    is restored). The solve is :func:`~lowrank_gcrf.adapters.tensorflow.solve_potts`, so
-    ``∂L/∂probs`` flows through the exact Potts solve and the softmax. With
-    ``strength="auto"`` the strength read from the probabilities' confidence scales Â, also
-    without gradient (it chooses the model, as a hyperparameter would).
+    is restored). ``∂L/∂probs`` flows through the mean-field passes (the default
+    ``passes=2``, in TensorFlow operations: the resolvent by Woodbury, the smoothness kernel
+    by 1-D convolutions, the softmaxes), or with ``passes=0`` through the exact Potts solve,
+    :func:`~lowrank_gcrf.adapters.tensorflow.solve_potts`, and the softmax. With
+    ``strength="auto"`` and ``passes=0`` the strength read from the probabilities'
+    confidence scales Â, also without gradient (it chooses the model, as a hyperparameter
+    would).
 
     Parameters
     ----------
@@ -50,13 +55,14 @@ def refine(
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
-        ``lam``, ``approximation``, ``normalization``, ``smooth_kernel`` — ``"landmarks"``
-        only: the exact smoothness kernel is the core's alone).
+        ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` —
+        ``"landmarks"`` only: the exact solve's exact smoothness kernel is the core's alone).
 
     Returns
     -------
     Tensor like ``probs``
-        Refined probabilities, ``softmax`` of the Potts MAP scores over the label axis.
+        Refined probabilities: the softmax over the label axis of the last pass's scores (of
+        the Potts MAP with ``passes=0``).
 
     Examples
     --------
@@ -67,7 +73,7 @@ def refine(
     >>> refine(probs, tf.cast(image, tf.uint8)).shape
     TensorShape([4, 32, 32])
     """
-    params = RefineParameters(**parameters)
+    params = passes_parameters(RefineParameters(**parameters))
     check_adapter_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     probs, image = tf.convert_to_tensor(probs), tf.convert_to_tensor(image)
@@ -104,5 +110,50 @@ def refine(
     if not logits:
         scores = tf.math.log(tf.maximum(scores, tf.constant(PROB_FLOOR, compute)))
     b = tf.reshape(scores, tf.stack([n, tf.shape(probs)[rank - spatial_dims - 1], pixels]))
-    x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
+    if params.passes > 0:
+        spatial = tf.shape(probs)[rank - spatial_dims :]
+        static = probs.shape[rank - spatial_dims :]
+        x = _passes(Ahat, b, params, spatial, static)
+    else:
+        x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
     return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)
+
+
+def _passes(
+    Ahat: tf.Tensor, b: tf.Tensor, params: RefineParameters, spatial: tf.Tensor, static: Any
+) -> tf.Tensor:
+    """The scores of :func:`lowrank_gcrf.refine`'s mean-field passes
+    (:mod:`lowrank_gcrf.refine_passes`) in TensorFlow operations, differentiable in ``b``."""
+    shape = tf.shape(b)
+    grid = tf.concat([shape[:2], spatial], axis=0)
+    eye = tf.eye(tf.shape(Ahat)[1], dtype=tf.float64)
+    gram = tf.cast(tf.matmul(Ahat, Ahat, transpose_b=True), tf.float64)
+    capacitance = tf.cast(tf.linalg.inv(params.lam * eye - gram), b.dtype)
+    keep = APPEARANCE_WEIGHT * (1.0 - params.strength)
+    q = tf.nn.softmax(b, axis=1)
+    x = b
+    for _ in range(params.passes):
+        coefficients = tf.matmul(tf.matmul(q, Ahat, transpose_b=True), capacitance)
+        spread = q + tf.matmul(coefficients, Ahat)
+        filtered = _gaussian_filter(tf.reshape(q, grid), params.sxy_smooth, static)
+        x = b + keep * spread + SMOOTH_WEIGHT * (tf.reshape(filtered, shape) - q)
+        q = tf.nn.softmax(x, axis=1)
+    return x
+
+
+def _gaussian_filter(x: tf.Tensor, sigma: float, static: Any) -> tf.Tensor:
+    """:func:`lowrank_gcrf.smooth_refine.gaussian_filter` over the spatial axes (all after
+    the first two) by 1-D convolutions, zero outside the image (``static``: their lengths
+    where known, which shorten the filter to what an axis needs)."""
+    rank = len(static) + 2
+    for axis in range(2, rank):
+        length = static[axis - 2]
+        weights = gaussian_weights(sigma, length if length is not None else 1 << 30)
+        kernel = tf.reshape(tf.constant(weights, dtype=x.dtype), (-1, 1, 1))
+        perm = [i for i in range(rank) if i != axis] + [axis]
+        moved = tf.transpose(x, perm)
+        rows = tf.reshape(moved, tf.stack([-1, tf.shape(moved)[-1], 1]))
+        out = tf.nn.conv1d(rows, kernel, stride=1, padding="SAME")
+        inverse = [perm.index(i) for i in range(rank)]
+        x = tf.transpose(tf.reshape(out, tf.shape(moved)), inverse)
+    return x

@@ -19,6 +19,7 @@ from lowrank_gcrf.adapters.layer_plan import (
     setting_arguments,
     solve_plan,
     strength_logit,
+    strength_report,
 )
 from lowrank_gcrf.adapters.layer_shapes import embeddings_layout, layout
 from lowrank_gcrf.adapters.tensorflow.functional import pd_rescaled, strength_scaled
@@ -177,10 +178,7 @@ class DenseGCRF(keras.layers.Layer):
         ``strength=None``)."""
         if self.raw_strength is None:
             return {}
-        values = self.strengths.numpy().tolist()
-        return {
-            name: round(v, 6) for name, v in zip(self.settings.spec.blocks, values, strict=True)
-        }
+        return strength_report(self.settings, self.strengths.numpy().tolist())
 
     def _check_layout(self, unary_shape: Any, embeddings_shape: Any) -> None:
         """Check the static shapes; errors name the layout of the layer's data_format."""

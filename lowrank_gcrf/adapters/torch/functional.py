@@ -223,17 +223,19 @@ def spectral_bound(A: Tensor) -> Tensor:
     square divided by its trace ``t_j`` so that nothing overflows:
     ``(tr G^m)^(1/m) = tr G · Π_j t_j^(1/2^j)``. Computed in float32 or wider.
     """
-    wide = A if A.dtype == torch.float64 else A.float()
-    tiny = torch.finfo(wide.dtype).tiny
-    gram = wide @ wide.mT
-    bound = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
-    power = gram / bound[..., None, None]
-    for j in range(1, GRAM_SQUARINGS + 1):
-        power = power @ power
-        trace = torch.diagonal(power, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
-        power = power / trace[..., None, None]
-        bound = bound * trace ** (1.0 / 2**j)
-    return bound.clamp_min(tiny)
+    # Autocast would run the products in half precision: no bound, and an overflowing Gram.
+    with torch.autocast(A.device.type, enabled=False):
+        wide = A if A.dtype == torch.float64 else A.float()
+        tiny = torch.finfo(wide.dtype).tiny
+        gram = wide @ wide.mT
+        bound = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
+        power = gram / bound[..., None, None]
+        for j in range(1, GRAM_SQUARINGS + 1):
+            power = power @ power
+            trace = torch.diagonal(power, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
+            power = power / trace[..., None, None]
+            bound = bound * trace ** (1.0 / 2**j)
+        return bound.clamp_min(tiny)
 
 
 def _unit_peak(part: Tensor) -> Tensor:

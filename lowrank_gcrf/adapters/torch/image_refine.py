@@ -1,4 +1,4 @@
-"""``refine`` on PyTorch tensors: class probabilities refined with the image by an exact
+"""``refine`` on PyTorch tensors: class probabilities refined with the image by a low-rank
 Potts G-CRF, differentiable with respect to the probabilities."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from lowrank_gcrf.refine_inputs import (
     check_adapter_parameters,
     checked_spatial_dims,
 )
+from lowrank_gcrf.refine_passes import APPEARANCE_WEIGHT, SMOOTH_WEIGHT, passes_parameters
 from lowrank_gcrf.refine_strength import AUTO, scaled_by_confidence
+from lowrank_gcrf.smooth_refine import gaussian_weights
 from lowrank_gcrf.validation import array_namespace
 
 
@@ -36,10 +38,13 @@ def refine(
     """:func:`lowrank_gcrf.refine` on tensors, differentiable with respect to ``probs``.
 
     The embeddings Â come from the image through the core, without gradient (the image is
-    data); the solve is :func:`~lowrank_gcrf.adapters.torch.solve_potts`, so ``∂L/∂probs``
-    flows through the exact Potts solve and the softmax. With ``strength="auto"`` the
-    strength read from the probabilities' confidence scales Â, also without gradient (it
-    chooses the model, as a hyperparameter would).
+    data). ``∂L/∂probs`` flows through the mean-field passes (the default ``passes=2``: the
+    resolvent by Woodbury with a D × D capacitance computed once, the smoothness kernel by
+    1-D convolutions, and the softmaxes, all in tensor operations), or with ``passes=0``
+    through the exact Potts solve, :func:`~lowrank_gcrf.adapters.torch.solve_potts`, and the
+    softmax. With ``strength="auto"`` and ``passes=0`` the strength read from the
+    probabilities' confidence scales Â, also without gradient (it chooses the model, as a
+    hyperparameter would).
 
     Parameters
     ----------
@@ -53,13 +58,14 @@ def refine(
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
-        ``lam``, ``approximation``, ``normalization``, ``smooth_kernel`` — ``"landmarks"``
-        only: the exact smoothness kernel is the core's alone).
+        ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` —
+        ``"landmarks"`` only: the exact solve's exact smoothness kernel is the core's alone).
 
     Returns
     -------
     Tensor like ``probs``
-        Refined probabilities, ``softmax`` of the Potts MAP scores over the label axis.
+        Refined probabilities: the softmax over the label axis of the last pass's scores (of
+        the Potts MAP with ``passes=0``).
 
     Examples
     --------
@@ -77,7 +83,7 @@ def refine(
             f"expected torch tensors for probs and image, got {type(probs).__name__} and "
             f"{type(image).__name__}; use lowrank_gcrf.refine for NumPy or CuPy arrays"
         )
-    params = RefineParameters(**parameters)
+    params = passes_parameters(RefineParameters(**parameters))
     check_adapter_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     compute = torch.float64 if probs.dtype == torch.float64 else torch.float32
@@ -99,8 +105,42 @@ def refine(
     if not logits:
         scores = torch.log(scores.clamp_min(PROB_FLOOR))
     b = scores.reshape(Ahat.shape[0], probs.shape[-spatial_dims - 1], Ahat.shape[-1])
-    x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
+    if params.passes > 0:
+        x = _passes(Ahat, b, params, tuple(probs.shape[-spatial_dims:]))
+    else:
+        x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
     return torch.softmax(x, dim=1).reshape(probs.shape).to(probs.dtype)
+
+
+def _passes(Ahat: Tensor, b: Tensor, params: RefineParameters, spatial: tuple) -> Tensor:
+    """The scores of :func:`lowrank_gcrf.refine`'s mean-field passes
+    (:mod:`lowrank_gcrf.refine_passes`) in tensor operations, differentiable in ``b``."""
+    n, labels, pixels = b.shape
+    At = Ahat.transpose(-1, -2)
+    eye = torch.eye(Ahat.shape[1], dtype=torch.float64, device=Ahat.device)
+    capacitance = torch.linalg.inv(params.lam * eye - (Ahat @ At).double()).to(b.dtype)
+    keep = APPEARANCE_WEIGHT * (1.0 - params.strength)
+    q = torch.softmax(b, dim=1)
+    x = b
+    for _ in range(params.passes):
+        spread = q + ((q @ At) @ capacitance) @ Ahat
+        filtered = _gaussian_filter(q.reshape(n, labels, *spatial), params.sxy_smooth)
+        x = b + keep * spread + SMOOTH_WEIGHT * (filtered.reshape(n, labels, pixels) - q)
+        q = torch.softmax(x, dim=1)
+    return x
+
+
+def _gaussian_filter(x: Tensor, sigma: float) -> Tensor:
+    """:func:`lowrank_gcrf.smooth_refine.gaussian_filter` over the spatial axes (all after
+    the first two) by 1-D convolutions, zero outside the image."""
+    for axis in range(2, x.ndim):
+        weights = gaussian_weights(sigma, x.shape[axis])
+        kernel = torch.as_tensor(weights, dtype=x.dtype, device=x.device).reshape(1, 1, -1)
+        moved = x.movedim(axis, -1)
+        rows = moved.reshape(-1, 1, moved.shape[-1])
+        out = torch.nn.functional.conv1d(rows, kernel, padding=(kernel.shape[-1] - 1) // 2)
+        x = out.reshape(moved.shape).movedim(-1, axis)
+    return x
 
 
 def _dlpack_dtype(tensor: Tensor, compute: torch.dtype) -> Tensor:

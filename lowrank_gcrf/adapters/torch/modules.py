@@ -4,6 +4,8 @@ MAP scores out, for every model of the per-model table
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,7 @@ from lowrank_gcrf.adapters.layer_plan import (
     setting_arguments,
     solve_plan,
     strength_logit,
+    strength_report,
 )
 from lowrank_gcrf.adapters.layer_shapes import layer_shapes
 from lowrank_gcrf.adapters.torch.autograd import dtype_plan, solve_tensors
@@ -58,7 +61,7 @@ class DenseGCRF(nn.Module):
         (:func:`~lowrank_gcrf.adapters.torch.pd_scaled`); None turns that off (then an
         indefinite system raises :class:`lowrank_gcrf.IndefiniteSystemError`).
     pd_bound : float or None, optional
-        Deprecated (a DeprecationWarning): ``pd_bound=x`` is ``strength=None,
+        Deprecated (a FutureWarning): ``pd_bound=x`` is ``strength=None,
         max_strength=x``, the layers' behaviour before the learnt strength.
     method : {"auto", "cg", "direct"}, default "auto"
         Solver for the forward and backward passes.
@@ -175,10 +178,7 @@ class DenseGCRF(nn.Module):
         strengths = self.strengths
         if strengths is None:
             return {}
-        values = strengths.detach().cpu().tolist()
-        return {
-            name: round(v, 6) for name, v in zip(self.settings.spec.blocks, values, strict=True)
-        }
+        return strength_report(self.settings, strengths.detach().cpu().tolist())
 
     def forward(self, unary: Tensor, embeddings: Tensor) -> Tensor:
         """MAP scores (B, L, *spatial) of the G-CRF with the given unaries and embeddings."""
@@ -200,6 +200,16 @@ class DenseGCRF(nn.Module):
         if torch.compiler.is_compiling():
             # The core's solve as one opaque custom op: a compiled training step keeps one
             # graph (its backward factorizes again, which the eager path avoids).
+            if torch.compiler.is_exporting():
+                warnings.warn(
+                    "exporting a DenseGCRF that runs the core's solve (train mode, "
+                    "strength=None or traceable=False): the program holds the custom op "
+                    "lowrank_gcrf::solve, which needs lowrank_gcrf where it is loaded and has "
+                    "no ONNX form; export in eval mode with a learnt strength for a "
+                    "self-contained program (docs/guide/deploying.md)",
+                    UserWarning,
+                    stacklevel=2,
+                )
             x = exact_solve(plan.solve_as, A, b, lam, plan.options)
         else:
             x = solve_tensors(plan.solve_as, A, b, lam, plan.options, dtypes)

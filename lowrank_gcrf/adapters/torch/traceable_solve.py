@@ -126,7 +126,16 @@ def traceable_solve(
     model's amplification (:func:`~lowrank_gcrf.adapters.traceable_plan.traceable_plan`).
     """
     compute, output = dtype_plan(A, b)
-    A, b = A.to(compute), b.to(compute)
+    # Autocast would run the products in half precision, below the certified accuracy.
+    with torch.autocast(A.device.type, enabled=False):
+        return _solve_in(solve_as, A.to(compute), b.to(compute), lam, strength_bounds).to(output)
+
+
+def _solve_in(
+    solve_as: SolveAs, A: Tensor, b: Tensor, lam: Tensor | float, strength_bounds: tuple
+) -> Tensor:
+    """:func:`traceable_solve` in the compute dtype of A and b."""
+    compute = A.dtype
     if isinstance(lam, Tensor):
         lam = lam.to(device=A.device, dtype=compute)[..., None, None]
     labels = int(b.shape[-2]) if solve_as == "potts" else 1
@@ -144,10 +153,10 @@ def traceable_solve(
         if labels > 1:
             deviation = b - class_sum / labels
             x = x + _shifted_solve(A, gram, deviation, lam, -1.0, plan["deviation"])
-        return x.to(output)
+        return x
     rows = b[..., None, :]
     if isinstance(solve_as, SignedStack) and solve_as.repulsive_rank < A.shape[-2]:
         x = _signed_solve(A, gram, rows, lam, solve_as.repulsive_rank, plan)
     else:
         x = _shifted_solve(A, gram, rows, lam, 1.0, plan["general"])
-    return x[..., 0, :].to(output)
+    return x[..., 0, :]
