@@ -123,8 +123,8 @@ class GCRFHead(keras.layers.Layer):
             setattr(self, name, branch)
 
     def _embeddings(self, features: tf.Tensor) -> tf.Tensor:
-        """The embedding branch's output, (B, D, L) channels with one embedding per pixel and
-        label."""
+        """The embedding branch's output, with (D [+ E], L) channels where the embeddings are
+        per pixel and label."""
         embeddings = self.embed(features)
         if not self.sizes.per_label:
             return embeddings

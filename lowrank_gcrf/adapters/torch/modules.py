@@ -55,7 +55,8 @@ class DenseGCRF(nn.Module):
         ρ is a parameter (``raw_strength``, one per block); else fixed at ``strength``.
     max_strength : float or None, default 0.9
         The ceiling of ρ, < 1 for Potts and signed (``‖Â‖₂² < λ`` or ``‖Γ‖₂² < λ`` keeps
-        them positive definite); it bounds the conditioning, so a traced solve knows its
+        them positive definite; the signed model's A shares Γ's ceiling, one setting for
+        both blocks); it bounds the conditioning, so a traced solve knows its
         iteration count. With ``strength=None``: Potts and signed embeddings are rescaled,
         differentiably, only where ``‖Â‖₂²`` (or ``‖Γ‖₂²``) exceeds ``max_strength·λ``
         (:func:`~lowrank_gcrf.adapters.torch.pd_scaled`); None turns that off (then an
