@@ -1,4 +1,4 @@
-"""``refine``: a network's class probabilities refined with the image by an exact Potts G-CRF.
+"""``refine``: a network's class probabilities refined with the image by a low-rank Potts G-CRF.
 
 DeepLab's recipe refines a segmentation network's softmax with a fully connected CRF whose
 pairwise kernels come from the image (positions and colours). Here the same two Gaussian
@@ -13,6 +13,10 @@ scores are propagated to the pixels the kernel calls similar, with weight ``stre
 n steps (``‖K‖₂ = strength·λ``). With the symmetric normalisation this is Zhou et al.'s
 label spreading ``(I − αS)⁻¹Y`` with ``α = strength`` and a low-rank S. Logits give the same
 result as the log of their softmax (a per-pixel constant only shifts the class sum).
+
+By default (``passes=2``) the same resolvent ``(I − K/λ)⁻¹`` propagates *probabilities* in
+two mean-field passes with a softmax between them (:mod:`lowrank_gcrf.refine_passes`), which
+removes the isolated wrong pixels that the linear solve keeps; ``passes=0`` is the exact MAP.
 
 The checks of the parameters and the arrays are :mod:`lowrank_gcrf.refine_inputs`.
 """
@@ -37,6 +41,7 @@ from .refine_inputs import (
     check_refine_inputs,
     checked_spatial_dims,
 )
+from .refine_passes import mean_field_passes, passes_parameters
 from .refine_strength import (
     AUTO,
     expected_error,
@@ -77,16 +82,19 @@ def refine(
     approximation: str = "nystrom-kmeans",
     normalization: str = "symmetric",
     smooth_kernel: str = "landmarks",
+    passes: int = 2,
     method: str = "direct",
     return_info: bool = False,
 ) -> Any:
-    """Refine class probabilities with the image by an exact low-rank dense CRF (Potts G-CRF).
+    """Refine class probabilities with the image by a low-rank dense CRF (Potts G-CRF).
 
-    Solves ``(λI + (J − I) ⊗ ÂᵀÂ) x = log p`` (Eq. 11–12) with embeddings Â computed from
-    the image — a rank-``rank`` approximation of the dense CRF's appearance and smoothness
-    Gaussian kernels, symmetrically normalised and scaled so that ``‖Â‖₂² = strength · λ``
-    exactly (the Potts condition λ > ‖Â‖₂² with margin ``1 − strength``) — and returns
-    ``softmax(x)`` over the labels. ``log p`` is clipped below at ``log 1e-5``.
+    With ``passes=0``, solves ``(λI + (J − I) ⊗ ÂᵀÂ) x = log p`` (Eq. 11–12) with embeddings
+    Â from the image — a rank-``rank`` approximation of the dense CRF's appearance and
+    smoothness Gaussian kernels, symmetrically normalised and scaled so that
+    ``‖Â‖₂² = strength · λ`` exactly (the Potts condition λ > ‖Â‖₂² with margin
+    ``1 − strength``) — and returns ``softmax(x)`` over the labels (``log p`` is clipped
+    below at ``log 1e-5``). By default (``passes=2``) the solve's resolvent drives two
+    mean-field passes instead (``passes`` below).
 
     Parameters
     ----------
@@ -108,22 +116,25 @@ def refine(
     w_appearance, w_smooth : float, default 4 and 0
         Relative weights of the two kernels (DeepLab's ``compat`` 4 and 3). Only their ratio
         matters: the symmetric normalisation divides out their overall scale, and
-        ``strength`` sets it instead. The smoothness kernel is off by default: a kernel a few
-        pixels wide is far from low rank, and with the quarter of the landmarks it gets its
-        approximation lowered validation mIoU in the benchmark; ``smooth_kernel="exact"``
-        holds it exactly instead, at about twice the time.
+        ``strength`` sets it instead. The smoothness kernel is off in Â by default: a kernel
+        a few pixels wide is far from low rank, and with the quarter of the landmarks it gets
+        its approximation lowered validation mIoU in the benchmark. The passes apply it
+        exactly in a message of their own; with ``passes=0``, ``smooth_kernel="exact"``
+        holds it exactly, at about twice the time.
     strength : float in [0, 1), or "auto" (default)
         ``‖Â‖₂²/λ``: how far scores propagate along similar pixels (the weight of n-step
-        paths is strengthⁿ; about ``1/(1 − strength)`` steps). 0 returns ``probs`` (up to
-        the clipping below); values close to 1 smooth more. The margin ``1 − strength`` is
-        how far the system stays from indefinite. ``"auto"`` chooses it per image from the
-        unary's confidence (:mod:`lowrank_gcrf.refine_strength`): with ``e`` the mean of
-        ``1 − max_k p_k`` over the pixels (the fraction a calibrated network gets wrong),
+        paths is strengthⁿ; about ``1/(1 − strength)`` steps). With ``passes=0``, 0
+        returns ``probs`` (up to the clipping below); values close to 1 smooth more (the
+        margin ``1 − strength`` is how far the system stays from indefinite). With
+        ``passes=0``, ``"auto"`` chooses it per image from the unary's confidence
+        (:mod:`lowrank_gcrf.refine_strength`): with ``e`` the mean of ``1 − max_k p_k``
+        over the pixels (the fraction a calibrated network gets wrong),
         ``strength = min(1 − 1/(1 + 20·e/(1 − e)), 0.95)``: about 0.5 for a confident
         stride-8 prediction (e ≈ 0.05), 0.9 for one with 30 % of its pixels wrong at
         probability 0.7, 0 for a one-hot unary. It reads the confidence from ``probs`` (or
         their softmax with ``logits=True``): pass calibrated probabilities, not sharpened
-        or tempered ones, or give a number.
+        or tempered ones, or give a number. With ``passes > 0`` (the default), ``"auto"``
+        is 0.8: the softmax between passes bounds what the propagation can do.
     rank : int, default 32
         Rank D of the embeddings Â: the solve costs about D²·P + 8·D·L·P.
     landmarks : int, default 128
@@ -160,6 +171,16 @@ def refine(
         the share ``w/(w_appearance + w_smooth)`` of the strength, the deviations of the
         Potts MAP solved by CG preconditioned by the low-rank appearance part (``method`` is
         then not used; the info reports that CG and the deviation systems' residual). NumPy
+        and CuPy only (not the adapters).
+    passes : int, default 2
+        0: the exact Potts solve above. n ≥ 1: n mean-field passes instead
+        (:mod:`lowrank_gcrf.refine_passes`), ``x_t = log p + β R q_{t−1} + w_s (G − I)
+        q_{t−1}``, ``q_t = softmax(x_t)`` from ``q_0 = p``: the appearance message is this
+        solve's normalised resolvent ``R = (1 − α)(I − ÂᵀÂ/λ)⁻¹`` applied to probabilities,
+        the smoothness message DeepLab's Gaussian kernel (``sxy_smooth``) by exact filtering;
+        β = 100, w_s = 1, α = 0.8 with ``strength="auto"`` (chosen on the benchmark's
+        validation split). The softmax between passes removes isolated wrong pixels that the
+        linear solve keeps, at about twice its time; R does not depend on ``lam``. NumPy
         and CuPy only (not the adapters).
     method : {"direct", "cg", "auto"}, default "direct"
         Passed to :func:`~lowrank_gcrf.solve_potts`.
@@ -217,6 +238,7 @@ def refine(
         approximation=approximation,
         normalization=normalization,
         smooth_kernel=smooth_kernel,
+        passes=passes,
     )
     shape = check_refine_inputs(
         probs, image, spatial_dims=spatial_dims, logits=logits, channel_axis=channel_axis
@@ -225,7 +247,9 @@ def refine(
     n, pixels = math.prod(shape.batch), math.prod(shape.spatial)
     scores = xp.reshape(xp.astype(probs, shape.compute), (n, shape.num_labels, pixels))
     b = scores if logits else xp.log(xp.maximum(scores, PROB_FLOOR))
-    if params.smooth_kernel == "exact" and params.w_smooth > 0 and n > 0:
+    if params.passes > 0 and n > 0:
+        x, info = _passes(image, b, params, shape, channel_axis=channel_axis)
+    elif params.smooth_kernel == "exact" and params.w_smooth > 0 and n > 0:
         x, info = _exact_smoothness_solve(
             image, scores, b, params, shape, logits=logits, channel_axis=channel_axis
         )
@@ -297,6 +321,32 @@ def _exact_smoothness_solve(
         rtol=SOLVE_RTOL,
     )
     return xp.reshape(y, (n, labels, pixels)), info
+
+
+def _passes(
+    image: Any, b: Any, params: RefineParameters, shape: RefineShape, *, channel_axis: int | None
+) -> tuple[Any, Any]:
+    """The scores (n, L, P) of ``params.passes`` mean-field passes with the resolvent of the
+    Potts system at strength α (:data:`~lowrank_gcrf.refine_passes.PASSES_STRENGTH` for
+    ``"auto"``) as the appearance message (:mod:`lowrank_gcrf.refine_passes`)."""
+    xp = shape.xp
+    params = passes_parameters(params)
+    spatial_dims = len(shape.spatial)
+    Ahat = refine_embeddings(
+        image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
+    )
+    device = array_api_compat.device(b)
+    strengths = xp.full((b.shape[0],), params.strength, dtype=xp.float64, device=device)
+    return mean_field_passes(
+        xp,
+        Ahat,
+        strengths,
+        b,
+        shape.spatial,
+        passes=params.passes,
+        lam=params.lam,
+        sxy_smooth=params.sxy_smooth,
+    )
 
 
 @core_function

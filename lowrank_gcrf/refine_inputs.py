@@ -103,12 +103,13 @@ class RefineParameters:
     approximation: str = "nystrom-kmeans"
     normalization: str = "symmetric"
     smooth_kernel: str = "landmarks"
+    passes: int = 2
 
     def __post_init__(self) -> None:
         for name in ("sxy", "srgb", "sxy_smooth", "w_appearance", "w_smooth", "lam"):
             object.__setattr__(self, name, _real(name, getattr(self, name)))
         object.__setattr__(self, "strength", _strength(self.strength))
-        for name in ("rank", "landmarks", "seed"):
+        for name in ("rank", "landmarks", "seed", "passes"):
             object.__setattr__(self, name, _integer(name, getattr(self, name)))
         for name in ("sxy", "srgb", "sxy_smooth", "lam"):
             _positive(name, getattr(self, name))
@@ -136,11 +137,20 @@ class RefineParameters:
                 f"smooth_kernel must be one of {', '.join(SMOOTH_KERNELS)}; got "
                 f"{self.smooth_kernel!r}"
             )
+        if self.passes < 0:
+            raise GCRFError(
+                f"passes must be an integer ≥ 0 (0: the exact Potts solve), got {self.passes!r}"
+            )
+        if self.passes > 0 and self.smooth_kernel == "exact" and self.w_smooth > 0:
+            raise GCRFError(
+                "smooth_kernel='exact' is an option of the exact solve (passes=0); the "
+                "mean-field passes (passes > 0) apply the smoothness kernel exactly already"
+            )
 
 
 def check_adapter_parameters(params: RefineParameters) -> None:
     """Raise for what only the core :func:`~lowrank_gcrf.refine` does: the exact smoothness
-    kernel (the adapters' solve differentiates through low-rank embeddings alone)."""
+    kernel with the exact solve (the adapters differentiate through low-rank embeddings)."""
     if params.smooth_kernel == "exact" and params.w_smooth > 0:
         raise GCRFError(
             "smooth_kernel='exact' is available in lowrank_gcrf.refine only (NumPy and CuPy "

@@ -119,7 +119,7 @@ def test_refine_equals_dense_float64_solve(
         normalization=normalization,
         seed=seed % 7,
     )
-    out = refine(probs, image, spatial_dims=len(spatial), lam=lam, **kw)
+    out = refine(probs, image, spatial_dims=len(spatial), lam=lam, passes=0, **kw)
     ref = reference_refine(probs, image, spatial_dims=len(spatial), lam=lam, **kw)
     assert out.shape == probs.shape and out.dtype == probs.dtype
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-7)
@@ -136,7 +136,7 @@ def test_volume_matches_dense_reference_and_differs_from_unary():
         normalization="symmetric",
         seed=0,
     )
-    out = refine(probs, image, spatial_dims=3, **kw)
+    out = refine(probs, image, spatial_dims=3, passes=0, **kw)
     np.testing.assert_allclose(
         out, reference_refine(probs, image, spatial_dims=3, **kw), rtol=0, atol=1e-7
     )
@@ -207,7 +207,8 @@ def test_strength_zero_returns_the_probabilities():
     probs, image = random_inputs(4, (2,), 3, 3, (6, 5))
     probs = np.maximum(probs, 1e-3)
     probs /= probs.sum(axis=1, keepdims=True)
-    np.testing.assert_allclose(refine(probs, image, strength=0.0), probs, rtol=1e-12)
+    refined = refine(probs, image, strength=0.0, passes=0)
+    np.testing.assert_allclose(refined, probs, rtol=1e-12)
 
 
 def test_logits_give_the_result_of_their_softmax():
@@ -315,45 +316,51 @@ def sum_preserving_direction(shape, axis, seed):
     return v - v.mean(axis=axis, keepdims=True)
 
 
-def test_torch_refine_matches_core_and_is_differentiable():
+@pytest.mark.parametrize("passes", [0, 2])
+def test_torch_refine_matches_core_and_is_differentiable(passes):
     torch = pytest.importorskip("torch")
     from lowrank_gcrf.adapters.torch import refine as torch_refine
 
+    kw = KW | {"passes": passes}
     probs, image = random_inputs(13, (2,), 3, 3, (4, 5))
     img = torch.from_numpy(image)
-    got = torch_refine(torch.from_numpy(probs), img, **KW)
-    np.testing.assert_allclose(got.numpy(), refine(probs, image, **KW), rtol=0, atol=1e-10)
+    got = torch_refine(torch.from_numpy(probs), img, **kw)
+    np.testing.assert_allclose(got.numpy(), refine(probs, image, **kw), rtol=0, atol=1e-10)
     z = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     z.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda s: torch_refine(s, img, logits=True, **KW), (z,))
+    assert torch.autograd.gradcheck(lambda s: torch_refine(s, img, logits=True, **kw), (z,))
     # Probabilities: ∂L/∂p along a direction that keeps them summing to 1, against a
     # central difference of L = Σ w·refine(p) (step 1e-6: error ~1e-12/1e-6 + 1e-12).
     v = torch.from_numpy(sum_preserving_direction(probs.shape, 1, 14))
     w = torch.from_numpy(np.random.default_rng(17).normal(size=probs.shape))
     p = torch.from_numpy(probs).requires_grad_(True)
-    (torch_refine(p, img, **KW) * w).sum().backward()
+    (torch_refine(p, img, **kw) * w).sum().backward()
     t = 1e-6
     with torch.no_grad():
-        plus = (torch_refine(p + t * v, img, **KW) * w).sum()
-        minus = (torch_refine(p - t * v, img, **KW) * w).sum()
+        plus = (torch_refine(p + t * v, img, **kw) * w).sum()
+        minus = (torch_refine(p - t * v, img, **kw) * w).sum()
     assert float((p.grad * v).sum()) == pytest.approx(float((plus - minus) / (2 * t)), abs=1e-6)
 
 
-def test_tensorflow_refine_matches_core_and_is_differentiable():
+@pytest.mark.parametrize("passes", [0, 2])
+def test_tensorflow_refine_matches_core_and_is_differentiable(passes):
     tf = pytest.importorskip("tensorflow")
     from lowrank_gcrf.adapters.tensorflow import refine as tf_refine
 
+    kw = KW | {"passes": passes}
     probs, image = random_inputs(15, (2,), 3, 3, (4, 5))
     img = tf.constant(image)
-    expected = refine(probs, image, **KW)
+    expected = refine(probs, image, **kw)
     np.testing.assert_allclose(
-        tf_refine(tf.constant(probs), img, **KW).numpy(), expected, rtol=0, atol=1e-10
+        tf_refine(tf.constant(probs), img, **kw).numpy(), expected, rtol=0, atol=1e-10
     )
-    graph = tf.function(lambda p: tf_refine(p, img, **KW))
+    graph = tf.function(lambda p: tf_refine(p, img, **kw))
     np.testing.assert_allclose(graph(tf.constant(probs)).numpy(), expected, rtol=0, atol=1e-10)
     z = tf.constant(np.random.default_rng(16).normal(size=(2, 3, 4, 5)))
+    # Central differences err by about delta² times the third derivative (0.07 at TF's
+    # default delta 1e-3, with the passes' curvature) plus ε/delta: 1e-6 leaves both ~1e-10.
     theoretical, numerical = tf.test.compute_gradient(
-        lambda s: tf_refine(s, img, logits=True, **KW), [z]
+        lambda s: tf_refine(s, img, logits=True, **kw), [z], delta=1e-6
     )
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=0, atol=1e-6)
 

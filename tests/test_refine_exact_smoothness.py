@@ -76,6 +76,7 @@ def test_exact_smoothness_matches_the_dense_potts_solve(tight, spatial, strength
         image,
         spatial_dims=len(spatial),
         smooth_kernel="exact",
+        passes=0,
         strength=strength,
         return_info=True,
         **KW,
@@ -97,7 +98,7 @@ def test_normalised_smoothness_is_the_dense_kernel_with_norm_one():
 
 def test_auto_strength_and_batches_with_the_exact_kernel(tight):
     probs, image = inputs(1, 4, (6, 7), batch=(2,))
-    out = refine(probs, image, smooth_kernel="exact", **KW)
+    out = refine(probs, image, smooth_kernel="exact", passes=0, **KW)
     for i in range(2):
         error = expected_error(np, probs[i].reshape(1, 4, -1), logits=False)
         alpha = float(strength_from_error(np, error)[0])
@@ -109,21 +110,26 @@ def test_auto_strength_and_batches_with_the_exact_kernel(tight):
 def test_smoothness_alone_and_strength_zero(tight):
     probs, image = inputs(2, 3, (8, 5))
     kw = dict(KW, w_appearance=0.0)
-    out = refine(probs, image, smooth_kernel="exact", strength=0.8, **kw)
+    out = refine(probs, image, smooth_kernel="exact", passes=0, strength=0.8, **kw)
     K = 0.8 * dense_smoothness((8, 5), kw["sxy_smooth"])
     M = np.eye(3 * 40) + np.kron(np.ones((3, 3)) - np.eye(3), K)
     x = np.linalg.solve(M, np.log(probs).reshape(-1)).reshape(3, 8, 5)
     expected = np.exp(x - x.max(axis=0)) / np.exp(x - x.max(axis=0)).sum(axis=0)
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-8)
     np.testing.assert_allclose(
-        refine(probs, image, smooth_kernel="exact", strength=0.0, **KW), probs, rtol=1e-12
+        refine(probs, image, smooth_kernel="exact", passes=0, strength=0.0, **KW), probs, rtol=1e-12
     )
 
 
 def test_float32_reaches_the_library_tolerance():
     probs, image = inputs(3, 5, (20, 24))
     out, info = refine(
-        probs.astype(np.float32), image, smooth_kernel="exact", strength=0.9, return_info=True
+        probs.astype(np.float32),
+        image,
+        smooth_kernel="exact",
+        passes=0,
+        strength=0.9,
+        return_info=True,
     )
     assert out.dtype == np.float32 and info.all_converged and float(info.residual) <= 1e-4
 
@@ -132,7 +138,9 @@ def test_smooth_kernel_is_checked_and_refused_by_the_adapters():
     with pytest.raises(GCRFError, match="smooth_kernel must be one of landmarks, exact"):
         RefineParameters(smooth_kernel="filter")
     with pytest.raises(GCRFError, match=r"available in lowrank_gcrf\.refine only"):
-        check_adapter_parameters(RefineParameters(smooth_kernel="exact", w_smooth=3.0))
+        check_adapter_parameters(RefineParameters(smooth_kernel="exact", w_smooth=3.0, passes=0))
+    with pytest.raises(GCRFError, match="option of the exact solve"):
+        RefineParameters(smooth_kernel="exact", w_smooth=3.0, passes=2)
     # Without a smoothness kernel there is nothing exact to hold: the adapters accept it.
     check_adapter_parameters(dataclasses.replace(RefineParameters(), smooth_kernel="exact"))
 
@@ -143,9 +151,15 @@ def test_extreme_bandwidths_neither_blow_up_nor_warn():
         warnings.simplefilter("error")
         # Far below a pixel: N = I (each pixel coupled to itself alone).
         alone = refine(
-            probs, image, smooth_kernel="exact", sxy_smooth=1e-300, w_smooth=3.0, strength=0.6
+            probs,
+            image,
+            smooth_kernel="exact",
+            passes=0,
+            sxy_smooth=1e-300,
+            w_smooth=3.0,
+            strength=0.6,
         )
         # Far above the image: the filter is no longer than the image needs.
-        wide = refine(probs, image, smooth_kernel="exact", sxy_smooth=1e9, w_smooth=3.0)
+        wide = refine(probs, image, smooth_kernel="exact", passes=0, sxy_smooth=1e9, w_smooth=3.0)
     assert np.isfinite(alone).all() and np.isfinite(wide).all()
     np.testing.assert_allclose(wide.sum(axis=0), 1.0, rtol=1e-12)

@@ -21,12 +21,12 @@ MF5 = "pydensecrf2 MF-5 (DeepLab)"
 MF10 = "pydensecrf2 MF-10 (DeepLab)"
 MF_TUNED = f"pydensecrf2 MF-{TUNED_MF_ITERATIONS} (tuned)"
 OURS = "ours (defaults)"
-#: the fixed strength that was the default before the automatic rule, for comparison
-PREVIOUS_STRENGTH = 0.7
-OURS_PREVIOUS = f"ours (strength {PREVIOUS_STRENGTH}, the previous default)"
-#: the option that holds the smoothness kernel exactly, at DeepLab's weights
-EXACT_SMOOTH = {"smooth_kernel": "exact", "w_smooth": 3.0}
-OURS_EXACT = "ours (exact smoothness kernel, w_smooth = 3)"
+#: the exact Potts solve with the automatic strength: the default before the passes
+SOLVE = {"passes": 0}
+OURS_SOLVE = "ours (exact solve, passes = 0: the previous default)"
+#: the option that holds the smoothness kernel exactly in the exact solve, DeepLab's weights
+EXACT_SMOOTH = {"smooth_kernel": "exact", "w_smooth": 3.0, "passes": 0}
+OURS_EXACT = "ours (exact solve, exact smoothness kernel, w_smooth = 3)"
 
 
 def meanfield(probs: np.ndarray, image: np.ndarray, *, iterations: int, **params: Any) -> Any:
@@ -48,5 +48,5 @@ def rule_strength(probs: np.ndarray, gain: float) -> float:
 
 
 def ours_rule(probs: np.ndarray, image: np.ndarray, *, gain: float, **params: Any) -> Any:
-    """Ours with the strength of the automatic rule at constant ``gain``."""
-    return refine(probs, image, strength=rule_strength(probs, gain), **params)
+    """Ours, the exact solve, with the strength of the automatic rule at constant ``gain``."""
+    return refine(probs, image, strength=rule_strength(probs, gain), **SOLVE | params)
