@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import argparse
 import json
 import platform
+import sys
 import time
 from dataclasses import asdict, replace
 from typing import Any
@@ -24,6 +25,7 @@ from ..results_writer import (
     Destination,
     add_destination_arguments,
     chosen_destination,
+    destination,
     write_section,
 )
 from .config import DEFAULT, NETWORKS, QUICK, Config
@@ -100,6 +102,11 @@ def run(config: Config, where: Destination, quick: bool = False, progress: bool 
         "figure": FIGURE,
         "wall_s": time.perf_counter() - start,
     }
+    failed = [record for record in records if record.get("status") == "failed"]
+    if failed and where.published:
+        # A published table with holes is no full run: the results go to a temporary folder.
+        where = destination(JOB, publishable=False)
+        print(f"{len(failed)} runs failed: nothing is published", file=sys.stderr)
     where.results_dir.mkdir(parents=True, exist_ok=True)
     figure = where.results_dir / FIGURE
     loss_figure(records, config, figure)
