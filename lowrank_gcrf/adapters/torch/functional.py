@@ -29,6 +29,7 @@ from lowrank_gcrf.adapters.torch.autograd import (
     solve_tensors,
     tensor_to_core,
 )
+from lowrank_gcrf.adapters.torch.traceable_solve import full_precision
 from lowrank_gcrf.errors import GCRFTypeError
 
 
@@ -223,8 +224,8 @@ def spectral_bound(A: Tensor) -> Tensor:
     square divided by its trace ``t_j`` so that nothing overflows:
     ``(tr G^m)^(1/m) = tr G · Π_j t_j^(1/2^j)``. Computed in float32 or wider.
     """
-    # Autocast would run the products in half precision: no bound, and an overflowing Gram.
-    with torch.autocast(A.device.type, enabled=False):
+    # Under autocast the products would run in half precision: no bound, an overflowing Gram.
+    with full_precision(A.device.type):
         wide = A if A.dtype == torch.float64 else A.float()
         tiny = torch.finfo(wide.dtype).tiny
         gram = wide @ wide.mT

@@ -17,6 +17,8 @@ training uses the core's exact, checked solve.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -86,6 +88,15 @@ def _signed_solve(
     return (v - (pq @ U) / lam) / lam
 
 
+def full_precision(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off where it is on: it would run the products in half precision,
+    below the certified accuracy. Elsewhere a no-op, so that traced graphs stay flat (an
+    autocast region becomes a nested graph in ``torch.export``)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def traceable_solve(
     solve_as: SolveAs,
     A: Tensor,
@@ -126,8 +137,7 @@ def traceable_solve(
     model's amplification (:func:`~lowrank_gcrf.adapters.traceable_plan.traceable_plan`).
     """
     compute, output = dtype_plan(A, b)
-    # Autocast would run the products in half precision, below the certified accuracy.
-    with torch.autocast(A.device.type, enabled=False):
+    with full_precision(A.device.type):
         return _solve_in(solve_as, A.to(compute), b.to(compute), lam, strength_bounds).to(output)
 
 
