@@ -29,8 +29,10 @@ Rank: the m-dimensional map is compressed to the top D ≤ m eigen-directions of
 while the approximation has m landmarks. Finally the embeddings are scaled so that
 ``‖Â‖₂² = strength · λ`` exactly (from the eigenvalues of the D × D Gram ``ÂÂᵀ``).
 
-The m × P kernel values are computed in chunks of :data:`CHUNK_PIXELS` pixels and never
-held whole: large temporaries cost more in page faults than in arithmetic.
+The m × P kernel values are computed in chunks of :data:`CHUNK_PIXELS` pixels. The
+symmetric normalisation needs them twice (the degrees, then the embeddings): up to
+:data:`KERNEL_CACHE_BYTES` the first pass keeps its chunks for the second, beyond that they
+are computed again rather than held whole.
 """
 
 from __future__ import annotations
@@ -55,8 +57,14 @@ SAMPLE_PIXELS = 8192
 #: Degrees below this fraction of the mean degree are raised to it (approximate kernels can
 #: give a pixel a degree near 0 or, for random features, below 0).
 DEGREE_FLOOR = 1e-3
-#: Pixels per chunk of kernel values (m × CHUNK_PIXELS at a time).
-CHUNK_PIXELS = 4096
+#: Pixels per chunk of kernel values (m × CHUNK_PIXELS at a time): 4 MiB at m = 128 in
+#: float32, the size from which NumPy asks for transparent huge pages, so that kept chunks
+#: (below) cost far fewer page faults; no slower to compute than smaller chunks.
+CHUNK_PIXELS = 8192
+#: Kernel values (m × P) up to this size are kept from the degrees' pass for the embeddings'
+#: instead of computed again (61 MiB for a 300 × 400 image at m = 128 in float32): their
+#: exponentials took about a sixth of ``refine``'s time, twice.
+KERNEL_CACHE_BYTES = 128 * 2**20
 
 
 def pixel_features(xp: Any, image: Any, *, sxy: float, srgb: float | None, dtype: Any) -> Any:
@@ -252,8 +260,12 @@ def potts_embeddings(
     dtype = features.blocks[0].features.dtype
     device = array_api_compat.device(T)
     weights = floor = None
+    kept = None
     if normalization == "symmetric":
-        k = sum(xp.astype(xp.sum(features.values(xp, c), axis=1), xp.float64) for c in _chunks(P))
+        chunks = (features.values(xp, c) for c in _chunks(P))
+        if T.shape[1] * P * xp.finfo(dtype).bits // 8 <= KERNEL_CACHE_BYTES:
+            chunks = kept = list(chunks)
+        k = sum(xp.astype(xp.sum(K, axis=1), xp.float64) for K in chunks)
         Tk = T @ k
         weights = xp.astype(xp.matrix_transpose(T) @ Tk, dtype)
         floor = DEGREE_FLOOR * float(xp.sum(Tk * Tk)) / P
@@ -263,21 +275,24 @@ def potts_embeddings(
             # spacing): it couples no pixels, and degrees that underflow cannot normalise it.
             return xp.zeros((rank, P), dtype=dtype, device=device)
 
-    def scaled(K: Any) -> Any:
+    def normalised(product: Any, K: Any) -> Any:
+        """``product`` (·, n), a product with the kernel values K (m, n), times ``Δ^{-1/2}``
+        of K's pixels: applied after the product, to its fewer rows."""
         if weights is None:
-            return K
+            return product
         d = xp.maximum(xp.matrix_transpose(K) @ weights, floor)
-        return K / xp.sqrt(d)[None, :]
+        return product / xp.astype(xp.sqrt(d), product.dtype)[None, :]
 
     if T.shape[0] > rank:
         rng = np.random.default_rng(seed + 2)
         columns = np.sort(rng.permutation(P)[:SAMPLE_PIXELS])
         sample = features.values(xp, xp.asarray(columns, device=device))
-        projected = T @ xp.astype(scaled(sample), xp.float64)
+        projected = normalised(T @ xp.astype(sample, xp.float64), sample)
         _, V = xp.linalg.eigh(projected @ xp.matrix_transpose(projected))
         T = xp.matrix_transpose(V[:, -rank:]) @ T
     B = xp.astype(T, dtype)
-    Ahat = xp.concat([B @ scaled(features.values(xp, c)) for c in _chunks(P)], axis=1)
+    values = kept if kept is not None else (features.values(xp, c) for c in _chunks(P))
+    Ahat = xp.concat([normalised(B @ K, K) for K in values], axis=1)
     if Ahat.shape[0] < rank:
         padding = xp.zeros((rank - Ahat.shape[0], P), dtype=dtype, device=device)
         Ahat = xp.concat([Ahat, padding], axis=0)

@@ -203,6 +203,27 @@ def test_embeddings_are_the_top_eigenspace_of_the_normalised_kernel():
     np.testing.assert_allclose(plain.T @ plain, W, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("approximation", APPROXIMATIONS)
+def test_kept_kernel_values_give_the_embeddings_of_computing_them_twice(monkeypatch, approximation):
+    """The symmetric normalisation's two passes over the kernel values: kept from the first
+    (up to KERNEL_CACHE_BYTES) or computed again, over several chunks, the same embeddings."""
+    from lowrank_gcrf import image_kernels
+
+    image = np.random.default_rng(7).integers(0, 256, (3, 9, 11)).astype(np.uint8)
+    features = dense_crf_features(
+        np, image, landmarks=24, approximation=approximation, seed=0, dtype=np.float32, **KERNEL
+    )
+    monkeypatch.setattr(image_kernels, "CHUNK_PIXELS", 16)
+    embeddings = {}
+    for cache_bytes in (0, 2**30):
+        monkeypatch.setattr(image_kernels, "KERNEL_CACHE_BYTES", cache_bytes)
+        embeddings[cache_bytes] = potts_embeddings(
+            np, features, rank=8, normalization="symmetric", seed=0
+        )
+    np.testing.assert_array_equal(embeddings[0], embeddings[2**30])
+    assert np.abs(embeddings[0]).max() > 0
+
+
 def test_strength_zero_returns_the_probabilities():
     probs, image = random_inputs(4, (2,), 3, 3, (6, 5))
     probs = np.maximum(probs, 1e-3)
