@@ -5,6 +5,7 @@ the published results alone."""
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 
 import numpy as np
@@ -22,7 +23,8 @@ pytest.importorskip("tqdm")
 pytest.importorskip("threadpoolctl")
 
 # These need the bench extras.
-from benchmarks.heads import cli, config, scenes, summary
+from benchmarks.heads import cli, config, oracles, scenes, summary
+from benchmarks.heads.records import miou_percent
 from benchmarks.heads.torchvision_import import import_torchvision
 
 
@@ -93,6 +95,35 @@ def test_summary_pairs_by_seed_and_measures_the_floor():
     assert not target["met"]  # max loss twice the control's in seed 0
 
 
+def test_majority_labels_take_each_cells_most_frequent_label():
+    labels = np.array([[[3, 3, 1, 1], [1, 0, 2, 2]]])
+    # the left cell: label 3 twice; the right: 1 and 2 tied, the smaller wins
+    np.testing.assert_array_equal(oracles.majority_labels(labels, 2), [[[3, 1]]])
+
+
+def test_potts_oracle_fixes_a_segments_few_wrong_pixels():
+    """A 16-pixel segment whose unary is right on 13 pixels and wrong (digit over horse, by a
+    margin of 0.5) on 3: the segment's mean favours the horse, so the Potts oracle at the
+    ceiling (gain 1/(1 − 0.9) = 10) fixes the three, at the initial strength (gain 1.4) it
+    does not, and the general oracle, which subtracts the segment's mean, cannot."""
+    labels = np.zeros((1, 8, 8), np.int64)
+    labels[0, :4, :4] = 1  # horse
+    labels[0, 4:, 4:] = 2  # coin
+    scores = (labels[:, None] == np.arange(scenes.NUM_LABELS)[None, :, None, None]).astype(float)
+    wrong = (0, [0, 1, 2], [0, 1, 2])
+    scores[wrong[0], 1, wrong[1], wrong[2]] = 0.5
+    scores[wrong[0], 3, wrong[1], wrong[2]] = 1.0
+    low, high = oracles.STRENGTHS
+    found = oracles.oracle_mious(scores, labels, lambda x: x)
+    control = miou_percent(scores.argmax(1), labels)
+    assert control < 90.0
+    assert found[oracles.oracle_key("potts", high)] == pytest.approx(100.0)
+    assert found[oracles.oracle_key(oracles.OBJECTS, high)] == pytest.approx(100.0)
+    assert found[oracles.POOLING] == pytest.approx(100.0)
+    assert found[oracles.oracle_key("potts", low)] == pytest.approx(control)
+    assert found[oracles.oracle_key("general", high)] == pytest.approx(control)
+
+
 def test_quick_run_end_to_end(tmp_path, monkeypatch):
     try:
         import_torchvision()
@@ -118,6 +149,16 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch):
     for network in config.QUICK.networks:
         assert {(network, "control"), (network, "null"), (network, "potts")} <= done
     assert ("lraspp", "as-is") in done and ("deeplabv3", "as-is") in done
+    controls = [r for r in runs if r["variant"] == "control"]
+    expected = {oracles.POOLING} | {
+        oracles.oracle_key(name, strength)
+        for name in ("potts", oracles.OBJECTS, "general", "general-sign-split")
+        for strength in oracles.STRENGTHS
+    }
+    for run in controls:
+        assert set(run["oracles"]) == expected
+        assert all(0.0 <= miou <= 100.0 for miou in run["oracles"].values())
+    assert not any("oracles" in r for r in runs if r["variant"] != "control")
     heads = [r for r in runs if r["variant"] == "potts"]
     assert all(r["lam"] is not None and r["lam"] > 0 for r in heads)
     for name in (cli.RESULTS_JSON, cli.FIGURE):
@@ -127,5 +168,10 @@ def test_quick_run_end_to_end(tmp_path, monkeypatch):
     assert text.count(begin) == 1 and text.count(end) == 1
     assert "Smoke run" in text and "| lraspp | sgd-0.05 | potts |" in text
     assert f"](results/{cli.FIGURE})" in text
+    assert "### What the G-CRF could add here" in text
+    for network in (*config.QUICK.networks, "all networks"):
+        runs = 3 if network == "all networks" else 1
+        assert re.search(rf"\| {network}: [\d.]+ \({runs}\) \| segment pooling", text)
+    assert "| | potts-objects | " in text and "Over all networks (3 control runs)" in text
     assert "potts" in report["summary"]["targets"]
     assert 0.0 < report["background_only_miou"] < 50.0

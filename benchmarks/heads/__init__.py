@@ -27,8 +27,9 @@ Modules, one idea each: :mod:`.config` (configuration, networks, variants, optim
 jobs), :mod:`.scenes`, :mod:`.torch_networks`, :mod:`.torch_job` and :mod:`.keras_job` (one
 run each), :mod:`.head_state` (λ and strength as floats), :mod:`.records` (what a run
 reports), :mod:`.jobs` (worker processes), :mod:`.summary` (over seeds, noise floor,
-targets), :mod:`.figures` (loss curves), :mod:`.report` (tables) and :mod:`.cli` (the
-driver); :mod:`.torchvision_import` imports torchvision next to a CPU-only torch.
+targets), :mod:`.oracles` (what ground-truth embeddings on the control's unaries would add),
+:mod:`.figures` (loss curves), :mod:`.report` (tables) and :mod:`.cli` (the driver);
+:mod:`.torchvision_import` imports torchvision next to a CPU-only torch.
 
 Results are written on purpose only: the full default run replaces the ``heads`` section
 of ``benchmarks/RESULTS.md``, ``benchmarks/results/heads.json`` and

@@ -11,7 +11,8 @@ A seed fixes the trunk and the unary convolution (loaded into every head's ``una
 branch), as in :mod:`.torch_networks`. Training is a ``tf.function`` step (gradient tape,
 the optimizer's update; eager where ``Config.keras_graph`` is off): ``model.fit`` reports
 running means, not each step's loss and gradient norm. BatchNorm statistics are
-re-estimated before the test, as in :mod:`.torch_job`.
+re-estimated before the test, as in :mod:`.torch_job`; a control run then measures the
+ground-truth oracles on its unaries (:mod:`.oracles`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from .config import HEAD_MODELS, OPTIMIZERS, Config, Job
 from .head_state import head_state
+from .oracles import oracle_mious
 from .records import library_warnings, miou_percent, run_record, unavailable_record
 from .scenes import NUM_LABELS, make_split
 
@@ -33,6 +35,8 @@ from .scenes import NUM_LABELS, make_split
 LOW_LAYER = "expanded_conv_2_add"
 #: channels of the reduced stride-32 features (as LR-ASPP's)
 HIGH_CHANNELS = 128
+#: the name of the layer that upsamples the head's scores to the input size
+UPSAMPLE_LAYER = "upsample_scores"
 EVAL_BATCH = 32
 
 
@@ -84,7 +88,8 @@ def build(variant: str, seed: int, side: int) -> tuple[Any, Any]:
     if variant in HEAD_MODELS:
         _seed("keras", seed, "embeddings")
         head = GCRFHead(NUM_LABELS, model=variant)
-    scores = keras.layers.UpSampling2D(8, interpolation="bilinear")(head(features))
+    upsample = keras.layers.UpSampling2D(8, interpolation="bilinear", name=UPSAMPLE_LAYER)
+    scores = upsample(head(features))
     model = keras.Model(base.input, scores)
     if head is not unary:
         head.unary.set_weights(unary.get_weights())
@@ -160,6 +165,30 @@ def predict(model: Any, images: np.ndarray) -> np.ndarray:
     )
 
 
+def unary_oracles(
+    model: Any, unary: Any, images: np.ndarray, labels: np.ndarray
+) -> dict[str, float]:
+    """:func:`~benchmarks.heads.oracles.oracle_mious` of the control ``model`` (its 1×1
+    convolution ``unary``) on test ``images`` (B, H, W, 3) and their ``labels``."""
+    import keras
+
+    low_res = keras.Model(model.input, unary.output)
+    scores = np.concatenate(
+        [
+            np.asarray(low_res(images[s : s + EVAL_BATCH], training=False))
+            for s in range(0, len(images), EVAL_BATCH)
+        ]
+    )
+    upsample = model.get_layer(UPSAMPLE_LAYER)
+
+    def upsampled(x: np.ndarray) -> np.ndarray:
+        return np.asarray(upsample(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))).transpose(
+            0, 3, 1, 2
+        )
+
+    return oracle_mious(scores.transpose(0, 3, 1, 2), labels, upsampled)
+
+
 def run(job: Job, config: Config) -> dict[str, Any]:
     """Train ``job`` for its network's steps and test it; its :func:`run_record`."""
     _tensorflow()
@@ -174,11 +203,14 @@ def run(job: Job, config: Config) -> dict[str, Any]:
         warnings.simplefilter("always")
         trace = train(model, job, config, images, train_split.labels)
         reestimate_batchnorm(model, images[: config.bn_images])
-        predicted = predict(model, np.ascontiguousarray(test.images.transpose(0, 2, 3, 1)))
+        test_images = np.ascontiguousarray(test.images.transpose(0, 2, 3, 1))
+        predicted = predict(model, test_images)
+    control = job.variant == "control"
     return run_record(
         job,
         **trace,
         miou=miou_percent(predicted, test.labels),
         state=head_state(head if job.variant in HEAD_MODELS else None),
         warnings=library_warnings(caught),
+        oracles=unary_oracles(model, head, test_images, test.labels) if control else None,
     )

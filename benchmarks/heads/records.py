@@ -32,6 +32,7 @@ def run_record(
     miou: float,
     state: dict[str, Any],
     warnings: list[str],
+    oracles: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The JSON record of a finished run.
 
@@ -50,8 +51,12 @@ def run_record(
         :func:`~benchmarks.heads.head_state.head_state` of the trained head.
     warnings : list of str
         Messages of the warnings the library raised during training.
+    oracles : dict, optional
+        Test mIoU of each ground-truth oracle on the run's unaries
+        (:func:`~benchmarks.heads.oracles.oracle_mious`): the control runs only.
     """
     timed = step_seconds[1:] or step_seconds
+    measured = {} if oracles is None else {"oracles": oracles}
     return {
         **asdict(job),
         "status": "ok",
@@ -65,6 +70,7 @@ def run_record(
         "strength": state["strength"],
         "warnings": len(warnings),
         "warning_messages": sorted(set(warnings))[:KEPT_WARNINGS],
+        **measured,
     }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..results_writer import relative_link
 from .config import NETWORK_NAMES, OPTIMIZERS
+from .oracles import STRENGTHS, oracle_section
 from .summary import GAIN_GOAL, LOSS_RATIO_TARGET
 
 
@@ -120,6 +121,20 @@ def markdown_section(report: dict[str, Any], figure: Path, results_md: Path) -> 
             f"{config['workers']} runs side by side. Predicting background everywhere "
             f"scores {report['background_only_miou']:.1f}.",
             "",
+            f"Oracles (no training): each control run's unary scores at stride 8, fed to the "
+            f"G-CRF (λ = 1) with embeddings built from the ground truth, every pixel grouped "
+            f"with the pixels of its label in its scene (labels by majority over each 8×8 "
+            f"cell), at the heads' initial strength and ceiling ρ = "
+            f"{' and '.join(f'{s:g}' for s in STRENGTHS)}: `potts` amplifies each segment's "
+            f"mean label deviation by 1/(1 − ρ), `potts-objects` the same with the objects "
+            f"alone grouped (the background in no group, as in the reproduction); `general` "
+            f"is the general model on the same segments (it can only subtract their mean); "
+            f"`general-sign-split` the general model told which pixels the unary gets wrong "
+            f"(‖A‖₂² ≤ ρλ, as in the heads); "
+            f"`segment pooling` gives every pixel its segment's mean scores (the Potts "
+            f"oracle's ρ → 1 limit). Their scores are upsampled as the network's and scored "
+            f"like the runs (`benchmarks/heads/oracles.py`).",
+            "",
             "### Targets",
             "",
             targets_table(summary),
@@ -127,6 +142,10 @@ def markdown_section(report: dict[str, Any], figure: Path, results_md: Path) -> 
             "### Noise floor (null − control)",
             "",
             floors_table(summary, len(config["seeds"])),
+            "",
+            "### What the G-CRF could add here: ground-truth embeddings on the control's unaries",
+            "",
+            oracle_section(report),
             "",
             "### Every variant",
             "",
@@ -143,12 +162,14 @@ def markdown_section(report: dict[str, Any], figure: Path, results_md: Path) -> 
 
 
 def console_summary(report: dict[str, Any]) -> str:
-    """The targets, the noise floors and every variant, as plain Markdown tables."""
+    """The targets, the noise floors, the oracles and every variant, as plain Markdown
+    tables."""
     summary = report["summary"]
     return "\n\n".join(
         [
             targets_table(summary),
             floors_table(summary, len(report["config"]["seeds"])),
+            oracle_section(report),
             results_table(summary),
             f"wall time {report['wall_s'] / 60:.1f} min",
         ]

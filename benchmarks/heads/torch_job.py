@@ -1,4 +1,5 @@
-"""One PyTorch training run: train from scratch, re-estimate BatchNorm, test.
+"""One PyTorch training run: train from scratch, re-estimate BatchNorm, test; a control run
+then measures the ground-truth oracles on its unaries (:mod:`.oracles`).
 
 The evaluation re-estimates every BatchNorm's statistics before the test: one forward pass
 in training mode over ``bn_images`` training scenes at once, whose batch statistics become
@@ -20,9 +21,10 @@ from torch import Tensor, nn
 
 from .config import OPTIMIZERS, Config, Job
 from .head_state import head_state
+from .oracles import oracle_mious
 from .records import library_warnings, miou_percent, run_record, unavailable_record
-from .scenes import NUM_LABELS, make_split
-from .torch_networks import build
+from .scenes import NUM_LABELS, Split, make_split
+from .torch_networks import HeadNet, build, upsample
 
 #: scenes per forward pass when testing
 EVAL_BATCH = 32
@@ -61,6 +63,20 @@ def predict(net: nn.Module, images: Tensor) -> np.ndarray:
             net(images[s : s + EVAL_BATCH]).argmax(1) for s in range(0, len(images), EVAL_BATCH)
         ]
     return torch.cat(chunks).numpy()
+
+
+def unary_oracles(net: HeadNet, test: Split) -> dict[str, float]:
+    """:func:`~benchmarks.heads.oracles.oracle_mious` of the control ``net`` on ``test``."""
+    images = torch.from_numpy(test.images)
+    net.eval()
+    with torch.no_grad():
+        scores = torch.cat(
+            [net.low_res(images[s : s + EVAL_BATCH]) for s in range(0, len(images), EVAL_BATCH)]
+        )
+    size = images.shape[-2:]
+    return oracle_mious(
+        scores.double().numpy(), test.labels, lambda x: upsample(torch.from_numpy(x), size).numpy()
+    )
 
 
 def train(net: nn.Module, job: Job, config: Config, images: Tensor, labels: Tensor) -> dict:
@@ -109,4 +125,5 @@ def run(job: Job, config: Config) -> dict[str, Any]:
         miou=miou_percent(predicted, test.labels),
         state=head_state(head),
         warnings=library_warnings(caught),
+        oracles=unary_oracles(net, test) if job.variant == "control" else None,
     )

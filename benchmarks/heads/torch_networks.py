@@ -85,6 +85,11 @@ class AsIs(nn.Module):
         return self.model(images)["out"]
 
 
+def upsample(scores: Tensor, size: tuple[int, int]) -> Tensor:
+    """Scores (B, L, h, w) bilinearly to (B, L, *size), as :class:`HeadNet` outputs them."""
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+
+
 class HeadNet(nn.Module):
     """A trunk, a head on its stride-8 features, and bilinear upsampling to the input size."""
 
@@ -92,9 +97,12 @@ class HeadNet(nn.Module):
         super().__init__()
         self.trunk, self.head = trunk, head
 
+    def low_res(self, images: Tensor) -> Tensor:
+        """The head's scores at stride 8, before the upsampling."""
+        return self.head(self.trunk(images))
+
     def forward(self, images: Tensor) -> Tensor:
-        scores = self.head(self.trunk(images))
-        return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return upsample(self.low_res(images), images.shape[-2:])
 
 
 def torchvision_model(network: str, num_labels: int) -> nn.Module:

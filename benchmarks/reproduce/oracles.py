@@ -25,6 +25,9 @@ ConsensusScenes), and each group k of n_k pixels gets its own direction:
   partners everywhere in them. Centring matters: without it Γ also pools the scores'
   label mean, which the softmax ignores, into the two partners' scores. Choosing the row of
   the pair actually present would hand the oracle the digits' classes; it does not.
+
+The first three need only a grouping of the pixels: :func:`group_oracle_outputs` takes any
+grouping and the sign split's size (the head benchmark groups every label, background too).
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from lowrank_gcrf import solve, solve_potts, solve_signed
 
 from .scenes import partner
 
+#: the oracles built from a grouping of the pixels alone, in report order
+GROUP_ORACLES = ("potts", "general", "general-sign-split")
 #: the oracles, in report order
-ORACLES = ("potts", "general", "general-sign-split", "attractive-tied")
+ORACLES = (*GROUP_ORACLES, "attractive-tied")
 
 
 def digit_groups(labels: np.ndarray) -> np.ndarray:
@@ -62,7 +67,7 @@ def digit_groups(labels: np.ndarray) -> np.ndarray:
     return groups
 
 
-def _scaled(weights: np.ndarray, budget: float) -> np.ndarray:
+def scaled_groups(weights: np.ndarray, budget: float) -> np.ndarray:
     """Rescale each group's weights (n, K, P) so that its squared norm equals ``budget``."""
     norms = np.square(weights).sum(axis=-1, keepdims=True)
     return weights * np.sqrt(budget / np.maximum(norms, 1e-300))
@@ -113,6 +118,58 @@ def tied_embeddings(labels: np.ndarray, num_labels: int, budget: float) -> np.nd
     return gamma * np.sqrt(budget / np.maximum(top, 1e-300))[:, None, None]
 
 
+def group_oracle_outputs(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    lam: float,
+    margin: float,
+    split_margin: float = 1.0,
+    chunk: int = 25,
+) -> dict[str, np.ndarray]:
+    """G-CRF outputs x (n, L, P) of the :data:`GROUP_ORACLES` on unary scores b (n, L, P).
+
+    Parameters
+    ----------
+    scores : ndarray (n, L, P), float64
+        Unary scores of a fixed network.
+    labels : ndarray (n, P) of int
+        Ground-truth labels at the same resolution (the sign split's right pixels).
+    groups : ndarray (n, K, P), float64
+        One-hot group membership of the pixels, e.g. :func:`digit_groups`.
+    lam : float
+        λ of the G-CRF.
+    margin : float
+        ρ < 1 of the Potts and general oracles (module docstring).
+    split_margin : float
+        ‖·‖² of each sign's part of a ``general-sign-split`` group, a fraction of λ.
+    chunk : int
+        Scenes per general solve (its embeddings have K·L rows of L·P entries).
+    """
+    n, num_labels, pixels = scores.shape
+    right = scores.argmax(axis=1)[:, None, :] == labels[:, None, :]
+    split = split_margin * lam
+    signed = scaled_groups(groups * right, split) - scaled_groups(groups * ~right, split)
+    outputs = {
+        "potts": solve_potts(scaled_groups(groups, margin * lam), scores, lam, method="direct")
+    }
+    for name, weights in (
+        ("general", scaled_groups(groups, margin * lam)),
+        ("general-sign-split", signed),
+    ):
+        parts = [
+            solve(
+                general_embeddings(weights[i : i + chunk], num_labels),
+                scores[i : i + chunk].reshape(-1, num_labels * pixels),
+                lam,
+                method="direct",
+            )
+            for i in range(0, n, chunk)
+        ]
+        outputs[name] = np.concatenate(parts).reshape(n, num_labels, pixels)
+    return outputs
+
+
 def oracle_outputs(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -136,24 +193,7 @@ def oracle_outputs(
         Scenes per general solve (its embeddings have K·L rows of L·P entries).
     """
     n, num_labels, pixels = scores.shape
-    groups = digit_groups(labels)
-    right = scores.argmax(axis=1)[:, None, :] == labels[:, None, :]
-    signed = _scaled(groups * right, lam) - _scaled(groups * ~right, lam)
-    outputs = {"potts": solve_potts(_scaled(groups, margin * lam), scores, lam, method="direct")}
-    for name, weights in (
-        ("general", _scaled(groups, margin * lam)),
-        ("general-sign-split", signed),
-    ):
-        parts = [
-            solve(
-                general_embeddings(weights[i : i + chunk], num_labels),
-                scores[i : i + chunk].reshape(-1, num_labels * pixels),
-                lam,
-                method="direct",
-            )
-            for i in range(0, n, chunk)
-        ]
-        outputs[name] = np.concatenate(parts).reshape(n, num_labels, pixels)
+    outputs = group_oracle_outputs(scores, labels, digit_groups(labels), lam, margin, chunk=chunk)
     tied = tied_embeddings(labels, num_labels, margin * lam)
     outputs["attractive-tied"] = solve_signed(
         None, tied, scores.reshape(n, -1), lam, method="direct"
