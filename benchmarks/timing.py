@@ -95,3 +95,18 @@ def interleaved_times(calls: dict[str, Callable[[], Any]], repeats: int) -> dict
             calls[name]()
             times[name].append(time.perf_counter() - start)
     return times
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of ``values``.
+
+    The order statistics ``x_(j) ≤ x_(n+1−j)`` cover the median with probability
+    ``1 − 2·P(B ≤ j − 1)``, B ~ Binomial(n, ½), whatever the distribution: j is the largest
+    index that keeps that at least ``confidence``. Few values give (min, max).
+    """
+    from scipy.stats import binom
+
+    ordered = sorted(values)
+    n = len(ordered)
+    j = max(int(binom.ppf((1.0 - confidence) / 2.0, n, 0.5)), 1)
+    return ordered[j - 1], ordered[n - j]
