@@ -248,7 +248,9 @@ def refine(
     scores = xp.reshape(xp.astype(probs, shape.compute), (n, shape.num_labels, pixels))
     b = scores if logits else xp.log(xp.maximum(scores, PROB_FLOOR))
     if params.passes > 0 and n > 0:
-        x, info = _passes(image, b, params, shape, channel_axis=channel_axis)
+        x, info = _passes(
+            image, b, params, shape, channel_axis=channel_axis, with_info=return_info
+        )
     elif params.smooth_kernel == "exact" and params.w_smooth > 0 and n > 0:
         x, info = _exact_smoothness_solve(
             image, scores, b, params, shape, logits=logits, channel_axis=channel_axis
@@ -324,11 +326,18 @@ def _exact_smoothness_solve(
 
 
 def _passes(
-    image: Any, b: Any, params: RefineParameters, shape: RefineShape, *, channel_axis: int | None
+    image: Any,
+    b: Any,
+    params: RefineParameters,
+    shape: RefineShape,
+    *,
+    channel_axis: int | None,
+    with_info: bool,
 ) -> tuple[Any, Any]:
     """The scores (n, L, P) of ``params.passes`` mean-field passes with the resolvent of the
     Potts system at strength α (:data:`~lowrank_gcrf.refine_passes.PASSES_STRENGTH` for
-    ``"auto"``) as the appearance message (:mod:`lowrank_gcrf.refine_passes`)."""
+    ``"auto"``) as the appearance message (:mod:`lowrank_gcrf.refine_passes`), and their
+    info (None unless ``with_info``)."""
     xp = shape.xp
     params = passes_parameters(params)
     spatial_dims = len(shape.spatial)
@@ -346,6 +355,7 @@ def _passes(
         passes=params.passes,
         lam=params.lam,
         sxy_smooth=params.sxy_smooth,
+        with_info=with_info,
     )
 
 

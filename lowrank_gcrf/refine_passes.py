@@ -83,7 +83,8 @@ def mean_field_passes(
     passes: int,
     lam: float,
     sxy_smooth: float,
-) -> tuple[Any, SolveInfo]:
+    with_info: bool = True,
+) -> tuple[Any, SolveInfo | None]:
     """The scores ``x_n`` (n, L, P) of ``passes`` mean-field passes (module docstring).
 
     Parameters
@@ -102,12 +103,15 @@ def mean_field_passes(
         λ.
     sxy_smooth : float
         The smoothness kernel's bandwidth in pixels.
+    with_info : bool, default True
+        Compute the info; ``False`` returns None instead and skips the residual's matvec
+        (as long as a pass's resolvent).
 
     Returns
     -------
     x : array like b
         The last pass's scores; ``softmax(x)`` over the labels is the refinement.
-    info : SolveInfo
+    info : SolveInfo or None
         ``method="passes"``: the number of passes, and the true relative residual of the
         last pass's resolvent solve ``(λI − ÂᵀÂ) z = λ q`` per image.
     """
@@ -133,6 +137,8 @@ def mean_field_passes(
         z = spread(q)
         x = b + APPEARANCE_WEIGHT * keep * z + SMOOTH_WEIGHT * smooth(q)
         previous, q = q, _softmax(xp, x)
+    if not with_info:
+        return x, None
     # The last resolvent solve's true residual, (λI − ÂᵀÂ) z = λ q_{n−1}, by a matvec.
     rhs = lam * previous
     residual = rhs - (lam * z - (z @ At) @ Ahat)
