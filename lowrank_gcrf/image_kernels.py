@@ -211,14 +211,27 @@ def kernel_dtype(xp: Any, dtype: Any, scales: list[tuple[tuple[str, float, float
         limit = 1.0 / math.sqrt(float(xp.finfo(candidate).eps))
         if all(magnitude <= limit for magnitude in magnitudes):
             return candidate
+    raise bandwidth_too_small(
+        scales,
+        limit,
+        "(1/√ε of float64) at which the rounding of the Gaussian kernel's exponent "
+        "−|f − g|²/2 exceeds 1",
+    )
+
+
+def bandwidth_too_small(
+    scales: list[tuple[tuple[str, float, float], ...]], limit: float, why: str
+) -> GCRFError:
+    """The error naming the bandwidth of ``scales`` (as :func:`kernel_dtype`'s) whose
+    features reach furthest beyond ``limit`` (|f| at most; ``why`` says what breaks there),
+    and a value that keeps every coordinate group within it."""
     name, extent, bandwidth = max(
         (term for kernel in scales for term in kernel), key=lambda term: term[1] / term[2]
     )
     what = "colour vectors" if name == "srgb" else "pixel positions"
-    raise GCRFError(
+    return GCRFError(
         f"{name} = {bandwidth!r} is too small for this image: the {what} reach {extent:.4g}, "
-        f"{extent / bandwidth:.3g} bandwidths, beyond the {limit:.3g} (1/√ε of float64) at "
-        "which the rounding of the Gaussian kernel's exponent −|f − g|²/2 exceeds 1; use "
+        f"{extent / bandwidth:.3g} bandwidths, beyond the {limit:.3g} {why}; use "
         f"{name} ≥ {math.sqrt(2.0) * extent / limit:.3g}"
     )
 

@@ -1,22 +1,26 @@
-"""``refine``: a network's class probabilities refined with the image by a low-rank Potts G-CRF.
+"""``refine``: a network's class probabilities refined with the image by a dense CRF.
 
 DeepLab's recipe refines a segmentation network's softmax with a fully connected CRF whose
-pairwise kernels come from the image (positions and colours). Here the same two Gaussian
-kernels are approximated at rank D (:mod:`lowrank_gcrf.image_kernels`), so that the CRF is a
-low-rank Potts G-CRF (Eq. 11–12) whose MAP is found exactly by :func:`~lowrank_gcrf.solve_potts`
-instead of by a few mean-field iterations.
+pairwise kernels come from the image (positions and colours). ``refine`` runs it two ways.
 
-What the solve does: with unary scores ``b_k = log p_k`` and ``K = ÂᵀÂ`` the MAP ``x`` of
-``(λI + (J − I) ⊗ K) x = b`` splits into a per-pixel class sum, which softmax ignores, and
-the deviations ``x_k − x̄ = (λI − K)⁻¹ (b_k − b̄) = λ⁻¹ Σₙ (K/λ)ⁿ (b_k − b̄)``: each pixel's
-scores are propagated to the pixels the kernel calls similar, with weight ``strengthⁿ`` after
-n steps (``‖K‖₂ = strength·λ``). With the symmetric normalisation this is Zhou et al.'s
-label spreading ``(I − αS)⁻¹Y`` with ``α = strength`` and a low-rank S. Logits give the same
-result as the log of their softmax (a per-pixel constant only shifts the class sum).
+By default (``passes=2``), two mean-field passes (:mod:`lowrank_gcrf.refine_passes`): each
+pixel's message is a weighted sum of its neighbours' probabilities under the appearance
+kernel, filtered by the permutohedral lattice (:mod:`lowrank_gcrf.permutohedral`, the
+filter of pydensecrf) and symmetrically normalised, plus the smoothness kernel by exact
+separable filtering, with a softmax between the passes. With ``appearance_kernel=
+"landmarks"`` (and for arrays other than NumPy's) the appearance message is instead the
+resolvent of the low-rank Potts G-CRF below, applied to the probabilities.
 
-By default (``passes=2``) the same resolvent ``(I − K/λ)⁻¹`` propagates *probabilities* in
-two mean-field passes with a softmax between them (:mod:`lowrank_gcrf.refine_passes`), which
-removes the isolated wrong pixels that the linear solve keeps; ``passes=0`` is the exact MAP.
+With ``passes=0``, the exact MAP of a low-rank Potts G-CRF (Eq. 11–12): the two Gaussian
+kernels are approximated at rank D (:mod:`lowrank_gcrf.image_kernels`) and the MAP is found
+exactly by :func:`~lowrank_gcrf.solve_potts`. With unary scores ``b_k = log p_k`` and
+``K = ÂᵀÂ``, the MAP ``x`` of ``(λI + (J − I) ⊗ K) x = b`` splits into a per-pixel class sum,
+which softmax ignores, and the deviations ``x_k − x̄ = (λI − K)⁻¹ (b_k − b̄) = λ⁻¹ Σₙ (K/λ)ⁿ
+(b_k − b̄)``: each pixel's scores are propagated to the pixels the kernel calls similar,
+with weight ``strengthⁿ`` after n steps (``‖K‖₂ = strength·λ``). With the symmetric
+normalisation this is Zhou et al.'s label spreading ``(I − αS)⁻¹Y`` with ``α = strength``
+and a low-rank S. Logits give the same result as the log of their softmax (a per-pixel
+constant only shifts the class sum).
 
 The checks of the parameters and the arrays are :mod:`lowrank_gcrf.refine_inputs`.
 """
@@ -31,17 +35,9 @@ import array_api_compat
 
 from .api import solve_potts
 from .dtypes import floating_dtypes
-from .image_kernels import dense_crf_features, potts_embeddings, scaled_to_strength
-
-# The adapters import RefineParameters and check_refine_inputs from this module.
-from .refine_inputs import (
-    RefineParameters,
-    RefineShape,
-    channels_first,
-    check_refine_inputs,
-    checked_spatial_dims,
-)
-from .refine_passes import mean_field_passes, passes_parameters
+from .image_embeddings import refine_embeddings
+from .refine_inputs import RefineParameters, RefineShape, check_refine_inputs
+from .refine_passes import passes_scores
 from .refine_strength import (
     AUTO,
     expected_error,
@@ -51,7 +47,6 @@ from .refine_strength import (
 )
 from .smooth_refine import NormalisedSmoothness, solve_deviations
 from .threads import core_function
-from .validation import array_namespace
 
 #: Probabilities are clipped below at this value before their logarithm (as pydensecrf's
 #: ``unary_from_softmax``), so that a zero probability is a large finite penalty.
@@ -83,18 +78,20 @@ def refine(
     normalization: str = "symmetric",
     smooth_kernel: str = "landmarks",
     passes: int = 2,
+    appearance_kernel: str = "auto",
     method: str = "direct",
     return_info: bool = False,
 ) -> Any:
-    """Refine class probabilities with the image by a low-rank dense CRF (Potts G-CRF).
+    """Refine class probabilities with the image by a dense CRF.
 
-    With ``passes=0``, solves ``(λI + (J − I) ⊗ ÂᵀÂ) x = log p`` (Eq. 11–12) with embeddings
-    Â from the image — a rank-``rank`` approximation of the dense CRF's appearance and
-    smoothness Gaussian kernels, symmetrically normalised and scaled so that
+    By default, two mean-field passes with the dense CRF's kernels (``passes`` and
+    ``appearance_kernel`` below). With ``passes=0``, solves
+    ``(λI + (J − I) ⊗ ÂᵀÂ) x = log p`` (Eq. 11–12) with embeddings Â from the image — a
+    rank-``rank`` approximation of the dense CRF's appearance and smoothness Gaussian
+    kernels, symmetrically normalised and scaled so that
     ``‖Â‖₂² = strength · λ`` exactly (the Potts condition λ > ‖Â‖₂² with margin
     ``1 − strength``) — and returns ``softmax(x)`` over the labels (``log p`` is clipped
-    below at ``log 1e-5``). By default (``passes=2``) the solve's resolvent drives two
-    mean-field passes instead (``passes`` below).
+    below at ``log 1e-5``).
 
     Parameters
     ----------
@@ -133,8 +130,9 @@ def refine(
         stride-8 prediction (e ≈ 0.05), 0.9 for one with 30 % of its pixels wrong at
         probability 0.7, 0 for a one-hot unary. It reads the confidence from ``probs`` (or
         their softmax with ``logits=True``): pass calibrated probabilities, not sharpened
-        or tempered ones, or give a number. With ``passes > 0`` (the default), ``"auto"``
-        is 0.8: the softmax between passes bounds what the propagation can do.
+        or tempered ones, or give a number. With the landmarks' passes, ``"auto"`` is 0.8:
+        the softmax between passes bounds what the propagation can do; the lattice's passes
+        (the default for NumPy arrays) have no strength.
     rank : int, default 32
         Rank D of the embeddings Â: the solve costs about D²·P + 8·D·L·P.
     landmarks : int, default 128
@@ -153,7 +151,8 @@ def refine(
         axis of length 1.
     seed : int, default 0
         Seeds the landmark sampling and k-means (or the random features): the result is
-        deterministic, and each image of a batch gets the same result as alone.
+        deterministic, and each image of a batch gets the same result as alone. The
+        lattice draws nothing.
     logits : bool, default False
         ``probs`` holds scores (the result equals that of their softmax, since a per-pixel
         constant does not change the refined probabilities).
@@ -174,14 +173,24 @@ def refine(
         and CuPy only (not the adapters).
     passes : int, default 2
         0: the exact Potts solve above. n ≥ 1: n mean-field passes instead
-        (:mod:`lowrank_gcrf.refine_passes`), ``x_t = log p + β R q_{t−1} + w_s (G − I)
-        q_{t−1}``, ``q_t = softmax(x_t)`` from ``q_0 = p``: the appearance message is this
-        solve's normalised resolvent ``R = (1 − α)(I − ÂᵀÂ/λ)⁻¹`` applied to probabilities,
-        the smoothness message DeepLab's Gaussian kernel (``sxy_smooth``) by exact filtering;
-        β = 100, w_s = 1, α = 0.8 with ``strength="auto"`` (chosen on the benchmark's
-        validation split). The softmax between passes removes isolated wrong pixels that the
-        linear solve keeps, at about twice its time; R does not depend on ``lam``. NumPy
-        and CuPy only (not the adapters).
+        (:mod:`lowrank_gcrf.refine_passes`), ``x_t = log p + a(q_{t−1}) + w_s (G − I)
+        q_{t−1}``, ``q_t = softmax(x_t)`` from ``q_0 = p``, with G DeepLab's smoothness
+        Gaussian (``sxy_smooth``) by exact filtering and the appearance message ``a`` as
+        ``appearance_kernel`` says. The softmax between passes removes isolated wrong pixels
+        that the linear solve keeps.
+    appearance_kernel : {"auto", "lattice", "landmarks"}, default "auto"
+        How the passes hold the appearance kernel. ``"lattice"``: the dense CRF's bilateral
+        kernel (``sxy``, ``srgb``) filtered by the permutohedral lattice
+        (:mod:`lowrank_gcrf.permutohedral`, pydensecrf's filter), symmetrically normalised,
+        without each pixel's own term: ``a(q) = w_a (N − diag N) q``, w_a = 40, w_s = 0.5;
+        NumPy only, and no ``strength``, ``rank``, ``landmarks``, ``approximation`` or
+        ``normalization`` (the kernel is not low rank). ``"landmarks"``: this solve's
+        normalised resolvent at rank D, ``a(q) = β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q``, β = 100,
+        w_s = 1, α = 0.8 with ``strength="auto"`` (at about three times the lattice's time
+        on one CPU thread). ``"auto"``: ``"lattice"`` for NumPy arrays with
+        ``strength="auto"``, else ``"landmarks"`` (CuPy arrays; a numeric ``strength``).
+        The weights were chosen on the benchmark's validation split. The passes are NumPy
+        and CuPy only (the adapters have the landmarks' passes).
     method : {"direct", "cg", "auto"}, default "direct"
         Passed to :func:`~lowrank_gcrf.solve_potts`.
     return_info : bool
@@ -239,6 +248,7 @@ def refine(
         normalization=normalization,
         smooth_kernel=smooth_kernel,
         passes=passes,
+        appearance_kernel=appearance_kernel,
     )
     shape = check_refine_inputs(
         probs, image, spatial_dims=spatial_dims, logits=logits, channel_axis=channel_axis
@@ -248,7 +258,7 @@ def refine(
     scores = xp.reshape(xp.astype(probs, shape.compute), (n, shape.num_labels, pixels))
     b = scores if logits else xp.log(xp.maximum(scores, PROB_FLOOR))
     if params.passes > 0 and n > 0:
-        x, info = _passes(
+        x, info = passes_scores(
             image, b, params, shape, channel_axis=channel_axis, with_info=return_info
         )
     elif params.smooth_kernel == "exact" and params.w_smooth > 0 and n > 0:
@@ -323,99 +333,3 @@ def _exact_smoothness_solve(
         rtol=SOLVE_RTOL,
     )
     return xp.reshape(y, (n, labels, pixels)), info
-
-
-def _passes(
-    image: Any,
-    b: Any,
-    params: RefineParameters,
-    shape: RefineShape,
-    *,
-    channel_axis: int | None,
-    with_info: bool,
-) -> tuple[Any, Any]:
-    """The scores (n, L, P) of ``params.passes`` mean-field passes with the resolvent of the
-    Potts system at strength α (:data:`~lowrank_gcrf.refine_passes.PASSES_STRENGTH` for
-    ``"auto"``) as the appearance message (:mod:`lowrank_gcrf.refine_passes`), and their
-    info (None unless ``with_info``)."""
-    xp = shape.xp
-    params = passes_parameters(params)
-    spatial_dims = len(shape.spatial)
-    Ahat = refine_embeddings(
-        image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
-    )
-    device = array_api_compat.device(b)
-    strengths = xp.full((b.shape[0],), params.strength, dtype=xp.float64, device=device)
-    return mean_field_passes(
-        xp,
-        Ahat,
-        strengths,
-        b,
-        shape.spatial,
-        passes=params.passes,
-        lam=params.lam,
-        sxy_smooth=params.sxy_smooth,
-        with_info=with_info,
-    )
-
-
-@core_function
-def refine_embeddings(
-    image: Any,
-    params: RefineParameters,
-    *,
-    spatial_dims: int,
-    dtype: Any,
-    channel_axis: int | None = None,
-) -> Any:
-    """The Potts embeddings Â (n, D, P) that :func:`refine` solves with, one per image.
-
-    ``image`` (..., C, *spatial), or the layout ``channel_axis`` names (see :func:`refine`),
-    is flattened to n = prod(...) images; each gets the rank-D features of the dense CRF
-    kernels (:mod:`lowrank_gcrf.image_kernels`), and the batch is scaled so that
-    ``‖Â‖₂² = strength · λ`` per image (``‖Â‖₂² = λ`` with ``strength="auto"``: the caller
-    scales each image by the square root of its strength,
-    :func:`~lowrank_gcrf.refine_strength.with_strengths`). Â comes in ``dtype``; an empty
-    batch gives an empty (0, D, P) array. Not differentiable (the image is data): the
-    adapters compute Â with it and differentiate through the solve.
-    """
-    xp = array_namespace(image)
-    spatial_dims = checked_spatial_dims(spatial_dims)
-    image = channels_first(xp, image, spatial_dims, channel_axis)
-    spatial = tuple(image.shape[-spatial_dims:])
-    channels = image.shape[-spatial_dims - 1]
-    n_images = math.prod(image.shape[: -spatial_dims - 1])
-    if n_images == 0:
-        device = array_api_compat.device(image)
-        return xp.zeros((0, params.rank, math.prod(spatial)), dtype=dtype, device=device)
-    images = xp.reshape(image, (n_images, channels, *spatial))
-    # Only the weights' ratio matters (the embeddings are scaled to the strength): relative
-    # to the larger, a weight such as 1e300 cannot overflow float32 on its way.
-    top = max(params.w_appearance, params.w_smooth)
-    embeddings = [
-        xp.astype(
-            potts_embeddings(
-                xp,
-                dense_crf_features(
-                    xp,
-                    images[i, ...],
-                    sxy=params.sxy,
-                    srgb=params.srgb,
-                    sxy_smooth=params.sxy_smooth,
-                    w_appearance=params.w_appearance / top,
-                    w_smooth=params.w_smooth / top,
-                    landmarks=params.landmarks,
-                    approximation=params.approximation,
-                    seed=params.seed,
-                    dtype=dtype,
-                ),
-                rank=params.rank,
-                normalization=params.normalization,
-                seed=params.seed,
-            ),
-            dtype,
-        )
-        for i in range(n_images)
-    ]
-    strength = 1.0 if params.strength == AUTO else params.strength
-    return scaled_to_strength(xp, xp.stack(embeddings), strength=strength, lam=params.lam)

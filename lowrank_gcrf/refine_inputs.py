@@ -31,6 +31,9 @@ COLOUR_MAX = 255
 FLOAT_COLOUR_MAX = 2 * COLOUR_MAX
 #: How the smoothness kernel is held: in the low-rank embeddings, or exactly by filtering.
 SMOOTH_KERNELS = ("landmarks", "exact")
+#: How the passes hold the appearance kernel: ``"auto"`` (the lattice where it can serve), by
+#: the permutohedral lattice, or in the rank-D embeddings (the Potts resolvent).
+APPEARANCE_KERNELS = ("auto", "lattice", "landmarks")
 
 
 def _describe(value: Any) -> str:
@@ -104,6 +107,7 @@ class RefineParameters:
     normalization: str = "symmetric"
     smooth_kernel: str = "landmarks"
     passes: int = 2
+    appearance_kernel: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("sxy", "srgb", "sxy_smooth", "w_appearance", "w_smooth", "lam"):
@@ -141,6 +145,23 @@ class RefineParameters:
             raise GCRFError(
                 f"passes must be an integer ≥ 0 (0: the exact Potts solve), got {self.passes!r}"
             )
+        if self.appearance_kernel not in APPEARANCE_KERNELS:
+            raise GCRFError(
+                f"appearance_kernel must be one of {', '.join(APPEARANCE_KERNELS)}; got "
+                f"{self.appearance_kernel!r}"
+            )
+        if self.appearance_kernel == "lattice" and self.passes == 0:
+            raise GCRFError(
+                "appearance_kernel='lattice' is an option of the mean-field passes "
+                "(passes > 0); the exact Potts solve (passes=0) needs the rank-D embeddings: "
+                "pass appearance_kernel='landmarks' or 'auto'"
+            )
+        if self.appearance_kernel == "lattice" and self.strength != AUTO:
+            raise GCRFError(
+                f"strength={self.strength!r} sets the low-rank Potts resolvent, which the "
+                "lattice's passes do not use: pass strength='auto', or "
+                "appearance_kernel='landmarks'"
+            )
         if self.passes > 0 and self.smooth_kernel == "exact" and self.w_smooth > 0:
             raise GCRFError(
                 "smooth_kernel='exact' is an option of the exact solve (passes=0); the "
@@ -150,7 +171,14 @@ class RefineParameters:
 
 def check_adapter_parameters(params: RefineParameters) -> None:
     """Raise for what only the core :func:`~lowrank_gcrf.refine` does: the exact smoothness
-    kernel with the exact solve (the adapters differentiate through low-rank embeddings)."""
+    kernel with the exact solve and the lattice's passes (the adapters differentiate
+    through low-rank embeddings; ``appearance_kernel="auto"`` is ``"landmarks"`` there)."""
+    if params.appearance_kernel == "lattice":
+        raise GCRFError(
+            "appearance_kernel='lattice' is available in lowrank_gcrf.refine only (NumPy "
+            "arrays); the adapters' passes hold the appearance kernel in the landmarks: pass "
+            "appearance_kernel='landmarks' or 'auto'"
+        )
     if params.smooth_kernel == "exact" and params.w_smooth > 0:
         raise GCRFError(
             "smooth_kernel='exact' is available in lowrank_gcrf.refine only (NumPy and CuPy "

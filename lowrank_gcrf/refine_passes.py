@@ -1,63 +1,198 @@
-"""``refine(passes=n)``: mean-field passes whose appearance message is the Potts resolvent.
+"""``refine(passes=n)``: mean-field passes, the appearance message by the lattice or the resolvent.
 
 The exact Potts solve (:func:`~lowrank_gcrf.refine` with ``passes=0``) is linear in the scores: a
 pixel whose own unary is wrong keeps it at full weight, and the Potts condition ‖K‖₂ < λ
 bounds what its neighbours can add, so isolated wrong pixels (and with them classes absent
 from the image) survive a noisy unary. Mean field removes them with its normalisation: each
 pixel's message is a weighted sum of its neighbours' *probabilities*, bounded whatever their
-scores, and the softmax between iterations saturates. The passes combine the two: with
-``q₀ = p`` (the unary's probabilities) and ``b = log p``,
+scores, and the softmax between iterations saturates. With ``q₀ = p`` (the unary's
+probabilities) and ``b = log p``,
 
-    x_t = b + β R q_{t−1} + w_s (G q_{t−1} − q_{t−1}),    q_t = softmax(x_t),
+    x_t = b + a(q_{t−1}) + w_s (G q_{t−1} − q_{t−1}),    q_t = softmax(x_t),
 
-for t = 1 … n, and the result is ``q_n``. The appearance message is the G-CRF's normalised
-resolvent ``R = (1 − α)(I − K/λ)⁻¹`` with ``K = ÂᵀÂ`` the low-rank appearance kernel scaled
-to ``‖K‖₂ = αλ`` (Eq. 11–12's deviations propagate by the same operator): label spreading of
-the probabilities along similar pixels. ‖R‖₂ = 1 (its top eigenvalue, on K's top
-eigenvector, is (1 − α)/(1 − α)), so that β bounds the message of a pixel's whole
-neighbourhood, whatever α. By Woodbury,
+for t = 1 … n, and the result is ``q_n``. The smoothness message is the dense CRF's
+Gaussian kernel of bandwidth ``sxy_smooth`` (value 1 at distance 0, as pydensecrf's) applied
+exactly by separable filtering, :func:`~lowrank_gcrf.smooth_refine.gaussian_filter`,
+without the pixel itself. The appearance message ``a(q)`` is one of two:
 
-    (I − K/λ)⁻¹ q = q + Âᵀ (λI − ÂÂᵀ)⁻¹ Â q,
+* ``"lattice"`` (:func:`lattice_message`): the dense CRF's appearance kernel itself,
+  ``w_a Δ^{-1/2} K Δ^{-1/2} q`` without each pixel's own term, K the bilateral Gaussian
+  filtered by the permutohedral lattice (:mod:`lowrank_gcrf.permutohedral`, pydensecrf's
+  filter) and Δ = K1 its degrees: mean field with DeepLab's kernels, the weights
+  :data:`LATTICE_APPEARANCE_WEIGHT` and :data:`LATTICE_SMOOTH_WEIGHT`. NumPy only.
+* ``"landmarks"`` (:class:`ResolventMessage`): the G-CRF's normalised resolvent
+  ``β R q`` with ``R = (1 − α)(I − K/λ)⁻¹`` and ``K = ÂᵀÂ`` the rank-D appearance kernel
+  scaled to ``‖K‖₂ = αλ`` (Eq. 11–12's deviations propagate by the same operator): label
+  spreading of the probabilities along similar pixels. ‖R‖₂ = 1 (its top eigenvalue, on
+  K's top eigenvector, is (1 − α)/(1 − α)), so that β bounds the message of a pixel's whole
+  neighbourhood, whatever α. By Woodbury, ``(I − K/λ)⁻¹ q = q + Âᵀ (λI − ÂÂᵀ)⁻¹ Â q``: one
+  D × D factorisation per image (condition number ≤ 1/(1 − α)) and O(D·L·P) per pass.
 
-one D × D factorisation per image (condition number ≤ 1/(1 − α)) and O(D·L·P) per pass.
-The smoothness message is the dense CRF's Gaussian kernel of bandwidth ``sxy_smooth``
-(value 1 at distance 0, as pydensecrf's) applied exactly by separable filtering,
-:func:`~lowrank_gcrf.smooth_refine.gaussian_filter`, without the pixel itself, with weight
-``w_s`` (pydensecrf's ``compat``). β, w_s and α were chosen on the refine benchmark's
-validation split (:data:`APPEARANCE_WEIGHT`, :data:`SMOOTH_WEIGHT`, :data:`PASSES_STRENGTH`).
+The weights were chosen on the refine benchmark's validation split (the constants below).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from typing import Any
 
+import array_api_compat
+import numpy as np
+
+from .errors import GCRFError
+from .image_embeddings import refine_embeddings
+from .image_kernels import bandwidth_too_small, colour_extent, pixel_features
 from .info import SolveInfo
-from .refine_inputs import RefineParameters
+from .permutohedral import feature_limit, permutohedral_lattice
+from .refine_inputs import RefineParameters, RefineShape, channels_first
 from .refine_strength import AUTO
 from .smooth_refine import gaussian_filter
 
-#: β: the weight of the appearance message, a pixel's label-spread neighbourhood (validation
-#: mIoU against pydensecrf2 MF-5, mean over the two unaries, was best at 100 among 50, 100,
-#: 150 and 200 with the others at their values here).
+#: β: the weight of the resolvent's message, a pixel's label-spread neighbourhood
+#: (validation mIoU against pydensecrf2 MF-5, mean over the two unaries, was best at 100
+#: among 50, 100, 150 and 200 with the others at their values here).
 APPEARANCE_WEIGHT = 100.0
-#: w_s: the weight of the smoothness message, in pydensecrf's units (compat × a kernel of
-#: value 1 at distance 0); on validation 1.5 and DeepLab's 3 over-smoothed the coarse unary,
-#: 0.5 and 0.7 left more of the noisy unary's errors.
+#: w_s with the resolvent: the weight of the smoothness message, in pydensecrf's units
+#: (compat × a kernel of value 1 at distance 0); on validation 1.5 and DeepLab's 3
+#: over-smoothed the coarse unary, 0.5 and 0.7 left more of the noisy unary's errors.
 SMOOTH_WEIGHT = 1.0
 #: α with ``strength="auto"``: the exact solve's automatic rule (0.5 for a confident unary)
 #: cut the appearance message's reach and cost the coarse unary on validation; with the
 #: saturating softmax one fixed α serves both unary kinds (0.75 lost mIoU on the coarse
 #: unary, 0.85 and 0.9 did no better than 0.8).
 PASSES_STRENGTH = 0.8
+#: w_a with the lattice: the weight of the normalised appearance message (pydensecrf's
+#: compat with its default symmetric normalisation; DeepLab's is 4). Validation, 2 passes,
+#: mIoU per image against MF-5: w_a ∈ {30, 40, 50} × w_s ∈ {0.4, 0.5, 0.6} beat MF-5 on
+#: every image of both unaries but for (30, 0.6) on the coarse one; 40 and 0.5 lie inside
+#: that plateau. 3 to 10 left the coarse unary's small objects to the smoothness message,
+#: which erodes them; 60 lost images of both unaries.
+LATTICE_APPEARANCE_WEIGHT = 40.0
+#: w_s with the lattice (units of :data:`SMOOTH_WEIGHT`): 0.3 left single wrong pixels of the
+#: noisy unary at w_a ≥ 40, 0.7 and 1 eroded thin objects of the coarse one.
+LATTICE_SMOOTH_WEIGHT = 0.5
 
 
 def passes_parameters(params: RefineParameters) -> RefineParameters:
     """``params`` with ``strength="auto"`` replaced by :data:`PASSES_STRENGTH` when
-    ``params.passes > 0`` (the embeddings are then built at that strength)."""
+    ``params.passes > 0`` (the resolvent's embeddings are then built at that strength)."""
     if params.passes > 0 and params.strength == AUTO:
         return dataclasses.replace(params, strength=PASSES_STRENGTH)
     return params
+
+
+def uses_lattice(params: RefineParameters, xp: Any) -> bool:
+    """Whether the passes hold the appearance kernel in the lattice for arrays of ``xp``:
+    ``"lattice"``, or ``"auto"`` with passes, ``strength="auto"`` and NumPy arrays.
+
+    Raises
+    ------
+    GCRFError
+        ``appearance_kernel="lattice"`` with arrays of another library than NumPy.
+    """
+    numpy = array_api_compat.is_numpy_namespace(xp)
+    if params.appearance_kernel == "lattice" and not numpy:
+        raise GCRFError(
+            "appearance_kernel='lattice' needs NumPy arrays (the lattice is built and "
+            "applied with NumPy and SciPy); pass appearance_kernel='landmarks' or 'auto' "
+            "for other arrays"
+        )
+    if params.appearance_kernel == "auto":
+        return numpy and params.passes > 0 and params.strength == AUTO
+    return params.appearance_kernel == "lattice"
+
+
+def lattice_message(images: Any, params: RefineParameters, dtype: Any) -> Callable[[Any], Any]:
+    """``a(q) = w_a (N − diag N) q`` with ``N = Δ^{-1/2} K Δ^{-1/2}`` for probabilities q
+    (n, L, P): K the appearance kernel (``sxy``, ``srgb``) of each of the n images
+    (n, C, *spatial) filtered by its permutohedral lattice, Δ = K1 (the lattice's constant
+    scale cancels). Each pixel's own term is left out, as the dense CRF's energy sums over
+    pairs j ≠ i (pydensecrf keeps it): with it, a pixel of a colour found nowhere else in
+    the image reinforces its own label, and on validation single wrong pixels of the noisy
+    unary survived the passes as classes absent from the image."""
+    weight = np.asarray(LATTICE_APPEARANCE_WEIGHT, dtype=dtype)
+    lattices, scales, selfs = [], [], []
+    for image in images:
+        _check_lattice_bandwidths(image, params)
+        features = pixel_features(np, image, sxy=params.sxy, srgb=params.srgb, dtype=np.float32)
+        lattice = permutohedral_lattice(features)
+        degrees = lattice.filter(np.ones((1, lattice.num_points), dtype=np.float32))[0]
+        # Every pixel's degree includes its own weight: positive, but kept from 0 against
+        # float32's rounding.
+        scale = 1.0 / np.sqrt(np.maximum(degrees, np.finfo(np.float32).tiny))
+        lattices.append(lattice)
+        scales.append(scale.astype(dtype))
+        selfs.append((lattice.self_weights() * scale * scale).astype(dtype))
+
+    def message(q: Any) -> Any:
+        return np.stack(
+            [
+                weight * (scale * lattice.filter(scale * qi).astype(dtype) - own * qi)
+                for lattice, scale, own, qi in zip(lattices, scales, selfs, q, strict=True)
+            ]
+        )
+
+    return message
+
+
+def _check_lattice_bandwidths(image: Any, params: RefineParameters) -> None:
+    """Raise a GCRFError naming ``sxy`` or ``srgb`` where the image's appearance features
+    (C, *spatial) exceed what the lattice holds
+    (:func:`~lowrank_gcrf.permutohedral.feature_limit`)."""
+    extent = math.hypot(*(n - 1 for n in image.shape[1:]))
+    scales = [(("sxy", extent, params.sxy), ("srgb", colour_extent(np, image), params.srgb))]
+    limit = feature_limit(image.ndim - 1 + image.shape[0])
+    if math.hypot(*(e / b for _, e, b in scales[0])) > limit:
+        raise bandwidth_too_small(
+            scales, limit, "at which the lattice's float32 coordinates stop holding integers"
+        )
+
+
+class ResolventMessage:
+    """``a(q) = β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q`` for probabilities q (n, L, P), by Woodbury (the
+    labels share the D × D capacitance), with ``‖Âᵢ‖₂² = αᵢ λ``; it keeps its last input
+    and solution for :meth:`info`."""
+
+    def __init__(self, xp: Any, Ahat: Any, strengths: Any, lam: float) -> None:
+        n, dtype = Ahat.shape[0], Ahat.dtype
+        self.xp, self.Ahat, self.lam = xp, Ahat, lam
+        self.At = xp.matrix_transpose(Ahat)
+        gram = xp.astype(Ahat @ self.At, xp.float64)
+        eye = xp.eye(gram.shape[-1], dtype=xp.float64)
+        self.capacitance = xp.astype(xp.linalg.inv(lam * eye - gram), dtype)
+        self.weight = APPEARANCE_WEIGHT * xp.reshape(xp.astype(1.0 - strengths, dtype), (n, 1, 1))
+        self.q = self.z = None
+
+    def __call__(self, q: Any) -> Any:
+        self.q = q
+        self.z = q + ((q @ self.At) @ self.capacitance) @ self.Ahat
+        return self.weight * self.z
+
+    def info(self, passes: int) -> SolveInfo:
+        """The passes' info: the true relative residual of the last resolvent solve,
+        ``(λI − ÂᵀÂ) z = λ q``, by a matvec."""
+        xp, n = self.xp, self.Ahat.shape[0]
+        rhs = self.lam * self.q
+        residual = rhs - (self.lam * self.z - (self.z @ self.At) @ self.Ahat)
+        norm = _norms(xp, rhs)
+        return SolveInfo(
+            method="passes",
+            iterations=xp.full((n,), passes, dtype=xp.int64),
+            residual=_norms(xp, residual) / xp.where(norm > 0, norm, 1.0),
+            converged=xp.ones((n,), dtype=xp.bool),
+        )
+
+
+def lattice_info(xp: Any, n: int, passes: int) -> SolveInfo:
+    """The lattice's passes' info: no linear system is solved, so the residual is NaN."""
+    return SolveInfo(
+        method="passes",
+        iterations=xp.full((n,), passes, dtype=xp.int64),
+        residual=xp.full((n,), float("nan"), dtype=xp.float64),
+        converged=xp.ones((n,), dtype=xp.bool),
+    )
 
 
 def _softmax(xp: Any, x: Any) -> Any:
@@ -75,79 +210,92 @@ def _norms(xp: Any, u: Any) -> Any:
 
 def mean_field_passes(
     xp: Any,
-    Ahat: Any,
-    strengths: Any,
+    appearance: Callable[[Any], Any],
     b: Any,
     spatial: tuple[int, ...],
     *,
     passes: int,
-    lam: float,
+    smooth_weight: float,
     sxy_smooth: float,
-    with_info: bool = True,
-) -> tuple[Any, SolveInfo | None]:
+) -> Any:
     """The scores ``x_n`` (n, L, P) of ``passes`` mean-field passes (module docstring).
 
     Parameters
     ----------
-    Ahat : array (n, D, P)
-        Appearance embeddings with ``‖Âᵢ‖₂² = αᵢ λ``.
-    strengths : array (n,)
-        αᵢ, each in [0, 1).
+    appearance : callable
+        ``a(q)``: the appearance message (n, L, P) of probabilities q (n, L, P)
+        (:func:`lattice_message` or a :class:`ResolventMessage`).
     b : array (n, L, P)
         The unary scores ``log p`` (or logits: the first pass reads their softmax).
     spatial : tuple of int
         The images' spatial shape (P = prod(spatial)), for the smoothness filter.
     passes : int
         n ≥ 1.
-    lam : float
-        λ.
+    smooth_weight : float
+        w_s.
     sxy_smooth : float
         The smoothness kernel's bandwidth in pixels.
-    with_info : bool, default True
-        Compute the info; ``False`` returns None instead and skips the residual's matvec
-        (as long as a pass's resolvent).
 
     Returns
     -------
     x : array like b
         The last pass's scores; ``softmax(x)`` over the labels is the refinement.
-    info : SolveInfo or None
-        ``method="passes"``: the number of passes, and the true relative residual of the
-        last pass's resolvent solve ``(λI − ÂᵀÂ) z = λ q`` per image.
     """
     n, labels = b.shape[0], b.shape[1]
-    dtype = b.dtype
-    At = xp.matrix_transpose(Ahat)
-    gram = xp.astype(Ahat @ At, xp.float64)
-    eye = xp.eye(gram.shape[-1], dtype=xp.float64)
-    capacitance = xp.astype(xp.linalg.inv(lam * eye - gram), dtype)
-    keep = xp.reshape(xp.astype(1.0 - strengths, dtype), (n, 1, 1))
-
-    def spread(q: Any) -> Any:
-        # (I − K/λ)⁻¹ q by Woodbury: the labels share the D × D capacitance.
-        return q + ((q @ At) @ capacitance) @ Ahat
 
     def smooth(q: Any) -> Any:
         grid = xp.reshape(q, (n, labels, *spatial))
         return xp.reshape(gaussian_filter(xp, grid, sxy_smooth, len(spatial)), q.shape) - q
 
     q = _softmax(xp, b)
-    x = b
-    for _ in range(passes):
-        z = spread(q)
-        x = b + APPEARANCE_WEIGHT * keep * z + SMOOTH_WEIGHT * smooth(q)
-        previous, q = q, _softmax(xp, x)
+    for t in range(passes):
+        x = b + appearance(q) + smooth_weight * smooth(q)
+        if t + 1 < passes:
+            q = _softmax(xp, x)
+    return x
+
+
+def passes_scores(
+    image: Any,
+    b: Any,
+    params: RefineParameters,
+    shape: RefineShape,
+    *,
+    channel_axis: int | None,
+    with_info: bool,
+) -> tuple[Any, Any]:
+    """:func:`~lowrank_gcrf.refine`'s scores (n, L, P) of ``params.passes`` mean-field passes
+    over the unary scores b (n, L, P), the appearance message by the permutohedral lattice
+    or by the resolvent of the Potts system at strength α (:data:`PASSES_STRENGTH` for
+    ``"auto"``) as :func:`uses_lattice` says, and their info (None unless ``with_info``)."""
+    xp = shape.xp
+    spatial_dims = len(shape.spatial)
+    n = b.shape[0]
+    if uses_lattice(params, xp):
+        images = channels_first(xp, image, spatial_dims, channel_axis)
+        images = xp.reshape(images, (n, images.shape[-spatial_dims - 1], *shape.spatial))
+        appearance = lattice_message(images, params, shape.compute)
+        smooth_weight = LATTICE_SMOOTH_WEIGHT
+    else:
+        params = passes_parameters(params)
+        Ahat = refine_embeddings(
+            image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
+        )
+        device = array_api_compat.device(b)
+        strengths = xp.full((n,), params.strength, dtype=xp.float64, device=device)
+        appearance = ResolventMessage(xp, Ahat, strengths, params.lam)
+        smooth_weight = SMOOTH_WEIGHT
+    x = mean_field_passes(
+        xp,
+        appearance,
+        b,
+        shape.spatial,
+        passes=params.passes,
+        smooth_weight=smooth_weight,
+        sxy_smooth=params.sxy_smooth,
+    )
     if not with_info:
         return x, None
-    # The last resolvent solve's true residual, (λI − ÂᵀÂ) z = λ q_{n−1}, by a matvec.
-    rhs = lam * previous
-    residual = rhs - (lam * z - (z @ At) @ Ahat)
-    norm = _norms(xp, rhs)
-    residual = _norms(xp, residual) / xp.where(norm > 0, norm, 1.0)
-    info = SolveInfo(
-        method="passes",
-        iterations=xp.full((n,), passes, dtype=xp.int64),
-        residual=residual,
-        converged=xp.ones((n,), dtype=xp.bool),
-    )
-    return x, info
+    if isinstance(appearance, ResolventMessage):
+        return x, appearance.info(params.passes)
+    return x, lattice_info(xp, n, params.passes)

@@ -31,7 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowrank_gcrf as lg
-from lowrank_gcrf.refine import refine_embeddings
+from lowrank_gcrf.image_embeddings import refine_embeddings
 from lowrank_gcrf.refine_inputs import RefineParameters, check_refine_inputs
 
 FLOAT_PARAMETERS = ["sxy", "srgb", "sxy_smooth", "w_appearance", "w_smooth", "strength", "lam"]

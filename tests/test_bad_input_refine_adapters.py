@@ -69,7 +69,7 @@ def test_empty_batch_gives_an_empty_result(refine):
 @REFINES
 def test_channels_last_image_with_channel_axis(refine):
     probs, image = inputs(batch=(2,))
-    expected = lg.refine(probs, image, **SMALL)
+    expected = lg.refine(probs, image, appearance_kernel="landmarks", **SMALL)
     got = refine(probs, np.ascontiguousarray(np.moveaxis(image, -3, -1)), channel_axis=-1)
     # One float32 refinement of identical inputs: only the tensors' operation order differs.
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -88,7 +88,7 @@ def refined_as_logits(rounded, image):
     test refuses in float32): their logarithm, as logits, is the same CRF (a per-pixel
     constant, their sum's deviation from 1, only shifts the class sum)."""
     logits = np.log(np.maximum(rounded, PROB_FLOOR))
-    return lg.refine(logits, image, logits=True, **SMALL)
+    return lg.refine(logits, image, logits=True, appearance_kernel="landmarks", **SMALL)
 
 
 def test_torch_refine_of_bfloat16_probabilities():
@@ -114,3 +114,16 @@ def test_tf_refine_of_bfloat16_probabilities(traced):
 def test_torch_refine_refuses_numpy_arrays():
     probs, image = inputs()
     assert_error(lg.GCRFTypeError, "expected torch tensors", tha.refine, probs, image)
+
+
+@REFINES
+def test_the_lattice_is_the_cores_alone(refine):
+    """The adapters' passes hold the appearance kernel at rank D (they differentiate through
+    Â): ``"lattice"`` is refused with the way out, ``"auto"`` is ``"landmarks"`` there."""
+    probs, image = inputs()
+    with pytest.raises(lg.GCRFError, match=r"available in lowrank_gcrf\.refine only"):
+        refine(probs, image, appearance_kernel="lattice")
+    np.testing.assert_array_equal(
+        refine(probs, image, appearance_kernel="auto"),
+        refine(probs, image, appearance_kernel="landmarks"),
+    )

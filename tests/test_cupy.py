@@ -93,3 +93,20 @@ def test_cupy_solve_makes_no_implicit_transfer(method, case):
     free = case.vjp(U, x_free, gx, lam, method=method, rtol=1e-10)
     for g, g_free in zip(grads, free, strict=True):
         np.testing.assert_array_equal(g.get(), g_free.get())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("passes", [0, 2])
+def test_cupy_refine_matches_numpy(passes):
+    """``refine`` on CuPy arrays: the landmarks' passes (what ``"auto"`` is for CuPy) or the
+    exact solve, as NumPy computes them, in float64 (kernel values, k-means and the solve
+    on another library: agreement to ~1e-9 of probabilities that sum to 1)."""
+    cp = _cupy()
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(4), size=(2, 20, 24)).transpose(0, 3, 1, 2)
+    image = rng.integers(0, 256, (2, 3, 20, 24), dtype=np.uint8)
+    kw = dict(rank=8, landmarks=24, passes=passes)
+    expected = lg.refine(probs, image, appearance_kernel="landmarks", **kw)
+    got = lg.refine(cp.asarray(probs), cp.asarray(image), **kw)
+    assert isinstance(got, cp.ndarray) and got.dtype == np.float64
+    np.testing.assert_allclose(cp.asnumpy(got), expected, rtol=0, atol=1e-8)

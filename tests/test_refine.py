@@ -241,13 +241,17 @@ def test_logits_give_the_result_of_their_softmax():
     )
 
 
-def test_batch_items_equal_their_single_results_and_seed_is_deterministic():
+@pytest.mark.parametrize("kernel", ["lattice", "landmarks"])
+def test_batch_items_equal_their_single_results_and_seed_is_deterministic(kernel):
     probs, image = random_inputs(6, (3,), 4, 3, (9, 8), dtype=np.float32)
-    out = refine(probs, image, rank=12)
+    kw = dict(rank=12, appearance_kernel=kernel)
+    out = refine(probs, image, **kw)
     for i in range(3):
-        np.testing.assert_array_equal(refine(probs[i], image[i], rank=12), out[i])
-    np.testing.assert_array_equal(refine(probs, image, rank=12), out)
-    assert np.abs(refine(probs, image, rank=12, seed=1) - out).max() > 0
+        np.testing.assert_array_equal(refine(probs[i], image[i], **kw), out[i])
+    np.testing.assert_array_equal(refine(probs, image, **kw), out)
+    # The seed places the landmarks; the lattice draws nothing.
+    changed = np.abs(refine(probs, image, seed=1, **kw) - out).max()
+    assert changed > 0 if kernel == "landmarks" else changed == 0
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
@@ -271,9 +275,11 @@ def test_float_image_on_the_255_scale_equals_uint8():
 def test_array_api_strict_matches_numpy():
     xps = pytest.importorskip("array_api_strict")
     probs, image = random_inputs(9, (2,), 3, 3, (6, 7), dtype=np.float32)
+    # Arrays of other libraries than NumPy have the landmarks' passes ("auto").
     for approximation in APPROXIMATIONS:
-        expected = refine(probs, image, rank=10, approximation=approximation)
-        got = refine(xps.asarray(probs), xps.asarray(image), rank=10, approximation=approximation)
+        kw = dict(rank=10, approximation=approximation)
+        expected = refine(probs, image, appearance_kernel="landmarks", **kw)
+        got = refine(xps.asarray(probs), xps.asarray(image), **kw)
         np.testing.assert_allclose(np.asarray(got), expected, rtol=0, atol=1e-5)
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from lowrank_gcrf.errors import GCRFError
-from lowrank_gcrf.refine import PROB_FLOOR, refine, refine_embeddings
+from lowrank_gcrf.image_embeddings import refine_embeddings
+from lowrank_gcrf.refine import PROB_FLOOR, refine
 from lowrank_gcrf.refine_inputs import RefineParameters, check_adapter_parameters
 from lowrank_gcrf.refine_strength import expected_error, strength_from_error
 from lowrank_gcrf.smooth_refine import NormalisedSmoothness

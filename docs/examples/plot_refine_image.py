@@ -3,8 +3,8 @@ Refining a coarse prediction
 ============================
 
 :func:`lowrank_gcrf.refine` sharpens class probabilities along the edges of the image, with
-no training: a Potts G-CRF whose embeddings approximate the dense CRF's appearance kernel,
-its resolvent driving two mean-field passes (``passes=0`` solves it exactly instead). Here
+no training: two mean-field passes with the dense CRF's appearance kernel filtered by the
+permutohedral lattice (``passes=0`` solves a low-rank Potts G-CRF exactly instead). Here
 the "network output" is synthetic: a colour segmentation of the photograph computed at 1/16
 of its resolution and upsampled, blocky like the stride-8 or stride-16 output of a
 segmentation network.
@@ -53,7 +53,7 @@ coarse /= coarse.sum(axis=0)  # probabilities (LABELS, H, W)
 
 image_255 = (255 * image).astype(np.uint8).transpose(2, 0, 1)
 refined, info = lg.refine(coarse, image_255, return_info=True)
-print(f"{info.method}: {int(info.iterations)}, resolvent residual {float(info.residual):.1e}")
+print(f"{info.method}: {int(info.iterations)}")
 
 full = colour_scores(image).argmax(0)  # the colour classes at full resolution
 for name, probs in (("coarse", coarse), ("refined", refined)):

@@ -29,11 +29,11 @@ import numpy as np
 
 from lowrank_gcrf.dtypes import check_floating, dtype_name, promote
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
+from lowrank_gcrf.image_embeddings import refine_embeddings as image_embeddings
 from lowrank_gcrf.info import SolveInfo
 from lowrank_gcrf.models import make_operator
 from lowrank_gcrf.operators import GCRFOperator
 from lowrank_gcrf.options import SOLVER_KEYWORDS, SolverOptions, solver_options
-from lowrank_gcrf.refine import refine_embeddings as image_embeddings
 from lowrank_gcrf.refine_inputs import RefineParameters, check_refine_inputs
 from lowrank_gcrf.threads import one_blas_thread
 from lowrank_gcrf.validation import (

@@ -55,8 +55,10 @@ def refine(
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
-        ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` —
-        ``"landmarks"`` only: the exact solve's exact smoothness kernel is the core's alone).
+        ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` and
+        ``appearance_kernel`` — ``"landmarks"`` only, which ``"auto"`` is here: the exact
+        solve's exact smoothness kernel and the lattice's passes are the core's alone, so
+        that the default passes here are the core's ``appearance_kernel="landmarks"``).
 
     Returns
     -------
@@ -73,8 +75,9 @@ def refine(
     >>> refine(probs, tf.cast(image, tf.uint8)).shape
     TensorShape([4, 32, 32])
     """
-    params = passes_parameters(RefineParameters(**parameters))
+    params = RefineParameters(**parameters)
     check_adapter_parameters(params)
+    params = passes_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     probs, image = tf.convert_to_tensor(probs), tf.convert_to_tensor(image)
     compute = tf.float64 if probs.dtype == tf.float64 else tf.float32

@@ -58,8 +58,10 @@ def refine(
     **parameters
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
-        ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` —
-        ``"landmarks"`` only: the exact solve's exact smoothness kernel is the core's alone).
+        ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` and
+        ``appearance_kernel`` — ``"landmarks"`` only, which ``"auto"`` is here: the exact
+        solve's exact smoothness kernel and the lattice's passes are the core's alone, so
+        that the default passes here are the core's ``appearance_kernel="landmarks"``).
 
     Returns
     -------
@@ -83,8 +85,9 @@ def refine(
             f"expected torch tensors for probs and image, got {type(probs).__name__} and "
             f"{type(image).__name__}; use lowrank_gcrf.refine for NumPy or CuPy arrays"
         )
-    params = passes_parameters(RefineParameters(**parameters))
+    params = RefineParameters(**parameters)
     check_adapter_parameters(params)
+    params = passes_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     compute = torch.float64 if probs.dtype == torch.float64 else torch.float32
     with core_stream(probs.device):
