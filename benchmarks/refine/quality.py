@@ -6,19 +6,25 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+import array_api_compat.numpy as numpy_namespace
 import numpy as np
 from tqdm import tqdm
 
 from lowrank_gcrf.refine_inputs import RefineParameters
+from lowrank_gcrf.refine_passes import uses_lattice
+from lowrank_gcrf.refine_strength import AUTO, STEPS_PER_ERROR_ODDS
 
 from ..metrics import boundary_f, confusion, mean_iou
 from .contenders import (
     EXACT_SMOOTH,
+    LANDMARK_PASSES,
+    LATTICE_PASSES,
     MF5,
     MF10,
     MF_TUNED,
     OURS,
     OURS_EXACT,
+    OURS_LANDMARKS,
     OURS_SOLVE,
     SOLVE,
     TUNED_MF_ITERATIONS,
@@ -69,38 +75,72 @@ def ours_with(**params: Any) -> Any:
     return lambda p, i: ours(p, i, **params)
 
 
-def passes_name(passes: int) -> str:
-    """A validation candidate's name: the mean-field passes, or the exact solve (0)."""
-    return f"passes = {passes}" if passes else "exact solve"
+def passes_name(kernel: str, passes: int) -> str:
+    """A validation candidate's name for ``passes`` mean-field passes with the appearance
+    kernel ``kernel`` (``"lattice"`` or ``"landmarks"``)."""
+    return f"{kernel}, passes = {passes}"
+
+
+def rule_name(gain: float) -> str:
+    """A validation candidate's name: the exact solve with the automatic strength rule at
+    constant ``gain``."""
+    return f"exact solve, auto, c = {gain:g}"
+
+
+def strength_name(strength: float) -> str:
+    """A validation candidate's name: the exact solve at a fixed strength."""
+    return f"exact solve, strength {strength:g}"
+
+
+def default_name() -> str:
+    """The library's default as a validation candidate's name, read from the library:
+    :class:`~lowrank_gcrf.refine_inputs.RefineParameters`' defaults and, for the passes, the
+    appearance kernel that :func:`~lowrank_gcrf.refine_passes.uses_lattice` picks for NumPy
+    arrays (the benchmark's inputs)."""
+    params = RefineParameters()
+    if params.passes > 0:
+        kernel = "lattice" if uses_lattice(params, numpy_namespace) else "landmarks"
+        return passes_name(kernel, params.passes)
+    if params.strength == AUTO:
+        return rule_name(STEPS_PER_ERROR_ODDS)
+    return strength_name(float(params.strength))
 
 
 def _candidates(cfg: Config) -> dict[str, Any]:
     """Our settings tried on validation, cheapest first: the settings a default can take
-    (the exact solve with the automatic strength rule's constants and with fixed strengths,
-    then 1, 2, … mean-field passes at their automatic strength), and the exact smoothness
-    kernel (:data:`OPTIONS`)."""
+    (the lattice's passes, 1, 2, … of them; the exact solve with the automatic strength
+    rule's constants and with fixed strengths; the landmarks' passes, the rank-D resolvent
+    as the appearance message), and the exact smoothness kernel (:data:`OPTIONS`)."""
     out: dict[str, Any] = {}
-    for gain in cfg.rule_gains:
-        out[f"exact solve, auto, c = {gain:g}"] = lambda p, i, g=gain: ours_rule(p, i, gain=g)
-    for strength in cfg.fixed_strengths:
-        out[f"exact solve, strength {strength:g}"] = ours_with(strength=strength, **SOLVE)
     for passes in sorted(cfg.passes):
-        out[passes_name(passes)] = ours_with(passes=passes)
+        out[passes_name("lattice", passes)] = ours_with(passes=passes, **LATTICE_PASSES)
+    for gain in cfg.rule_gains:
+        out[rule_name(gain)] = lambda p, i, g=gain: ours_rule(p, i, gain=g)
+    for strength in cfg.fixed_strengths:
+        out[strength_name(strength)] = ours_with(strength=strength, **SOLVE)
+    for passes in sorted(cfg.passes):
+        out[passes_name("landmarks", passes)] = ours_with(passes=passes, **LANDMARK_PASSES)
     out[OURS_EXACT] = ours_with(**EXACT_SMOOTH)
     return out
+
+
+def candidate_count(cfg: Config) -> int:
+    """How many settings :func:`_candidates` lists (for the progress bar)."""
+    return 2 * len(cfg.passes) + len(cfg.rule_gains) + len(cfg.fixed_strengths) + 1
 
 
 #: Validation scores (mean mIoU difference to MF-5) closer than this count as a tie: 0.1
 #: points, about a tenth of a pixel per thousand on the split, well inside what one scene's
 #: noise draw moves.
 TIE = 0.001
-#: Settings measured on validation that a default cannot take: the exact smoothness kernel
-#: is not available in the PyTorch and TensorFlow adapters, whose defaults are the core's.
+#: Settings measured on validation that are not candidates for the default: the exact
+#: smoothness kernel, an option of the exact solve that the PyTorch and TensorFlow adapters
+#: do not have.
 OPTIONS = (OURS_EXACT,)
 
 
 def validation_section(cfg: Config, val: list, bar: tqdm) -> dict[str, Any]:
-    """Our strength settings and pydensecrf2's tuning grid on the validation split.
+    """Our settings and pydensecrf2's tuning grid on the validation split.
 
     Ours: among the settings a default can take, the one whose mIoU is closest to MF-5's on
     average over the two unaries (a default must serve both kinds), the cheapest of those
@@ -134,25 +174,42 @@ def validation_section(cfg: Config, val: list, bar: tqdm) -> dict[str, Any]:
         "mf5": mf5,
         "ours": ours_val,
         "chosen": chosen,
-        "default": passes_name(RefineParameters().passes),
+        "default": default_name(),
         "mf_grid": mf_val,
         "best_mf": {u: cfg.mf_grid[int(np.argmax(mf_val[u]))] for u in UNARIES},
     }
+
+
+#: the rows of the held-out section, per unary (then the validation's choice, where it is
+#: not the library's default)
+HELDOUT_ROWS = ("unary", MF5, MF10, MF_TUNED, OURS, OURS_LANDMARKS, OURS_SOLVE, OURS_EXACT)
+
+
+def heldout_count() -> int:
+    """The most methods :func:`heldout_section` evaluates per unary (for the progress bar)."""
+    return len(HELDOUT_ROWS) + 1
 
 
 def heldout_section(cfg: Config, validation: dict[str, Any], test: list, bar: tqdm) -> dict:
     """Every method on the test split per unary: pooled and per-image mIoU."""
     out: dict[str, Any] = {}
     for unary in UNARIES:
-        methods = {
-            "unary": unary_as_is,
-            MF5: mf(5),
-            MF10: mf(10),
-            MF_TUNED: mf(TUNED_MF_ITERATIONS, **validation["best_mf"][unary]),
-            OURS: ours_with(),
-            OURS_SOLVE: ours_with(**SOLVE),
-            OURS_EXACT: ours_with(**EXACT_SMOOTH),
-        }
+        methods = dict(
+            zip(
+                HELDOUT_ROWS,
+                (
+                    unary_as_is,
+                    mf(5),
+                    mf(10),
+                    mf(TUNED_MF_ITERATIONS, **validation["best_mf"][unary]),
+                    ours_with(),
+                    ours_with(**LANDMARK_PASSES),
+                    ours_with(**SOLVE),
+                    ours_with(**EXACT_SMOOTH),
+                ),
+                strict=True,
+            )
+        )
         if validation["chosen"] != validation["default"]:
             methods[f"ours ({validation['chosen']}, validation's choice)"] = _candidates(cfg)[
                 validation["chosen"]
