@@ -15,7 +15,6 @@ import sklearn  # noqa: F401
 
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
-from benchmarks.refine.report import wins
 from benchmarks.refine.scenes import (
     FILLS,
     NOISY_CONFIDENCE,
@@ -24,6 +23,7 @@ from benchmarks.refine.scenes import (
     SHAPES,
     make_scene,
 )
+from benchmarks.refine.summary import wins
 from benchmarks.results_writer import published_fingerprint
 
 

@@ -21,47 +21,16 @@ from ..results_writer import relative_link
 from .contenders import (
     MF5,
     OURS,
-    OURS_EXACT,
-    OURS_LANDMARKS,
-    OURS_SOLVE,
     OURS_TIMED,
     meanfield,
     ours,
 )
 from .quality import TIE
-
-#: what the issue asks of the defaults: per-image wins against MF-5 on this many test images
-#: out of 16 (scaled to the split's size)
-WINS_NEEDED = 12 / 16
-#: our rows, as the prose names them
-SHORT = {
-    OURS: "the defaults",
-    OURS_LANDMARKS: "the landmarks' passes",
-    OURS_SOLVE: "the exact solve",
-    OURS_EXACT: "the exact solve with the exact smoothness kernel",
-}
-
-
-def _fmt(v: float, digits: int = 3) -> str:
-    return f"{v:.{digits}f}"
+from .summary import fmt, points, verdict, why, wins
 
 
 def _params(p: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in p.items())
-
-
-def _points(v: float) -> str:
-    return f"{100 * v:+.1f}"
-
-
-def wins(test: dict[str, Any], unary: str, method: str = OURS) -> tuple[int, int, float]:
-    """Test images where ``method`` (ours, defaults) scores at least MF-5's mIoU, their
-    number, and its smallest per-image gain over the unary."""
-    block = test[unary]
-    ours_i = np.asarray(block[method]["per_image"])
-    mf_i = np.asarray(block[MF5]["per_image"])
-    base = np.asarray(block["unary"]["per_image"])
-    return int(np.sum(ours_i >= mf_i)), len(ours_i), float(np.min(ours_i - base))
 
 
 def _test_table(test: dict[str, Any]) -> list[str]:
@@ -72,9 +41,9 @@ def _test_table(test: dict[str, Any]) -> list[str]:
     for unary, block in test.items():
         base = block["unary"]["miou"]
         for name, r in block.items():
-            gain = "—" if name == "unary" else _points(r["miou"] - base)
+            gain = "—" if name == "unary" else points(r["miou"] - base)
             lines.append(
-                f"| {unary} | {name} | {_fmt(r['miou'])} | {gain} | {_fmt(r['boundary_f'])} | "
+                f"| {unary} | {name} | {fmt(r['miou'])} | {gain} | {fmt(r['boundary_f'])} | "
                 f"{r['seconds']:.3f} |"
             )
     return lines
@@ -91,60 +60,8 @@ def _per_image_table(test: dict[str, Any]) -> list[str]:
             b = test[u]
             o, m = b[OURS]["per_image"][i], b[MF5]["per_image"][i]
             mark = "**" if o >= m else ""
-            cells += [_fmt(b["unary"]["per_image"][i]), _fmt(m), f"{mark}{_fmt(o)}{mark}"]
+            cells += [fmt(b["unary"]["per_image"][i]), fmt(m), f"{mark}{fmt(o)}{mark}"]
         lines.append(f"| {i} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """What the issue asks of ours (defaults): (target, measured, needed, met) per row."""
-    test = results["test"]
-    rows = []
-    for unary, block in test.items():
-        base = block["unary"]["miou"]
-        ours_gain = block[OURS]["miou"] - base
-        mf_gain = block[MF5]["miou"] - base
-        won, count, worst = wins(test, unary)
-        needed = int(np.ceil(WINS_NEEDED * count))
-        rows += [
-            (
-                f"{unary}: test mIoU gain, ours (defaults) vs MF-5",
-                f"{_points(ours_gain)} vs {_points(mf_gain)} points",
-                "ours ≥ MF-5",
-                ours_gain >= mf_gain,
-            ),
-            (
-                f"{unary}: test images where ours ≥ MF-5",
-                f"{won} of {count}",
-                f"≥ {needed}",
-                won >= needed,
-            ),
-            (
-                f"{unary}: smallest per-image gain of ours over the unary",
-                f"{_points(worst)} points",
-                "≥ 0",
-                worst >= 0,
-            ),
-        ]
-    for r in results["timing"]:
-        h, w = r["shape"]
-        ratio = r[f"{OURS} / MF-5"]
-        rows.append(
-            (
-                f"time ours (defaults) / MF-5 at {h}×{w}, L = {r['labels']}",
-                f"{ratio:.2f}× (medians), {r[f'{OURS} / MF-5, median per round']:.2f}× "
-                "(median per round)",
-                "≤ 1",
-                ratio <= 1,
-            )
-        )
-    return rows
-
-
-def _verdict(results: dict[str, Any]) -> list[str]:
-    lines = ["| target | measured | needed | result |", "|---|---|---|---|"]
-    for target, measured, needed, met in _targets(results):
-        lines.append(f"| {target} | {measured} | {needed} | {'pass' if met else '**miss**'} |")
     return lines
 
 
@@ -161,9 +78,9 @@ def _validation_table(validation: dict[str, Any]) -> list[str]:
         cells = []
         for u in unaries:
             cells += [
-                _fmt(scores[u]),
-                "—" if name == "unary" else _points(scores[u] - validation["unary"][u]),
-                "—" if name in ("unary", MF5) else _points(scores[u] - validation["mf5"][u]),
+                fmt(scores[u]),
+                "—" if name == "unary" else points(scores[u] - validation["unary"][u]),
+                "—" if name in ("unary", MF5) else points(scores[u] - validation["mf5"][u]),
             ]
         label = f"**{name}**" if name == validation["chosen"] else name
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -208,7 +125,7 @@ def _by_rank_table(rows: list[dict[str, Any]], value_keys: tuple[str, ...]) -> l
                     if (r["rank"], r["approximation"], r["normalization"], r["landmarks"])
                     == (d, a, n, m)
                 ]
-                cells.append(_fmt(match[0]) if match else "—")
+                cells.append(fmt(match[0]) if match else "—")
             label = [a, n, m, *([key] if extra else [])]
             lines.append("| " + " | ".join(label) + " | " + " | ".join(cells) + " |")
     return lines
@@ -236,64 +153,6 @@ def _memory_lines(memory: dict[str, Any] | None) -> list[str]:
         traced = "—" if r["tracemalloc_bytes"] is None else f"{r['tracemalloc_bytes'] / mb:.1f}"
         lines.append(f"| {name} | {r['rss_bytes'] / mb:.1f} | {traced} |")
     return lines
-
-
-def _times(timing: list[dict[str, Any]], name: str) -> str:
-    return ", ".join(f"{r[f'{name} / MF-5']:.2f}×" for r in timing)
-
-
-def _why(results: dict[str, Any]) -> list[str]:
-    """What this run measured of the defaults against MF-5 and our other rows, and which
-    targets they miss: every figure read from the results."""
-    test, timing = results["test"], results["timing"]
-    missed = [f"{target}: {measured}" for target, measured, _, met in _targets(results) if not met]
-    verdict = (
-        "The defaults meet every target above."
-        if not missed
-        else f"The defaults miss {len(missed)} of the targets above: " + "; ".join(missed) + "."
-    )
-    quality = "; ".join(
-        f"{u}: {SHORT[OURS]} {_fmt(b[OURS]['miou'])} against MF-5's {_fmt(b[MF5]['miou'])} "
-        f"({SHORT[OURS_LANDMARKS]} {_fmt(b[OURS_LANDMARKS]['miou'])}, {SHORT[OURS_SOLVE]} "
-        f"{_fmt(b[OURS_SOLVE]['miou'])})"
-        for u, b in test.items()
-    )
-    short_of = {
-        u: [SHORT[name] for name in SHORT if b[name]["miou"] < b[MF5]["miou"]]
-        for u, b in test.items()
-    }
-    below = "; ".join(f"{u}: {', '.join(names)}" for u, names in short_of.items() if names)
-    below_line = (
-        f" Below MF-5's test mIoU: {below}." if below else " None of our rows is below MF-5's."
-    )
-    per_image = "; ".join(
-        f"{u}: "
-        + ", ".join(
-            "{} {} of {}".format(SHORT[name], *wins(test, u, name)[:2])
-            for name in (OURS, OURS_LANDMARKS)
-        )
-        for u in test
-    )
-    speed = "; ".join(f"{SHORT[name]} {_times(timing, name)}" for name in OURS_TIMED)
-    sweep = [
-        r
-        for r in results["sweep"]
-        if r["approximation"] == "nystrom-kmeans"
-        and r["normalization"] == "symmetric"
-        and r["landmarks"] != "m = D"
-    ]
-    by_rank = ", ".join(f"D = {r['rank']}: {_fmt(r['noisy'])}" for r in sweep)
-    rank_line = (
-        f" The landmarks' passes hold the appearance kernel at rank D (the lattice's have no "
-        f"rank): their validation mIoU on the noisy unary against D: {by_rank} (table below)."
-        if by_rank
-        else ""
-    )
-    return [
-        f"Why. {verdict} Test mIoU, {quality}.{below_line} Test images where the mIoU "
-        f"reaches MF-5's: {per_image}. Time against MF-5 (medians, in the order of the "
-        f"timing table): {speed}.{rank_line}",
-    ]
 
 
 def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
@@ -352,9 +211,9 @@ def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
         "table's s / image is the mean during evaluation.",
         "",
         "### Target",
-        *_verdict(results),
+        *verdict(results),
         "",
-        *_why(results),
+        *why(results),
         "",
         "### Test split (held out)",
         *_test_table(results["test"]),
