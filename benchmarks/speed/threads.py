@@ -22,7 +22,9 @@ Cases: forward+backward ``method="auto"`` and ``"cg"`` solves at the paper's siz
 sweeps, the Gram-bound cases D ≥ 512 (where the second core should pay), a batch of 8 and
 float64; a PyTorch training step of a Potts ``GCRFHead`` (batch 4, 41×41, L = 21, C = 32,
 D = 16) and of its unary branch alone (torch's own share), and the Keras head's step
-(TensorFlow's pools cannot change while it runs: its ``one thread`` limits BLAS only). The
+(TensorFlow's pools cannot change while it runs: its ``one thread`` limits BLAS only);
+``refine`` of a 300×400 photograph with its defaults (the lattice's passes; L = 6 and 21)
+and with the landmarks' passes (the refine benchmark's timing inputs). The
 ``busy`` rows repeat cases with one core kept busy by another process, as on a shared
 machine. ``default / one`` ≤ 1 is the target.
 The full default run publishes the ``speed-threads`` section of ``benchmarks/RESULTS.md``
@@ -123,6 +125,19 @@ def solve_call(
         op.vjp(x, problem.gx, method=method, rtol=RTOL, factorization=info.factorization)
 
     return call
+
+
+def refine_call(labels: int, **params: Any) -> Callable[[], Any]:
+    """``lowrank_gcrf.refine`` of the refine benchmark's first 300×400 test scene (its coarse
+    unary widened to ``labels``), with its defaults or ``params``."""
+    from lowrank_gcrf import refine
+
+    from ..refine.job import timing_probs
+    from ..refine.scenes import make_scenes
+
+    scene = make_scenes("test", (300, 400), 1)[0]
+    probs = timing_probs(scene, labels)
+    return functools.partial(refine, probs, scene.image, **params)
 
 
 def torch_step_call(crf: bool = True) -> Callable[[], Any]:
@@ -278,8 +293,12 @@ def cases(quick: bool) -> list[tuple[str, Callable[[], Callable[[], Any]], bool]
         chosen += [(f"{_name(spec)}, one core busy", spec, True) for spec in BUSY_CASES]
     rows = [(name, _factory(spec), busy) for name, spec, busy in chosen]
     rows.append(("torch Potts GCRFHead training step", torch_step_call, False))
+    rows.append(("refine 300×400, L = 6 (defaults: the lattice)", _refine(6), False))
     if not quick:
         rows += [
+            ("refine 300×400, L = 21 (defaults: the lattice)", _refine(21), False),
+            ("refine 300×400, L = 6, landmarks' passes", _refine(6, landmarks=True), False),
+            ("refine 300×400, L = 6, one core busy", _refine(6), True),
             ("torch step of the head's unary branch alone (no CRF)", _no_crf, False),
             ("torch Potts GCRFHead training step, one core busy", torch_step_call, True),
             ("torch step of the unary branch alone, one core busy", _no_crf, True),
@@ -300,6 +319,11 @@ def _name(spec: tuple[Any, ...]) -> str:
 
 def _no_crf() -> Callable[[], Any]:
     return torch_step_call(crf=False)
+
+
+def _refine(labels: int, *, landmarks: bool = False) -> Callable[[], Callable[[], Any]]:
+    params = {"appearance_kernel": "landmarks"} if landmarks else {}
+    return lambda: refine_call(labels, **params)
 
 
 def _factory(spec: tuple[Any, ...]) -> Callable[[], Callable[[], Any]]:
