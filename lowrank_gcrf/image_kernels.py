@@ -164,12 +164,11 @@ def dense_crf_features(
         A bandwidth so small for this image that even float64 cannot evaluate the kernel.
     """
     m_smooth = smoothness_share(landmarks, w_smooth, w_appearance)
-    extent = math.hypot(*(n - 1 for n in image.shape[1:]))
     scales = []
     if landmarks > m_smooth:
-        scales.append((("sxy", extent, sxy), ("srgb", colour_extent(xp, image), srgb)))
+        scales.append(appearance_scales(xp, image, sxy=sxy, srgb=srgb))
     if m_smooth:
-        scales.append((("sxy_smooth", extent, sxy_smooth),))
+        scales.append((("sxy_smooth", position_extent(image), sxy_smooth),))
     dtype = kernel_dtype(xp, dtype, scales)
     blocks, transforms = [], []
     if landmarks > m_smooth:
@@ -185,13 +184,33 @@ def dense_crf_features(
     return FactoredFeatures(_block_diagonal(xp, transforms), tuple(blocks))
 
 
+#: A kernel's coordinate groups as ``(name of the bandwidth, extent, bandwidth)``.
+Scales = tuple[tuple[str, float, float], ...]
+
+
+def position_extent(image: Any) -> float:
+    """A bound on the pixel positions' norm in ``image`` (C, *spatial)."""
+    return math.hypot(*(n - 1 for n in image.shape[1:]))
+
+
+def appearance_scales(xp: Any, image: Any, *, sxy: float, srgb: float) -> Scales:
+    """The appearance kernel's coordinate groups (positions, colours) in ``image``."""
+    return (("sxy", position_extent(image), sxy), ("srgb", colour_extent(xp, image), srgb))
+
+
+def feature_norm(scales: Scales) -> float:
+    """A bound on the norm of a kernel's scaled features: its groups' extents over their
+    bandwidths, combined."""
+    return math.hypot(*(extent / bandwidth for _, extent, bandwidth in scales))
+
+
 def colour_extent(xp: Any, image: Any) -> float:
     """A bound on the colour vectors' norm in ``image`` (C, *spatial): √C · max |I|."""
     top = max(abs(float(xp.max(image))), abs(float(xp.min(image))))
     return math.sqrt(image.shape[0]) * top
 
 
-def kernel_dtype(xp: Any, dtype: Any, scales: list[tuple[tuple[str, float, float], ...]]) -> Any:
+def kernel_dtype(xp: Any, dtype: Any, scales: list[Scales]) -> Any:
     """The dtype to compute the kernels in: ``dtype``, else float64, else a GCRFError.
 
     Each kernel's features f are its coordinates' extents divided by their bandwidths,
@@ -204,9 +223,7 @@ def kernel_dtype(xp: Any, dtype: Any, scales: list[tuple[tuple[str, float, float
     float64, whose bound, about 6.7e7, only a bandwidth many orders of magnitude below
     the image's resolution breaks.
     """
-    magnitudes = [
-        math.hypot(*(extent / bandwidth for _, extent, bandwidth in kernel)) for kernel in scales
-    ]
+    magnitudes = [feature_norm(kernel) for kernel in scales]
     for candidate in (dtype, xp.float64):
         limit = 1.0 / math.sqrt(float(xp.finfo(candidate).eps))
         if all(magnitude <= limit for magnitude in magnitudes):
@@ -219,9 +236,7 @@ def kernel_dtype(xp: Any, dtype: Any, scales: list[tuple[tuple[str, float, float
     )
 
 
-def bandwidth_too_small(
-    scales: list[tuple[tuple[str, float, float], ...]], limit: float, why: str
-) -> GCRFError:
+def bandwidth_too_small(scales: list[Scales], limit: float, why: str) -> GCRFError:
     """The error naming the bandwidth of ``scales`` (as :func:`kernel_dtype`'s) whose
     features reach furthest beyond ``limit`` (|f| at most; ``why`` says what breaks there),
     and a value that keeps every coordinate group within it."""

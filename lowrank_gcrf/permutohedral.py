@@ -45,6 +45,9 @@ from .errors import GCRFError
 #: code (bytes of marks plus a lazily touched int32 table); beyond it, a sort finds the
 #: distinct vertices (an image of noise: about three times slower).
 TABLE_RATIO = 64
+#: The table's largest size whatever the number of codes (128 MiB of marks); a photograph's
+#: code space is 3–22 times its codes, 2·10⁷ entries at 1024 × 1024.
+TABLE_MAX_ENTRIES = 2**27
 #: The elevated coordinates are float32 and rounded to integers: beyond 2²⁴ float32 no
 #: longer holds every integer, and the lattice point a feature falls in is lost.
 ELEVATED_LIMIT = 2.0**24
@@ -95,8 +98,18 @@ class PermutohedralLattice:
         return np.sum((w @ beta.astype(np.float32)) * w, axis=1)
 
     def filter(self, values: np.ndarray) -> np.ndarray:
-        """``W B Wᵀ v`` for values (L, P): (L, P) float32, about proportional to
-        ``Σⱼ exp(−|fᵢ − fⱼ|²/2) vⱼ`` (the point itself included)."""
+        """``W B Wᵀ v``, about proportional to ``Σⱼ exp(−|fᵢ − fⱼ|²/2) vⱼ`` (the point
+        itself included).
+
+        Parameters
+        ----------
+        values : array (L, P)
+            L values per point; computed in float32.
+
+        Returns
+        -------
+        ndarray (L, P), float32
+        """
         x = self.weights.T @ np.asarray(values, dtype=np.float32).T
         for step in self.blur:
             x = step @ x
@@ -104,7 +117,18 @@ class PermutohedralLattice:
 
 
 def permutohedral_lattice(features: np.ndarray) -> PermutohedralLattice:
-    """The permutohedral lattice of ``features`` (P, d), already divided by their bandwidths.
+    """The permutohedral lattice of ``features``.
+
+    Parameters
+    ----------
+    features : array (P, d)
+        Each point's features, already divided by their bandwidths (the Gaussian's σ is 1);
+        held in float32.
+
+    Returns
+    -------
+    PermutohedralLattice
+        W and the blur; no points give an empty lattice.
 
     Raises
     ------
@@ -128,10 +152,10 @@ def permutohedral_lattice(features: np.ndarray) -> PermutohedralLattice:
     else:
         codes, strides, residue_stride = coded
         codes = np.ascontiguousarray(codes.T)  # (P, d + 1): a point's vertices adjacent
-        vertices, inverse, lookup = _distinct(codes, residue_stride * (d + 1), rank)
+        vertices, inverse, lookup = _distinct(codes, residue_stride * (d + 1))
         neighbours = _neighbours(vertices, lookup, strides, residue_stride, d)
         m = len(vertices)
-    indptr = np.arange(0, p * (d + 1) + 1, d + 1, dtype=np.int64)
+    indptr = np.arange(0, p * (d + 1) + 1, d + 1, dtype=_index_dtype(p * (d + 1)))
     weights = sp.csr_array(
         (np.ascontiguousarray(barycentric.T).ravel(), inverse, indptr),
         shape=(p, m),
@@ -245,7 +269,7 @@ def _vertex_codes(
     # by_rank[k] = the stride of the coordinate of rank k (0 for the implied one): vertex r
     # subtracts the strides of the coordinates whose rank exceeds d − r.
     by_rank = np.zeros((d1, p), dtype=np.int64)
-    by_rank.ravel()[(rank[:d] * p + np.arange(p)).ravel()] = np.repeat(strides, p)
+    by_rank.ravel()[(rank[:d].astype(np.int64) * p + np.arange(p)).ravel()] = np.repeat(strides, p)
     for r in range(1, d1):
         np.subtract(codes[r - 1], by_rank[d - r + 1], out=codes[r])
     for r in range(1, d1):
@@ -277,18 +301,18 @@ class _SortedLookup:
 
 
 def _distinct(
-    codes: np.ndarray, space: int, rank: np.ndarray
+    codes: np.ndarray, space: int
 ) -> tuple[np.ndarray, np.ndarray, _TableLookup | _SortedLookup]:
     """The sorted distinct vertex codes, each code's lattice index (P·(d + 1),) int32, and a
     lookup from codes to lattice indices.
 
     A dense table over the code space [0, space) where it is at most :data:`TABLE_RATIO`
-    times the number of codes; else a sort of the distinct simplices' vertices (points of
-    one simplex share their d + 1 codes, so the simplices are found first, from vertex 0's
-    code and the rank permutation).
+    times the number of codes and :data:`TABLE_MAX_ENTRIES`; else a sort of the distinct
+    simplices' vertices (points of one simplex share their d + 1 codes, so the simplices,
+    rows of codes, are found first).
     """
     flat = codes.ravel()
-    if space <= TABLE_RATIO * flat.size:
+    if space <= min(TABLE_RATIO * flat.size, TABLE_MAX_ENTRIES):
         mark = np.zeros(space, dtype=bool)
         mark[flat] = True
         vertices = np.flatnonzero(mark)
@@ -296,11 +320,7 @@ def _distinct(
         table[vertices] = np.arange(len(vertices), dtype=np.int32)
         return vertices, table[flat], _TableLookup(mark, table)
     d1 = codes.shape[1]
-    permutation = np.zeros(codes.shape[0], dtype=np.int64)
-    for i in range(d1):
-        permutation = permutation * d1 + rank[i]
-    simplex = codes[:, 0] * d1**d1 + permutation
-    _, first, which = np.unique(simplex, return_index=True, return_inverse=True)
+    _, first, which = np.unique(codes, axis=0, return_index=True, return_inverse=True)
     vertices, inverse = np.unique(codes[first].ravel(), return_inverse=True)
     inverse = inverse.reshape(-1, d1)[which.ravel()].ravel().astype(np.int32)
     return vertices, inverse, _SortedLookup(vertices)
@@ -385,5 +405,11 @@ def _blur(first: np.ndarray, second: np.ndarray) -> sp.csr_array:
         present = n >= 0
         columns[:, k] = np.where(present, n, rows)
         values[:, k] = np.where(present, np.float32(0.5), np.float32(0.0))
-    indptr = np.arange(0, 3 * m + 1, 3, dtype=np.int64)
+    indptr = np.arange(0, 3 * m + 1, 3, dtype=_index_dtype(3 * m))
     return sp.csr_array((values.ravel(), columns.ravel(), indptr), shape=(m, m))
+
+
+def _index_dtype(entries: int) -> type:
+    """int32 where the sparse matrix's entries allow: indices and pointers of one dtype, so
+    that SciPy does not copy the indices to a common one."""
+    return np.int32 if entries < 2**31 else np.int64

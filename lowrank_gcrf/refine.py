@@ -9,7 +9,8 @@ kernel, filtered by the permutohedral lattice (:mod:`lowrank_gcrf.permutohedral`
 filter of pydensecrf) and symmetrically normalised, plus the smoothness kernel by exact
 separable filtering, with a softmax between the passes. With ``appearance_kernel=
 "landmarks"`` (and for arrays other than NumPy's) the appearance message is instead the
-resolvent of the low-rank Potts G-CRF below, applied to the probabilities.
+resolvent of the low-rank Potts G-CRF below, applied to the probabilities; a numeric
+``strength`` or ``w_smooth > 0``, which concern that G-CRF, select it too.
 
 With ``passes=0``, the exact MAP of a low-rank Potts G-CRF (Eq. 11–12): the two Gaussian
 kernels are approximated at rank D (:mod:`lowrank_gcrf.image_kernels`) and the MAP is found
@@ -37,7 +38,7 @@ from .api import solve_potts
 from .dtypes import floating_dtypes
 from .image_embeddings import refine_embeddings
 from .refine_inputs import RefineParameters, RefineShape, check_refine_inputs
-from .refine_passes import passes_scores
+from .refine_passes import check_appearance_kernel, passes_scores
 from .refine_strength import (
     AUTO,
     expected_error,
@@ -111,13 +112,15 @@ def refine(
     sxy_smooth : float, default 3
         Smoothness kernel bandwidth in pixels (``addPairwiseGaussian(sxy)``, θγ).
     w_appearance, w_smooth : float, default 4 and 0
-        Relative weights of the two kernels (DeepLab's ``compat`` 4 and 3). Only their ratio
-        matters: the symmetric normalisation divides out their overall scale, and
+        Relative weights of the two kernels in Â (DeepLab's ``compat`` 4 and 3). Only their
+        ratio matters: the symmetric normalisation divides out their overall scale, and
         ``strength`` sets it instead. The smoothness kernel is off in Â by default: a kernel
         a few pixels wide is far from low rank, and with the quarter of the landmarks it gets
         its approximation lowered validation mIoU in the benchmark. The passes apply it
         exactly in a message of their own; with ``passes=0``, ``smooth_kernel="exact"``
-        holds it exactly, at about twice the time.
+        holds it exactly, at about twice the time. The lattice's passes have fixed weights
+        of their own (``appearance_kernel``): ``w_smooth > 0`` asks for Â's smoothness part,
+        so that ``"auto"`` then takes the landmarks.
     strength : float in [0, 1), or "auto" (default)
         ``‖Â‖₂²/λ``: how far scores propagate along similar pixels (the weight of n-step
         paths is strengthⁿ; about ``1/(1 − strength)`` steps). With ``passes=0``, 0
@@ -157,8 +160,9 @@ def refine(
         ``probs`` holds scores (the result equals that of their softmax, since a per-pixel
         constant does not change the refined probabilities).
     lam : float, default 1
-        λ; the refined scores scale as 1/λ (a temperature): with λ = 1 a pixel with no
-        similar neighbour keeps its log-probabilities.
+        λ; with ``passes=0`` the refined scores scale as 1/λ (a temperature): with λ = 1 a
+        pixel with no similar neighbour keeps its log-probabilities. The passes do not
+        depend on it (the landmarks' resolvent is normalised, the lattice has none).
     approximation : {"nystrom-kmeans", "nystrom-random", "rff"}
         Kernel feature map (:mod:`lowrank_gcrf.image_kernels`).
     normalization : {"symmetric", "none"}
@@ -183,18 +187,22 @@ def refine(
         kernel (``sxy``, ``srgb``) filtered by the permutohedral lattice
         (:mod:`lowrank_gcrf.permutohedral`, pydensecrf's filter), symmetrically normalised,
         without each pixel's own term: ``a(q) = w_a (N − diag N) q``, w_a = 40, w_s = 0.5;
-        NumPy only, and no ``strength``, ``rank``, ``landmarks``, ``approximation`` or
+        NumPy only, filtered in float32 (float64 probabilities get float32's precision in
+        that message), and no ``strength``, ``rank``, ``landmarks``, ``approximation`` or
         ``normalization`` (the kernel is not low rank). ``"landmarks"``: this solve's
         normalised resolvent at rank D, ``a(q) = β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q``, β = 100,
-        w_s = 1, α = 0.8 with ``strength="auto"`` (at about three times the lattice's time
-        on one CPU thread). ``"auto"``: ``"lattice"`` for NumPy arrays with
-        ``strength="auto"``, else ``"landmarks"`` (CuPy arrays; a numeric ``strength``).
-        The weights were chosen on the benchmark's validation split. The passes are NumPy
-        and CuPy only (the adapters have the landmarks' passes).
+        w_s = 1, α = 0.8 with ``strength="auto"`` (at 1.3–2.3 times the lattice's time on
+        one CPU thread in the benchmark). ``"auto"``: ``"lattice"`` for NumPy arrays with
+        ``strength="auto"`` and ``w_smooth=0``, else ``"landmarks"`` (CuPy arrays; a numeric
+        ``strength`` or ``w_smooth > 0``, which concern Â). The weights were chosen on the
+        benchmark's validation split. The lattice is NumPy only; the adapters have the
+        landmarks' passes.
     method : {"direct", "cg", "auto"}, default "direct"
         Passed to :func:`~lowrank_gcrf.solve_potts`.
     return_info : bool
-        Also return the solve's :class:`~lowrank_gcrf.SolveInfo` (fields of the batch shape).
+        Also return the solve's :class:`~lowrank_gcrf.SolveInfo` (fields of the batch shape);
+        for the passes, ``method="passes"`` and the number of passes, the residual that of
+        the landmarks' last resolvent solve, NaN for the lattice (no linear system).
 
     Returns
     -------
@@ -207,17 +215,18 @@ def refine(
         Shapes that disagree, NaN or Inf, probabilities that are negative or do not sum to
         1 (tolerance √ε + L·ε, ε that of their dtype, at least float32's: a float32
         softmax cast to float64 carries float32's rounding), parameters out of range, a
-        bandwidth too small for the image to evaluate its kernel even in float64.
+        bandwidth too small for the image to evaluate its kernel even in float64 (for the
+        lattice: to hold the features in its float32 coordinates).
     GCRFTypeError
         Non-array inputs, arrays from different libraries, a non-floating ``probs``,
         parameters of the wrong type (booleans included; NumPy scalars are accepted).
 
     Notes
     -----
-    The kernels are computed in the dtype of the solve (float32 or float64, from
-    ``probs``), or in float64 where a bandwidth is so small against the image that the
-    scaled features exceed 1/√ε of float32 (beyond it the Gaussian's exponent loses all
-    precision); an empty batch gives an empty result.
+    The low-rank kernels are computed in the dtype of the solve (float32 or float64, from
+    ``probs``; the lattice in float32), or in float64 where a bandwidth is so small against
+    the image that the scaled features exceed 1/√ε of float32 (beyond it the Gaussian's
+    exponent loses all precision); an empty batch gives an empty result.
 
     Examples
     --------
@@ -254,6 +263,7 @@ def refine(
         probs, image, spatial_dims=spatial_dims, logits=logits, channel_axis=channel_axis
     )
     xp = shape.xp
+    check_appearance_kernel(params, xp)
     n, pixels = math.prod(shape.batch), math.prod(shape.spatial)
     scores = xp.reshape(xp.astype(probs, shape.compute), (n, shape.num_labels, pixels))
     b = scores if logits else xp.log(xp.maximum(scores, PROB_FLOOR))

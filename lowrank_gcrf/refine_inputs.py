@@ -162,6 +162,12 @@ class RefineParameters:
                 "lattice's passes do not use: pass strength='auto', or "
                 "appearance_kernel='landmarks'"
             )
+        if self.appearance_kernel == "lattice" and self.w_smooth > 0:
+            raise GCRFError(
+                f"w_smooth={self.w_smooth!r} puts the smoothness kernel in the rank-D "
+                "embeddings, which the lattice's passes do not use (they apply it exactly, "
+                "at a fixed weight): pass w_smooth=0, or appearance_kernel='landmarks'"
+            )
         if self.passes > 0 and self.smooth_kernel == "exact" and self.w_smooth > 0:
             raise GCRFError(
                 "smooth_kernel='exact' is an option of the exact solve (passes=0); the "

@@ -34,7 +34,6 @@ The weights were chosen on the refine benchmark's validation split (the constant
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +42,7 @@ import numpy as np
 
 from .errors import GCRFError
 from .image_embeddings import refine_embeddings
-from .image_kernels import bandwidth_too_small, colour_extent, pixel_features
+from .image_kernels import appearance_scales, bandwidth_too_small, feature_norm, pixel_features
 from .info import SolveInfo
 from .permutohedral import feature_limit, permutohedral_lattice
 from .refine_inputs import RefineParameters, RefineShape, channels_first
@@ -83,37 +82,64 @@ def passes_parameters(params: RefineParameters) -> RefineParameters:
     return params
 
 
-def uses_lattice(params: RefineParameters, xp: Any) -> bool:
-    """Whether the passes hold the appearance kernel in the lattice for arrays of ``xp``:
-    ``"lattice"``, or ``"auto"`` with passes, ``strength="auto"`` and NumPy arrays.
-
-    Raises
-    ------
-    GCRFError
-        ``appearance_kernel="lattice"`` with arrays of another library than NumPy.
-    """
-    numpy = array_api_compat.is_numpy_namespace(xp)
-    if params.appearance_kernel == "lattice" and not numpy:
+def check_appearance_kernel(params: RefineParameters, xp: Any) -> None:
+    """Raise a GCRFError for ``appearance_kernel="lattice"`` with arrays of another library
+    than NumPy (the lattice is built and applied with NumPy and SciPy)."""
+    if params.appearance_kernel == "lattice" and not array_api_compat.is_numpy_namespace(xp):
         raise GCRFError(
             "appearance_kernel='lattice' needs NumPy arrays (the lattice is built and "
             "applied with NumPy and SciPy); pass appearance_kernel='landmarks' or 'auto' "
             "for other arrays"
         )
+
+
+def uses_lattice(params: RefineParameters, xp: Any) -> bool:
+    """Whether the passes hold the appearance kernel in the lattice for arrays of ``xp``:
+    ``"lattice"``, or ``"auto"`` with passes, NumPy arrays and nothing asked of the rank-D
+    embeddings (``strength="auto"``, ``w_smooth=0``). Raises as
+    :func:`check_appearance_kernel`."""
+    check_appearance_kernel(params, xp)
     if params.appearance_kernel == "auto":
-        return numpy and params.passes > 0 and params.strength == AUTO
+        return (
+            array_api_compat.is_numpy_namespace(xp)
+            and params.passes > 0
+            and params.strength == AUTO
+            and params.w_smooth == 0
+        )
     return params.appearance_kernel == "lattice"
 
 
 def lattice_message(images: Any, params: RefineParameters, dtype: Any) -> Callable[[Any], Any]:
-    """``a(q) = w_a (N − diag N) q`` with ``N = Δ^{-1/2} K Δ^{-1/2}`` for probabilities q
-    (n, L, P): K the appearance kernel (``sxy``, ``srgb``) of each of the n images
-    (n, C, *spatial) filtered by its permutohedral lattice, Δ = K1 (the lattice's constant
-    scale cancels). Each pixel's own term is left out, as the dense CRF's energy sums over
-    pairs j ≠ i (pydensecrf keeps it): with it, a pixel of a colour found nowhere else in
-    the image reinforces its own label, and on validation single wrong pixels of the noisy
-    unary survived the passes as classes absent from the image."""
+    """The lattice's appearance message ``a(q) = w_a (N − diag N) q``.
+
+    ``N = Δ^{-1/2} K Δ^{-1/2}`` with K the appearance kernel (``sxy``, ``srgb``) of each
+    image filtered by its permutohedral lattice and Δ = K1 (the lattice's constant scale
+    cancels). Each pixel's own term is left out, as the dense CRF's energy sums over pairs
+    j ≠ i (pydensecrf keeps it): with it, a pixel of a colour found nowhere else in the
+    image reinforces its own label, and on validation single wrong pixels of the noisy
+    unary survived the passes as classes absent from the image.
+
+    Parameters
+    ----------
+    images : NumPy array (n, C, *spatial)
+        The images, on the 0–255 scale.
+    params : RefineParameters
+        ``sxy`` and ``srgb``.
+    dtype : NumPy dtype
+        The passes' dtype; the lattice filters in float32.
+
+    Returns
+    -------
+    callable
+        ``a``: probabilities (n, L, P) → the message (n, L, P) in ``dtype``.
+
+    Raises
+    ------
+    GCRFError
+        A bandwidth so small that the features leave the lattice's float32 integers.
+    """
     weight = np.asarray(LATTICE_APPEARANCE_WEIGHT, dtype=dtype)
-    lattices, scales, selfs = [], [], []
+    lattices, scales, own_weights = [], [], []
     for image in images:
         _check_lattice_bandwidths(image, params)
         features = pixel_features(np, image, sxy=params.sxy, srgb=params.srgb, dtype=np.float32)
@@ -124,13 +150,13 @@ def lattice_message(images: Any, params: RefineParameters, dtype: Any) -> Callab
         scale = 1.0 / np.sqrt(np.maximum(degrees, np.finfo(np.float32).tiny))
         lattices.append(lattice)
         scales.append(scale.astype(dtype))
-        selfs.append((lattice.self_weights() * scale * scale).astype(dtype))
+        own_weights.append((lattice.self_weights() * scale * scale).astype(dtype))
 
     def message(q: Any) -> Any:
         return np.stack(
             [
                 weight * (scale * lattice.filter(scale * qi).astype(dtype) - own * qi)
-                for lattice, scale, own, qi in zip(lattices, scales, selfs, q, strict=True)
+                for lattice, scale, own, qi in zip(lattices, scales, own_weights, q, strict=True)
             ]
         )
 
@@ -141,12 +167,11 @@ def _check_lattice_bandwidths(image: Any, params: RefineParameters) -> None:
     """Raise a GCRFError naming ``sxy`` or ``srgb`` where the image's appearance features
     (C, *spatial) exceed what the lattice holds
     (:func:`~lowrank_gcrf.permutohedral.feature_limit`)."""
-    extent = math.hypot(*(n - 1 for n in image.shape[1:]))
-    scales = [(("sxy", extent, params.sxy), ("srgb", colour_extent(np, image), params.srgb))]
+    scales = appearance_scales(np, image, sxy=params.sxy, srgb=params.srgb)
     limit = feature_limit(image.ndim - 1 + image.shape[0])
-    if math.hypot(*(e / b for _, e, b in scales[0])) > limit:
+    if feature_norm(scales) > limit:
         raise bandwidth_too_small(
-            scales, limit, "at which the lattice's float32 coordinates stop holding integers"
+            [scales], limit, "at which the lattice's float32 coordinates stop holding integers"
         )
 
 
@@ -173,24 +198,21 @@ class ResolventMessage:
     def info(self, passes: int) -> SolveInfo:
         """The passes' info: the true relative residual of the last resolvent solve,
         ``(λI − ÂᵀÂ) z = λ q``, by a matvec."""
-        xp, n = self.xp, self.Ahat.shape[0]
+        xp = self.xp
         rhs = self.lam * self.q
         residual = rhs - (self.lam * self.z - (self.z @ self.At) @ self.Ahat)
         norm = _norms(xp, rhs)
-        return SolveInfo(
-            method="passes",
-            iterations=xp.full((n,), passes, dtype=xp.int64),
-            residual=_norms(xp, residual) / xp.where(norm > 0, norm, 1.0),
-            converged=xp.ones((n,), dtype=xp.bool),
-        )
+        return passes_info(xp, passes, _norms(xp, residual) / xp.where(norm > 0, norm, 1.0))
 
 
-def lattice_info(xp: Any, n: int, passes: int) -> SolveInfo:
-    """The lattice's passes' info: no linear system is solved, so the residual is NaN."""
+def passes_info(xp: Any, passes: int, residual: Any) -> SolveInfo:
+    """The passes' :class:`~lowrank_gcrf.SolveInfo` for n images: ``residual`` (n,), NaN
+    for the lattice's passes, which solve no linear system."""
+    n = residual.shape[0]
     return SolveInfo(
         method="passes",
         iterations=xp.full((n,), passes, dtype=xp.int64),
-        residual=xp.full((n,), float("nan"), dtype=xp.float64),
+        residual=residual,
         converged=xp.ones((n,), dtype=xp.bool),
     )
 
@@ -298,4 +320,4 @@ def passes_scores(
         return x, None
     if isinstance(appearance, ResolventMessage):
         return x, appearance.info(params.passes)
-    return x, lattice_info(xp, n, params.passes)
+    return x, passes_info(xp, params.passes, xp.full((n,), float("nan"), dtype=xp.float64))

@@ -485,12 +485,21 @@ def test_far_features_give_an_answer_or_a_gcrf_error(d, offset, spread):
     assert (out > 0).all()
 
 
-def test_no_points_give_an_empty_lattice_or_a_gcrf_error():
-    try:
-        lattice = pl.permutohedral_lattice(np.zeros((0, 3), dtype=np.float32))
-    except GCRFError:
-        return
+def test_no_points_give_an_empty_lattice():
+    lattice = pl.permutohedral_lattice(np.zeros((0, 3), dtype=np.float32))
+    assert lattice.num_points == 0 and lattice.num_vertices == 0 and len(lattice.blur) == 4
     assert lattice.filter(np.zeros((2, 0))).shape == (2, 0)
+    assert lattice.self_weights().shape == (0,)
+
+
+def test_many_dimensions_take_every_path():
+    """d = 15 (a 13-channel image's features): the simplices' codes in the sort path are
+    rows, not one integer that d + 1 to the power d + 1 would overflow."""
+    rng = np.random.default_rng(7)
+    features = rng.uniform(0, 3, size=(60, 15)).astype(np.float32)
+    values = rng.uniform(0, 1, size=(2, 60)).astype(np.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        assert_the_three_paths_agree(features, values, patch)
 
 
 def assert_same_lattice(a: pl.PermutohedralLattice, b: pl.PermutohedralLattice) -> None:

@@ -168,17 +168,30 @@ def test_lattice_needs_numpy_arrays_the_passes_and_no_strength():
         RefineParameters(strength=0.7, appearance_kernel="lattice")
     with pytest.raises(GCRFError, match="appearance_kernel must be one of"):
         RefineParameters(appearance_kernel="grid")
+    with pytest.raises(GCRFError, match="puts the smoothness kernel in the rank-D"):
+        RefineParameters(w_smooth=1.0, appearance_kernel="lattice")
+    # What concerns Â (a strength, Â's smoothness part) makes "auto" take the landmarks.
+    for asked in (dict(strength=0.8), dict(w_smooth=1.0)):
+        np.testing.assert_array_equal(
+            refine(probs, image, **KW, **asked),
+            refine(probs, image, appearance_kernel="landmarks", **KW, **asked),
+        )
     xps = pytest.importorskip("array_api_strict")
     with pytest.raises(GCRFError, match="needs NumPy arrays"):
         refine(xps.asarray(probs), xps.asarray(image), appearance_kernel="lattice", **KW)
 
 
-def test_logits_give_the_result_of_their_softmax():
+@pytest.mark.parametrize(("kernel", "atol"), [("landmarks", 1e-10), ("lattice", 1e-5)])
+def test_logits_give_the_result_of_their_softmax(kernel, atol):
+    # float64 throughout for the landmarks; the lattice filters in float32, where q's last
+    # bits (a softmax of logits or of their log-softmax) may round to neighbouring float32
+    # values: ~1e-7 relative, times w_a = 40.
     rng = np.random.default_rng(3)
     z = rng.normal(0.0, 2.0, (3, 6, 5))
     image = rng.integers(0, 256, (3, 6, 5)).astype(np.uint8)
+    kw = dict(KW, appearance_kernel=kernel)
     np.testing.assert_allclose(
-        refine(z, image, logits=True, **KW), refine(softmax(z, 0), image, **KW), atol=1e-10
+        refine(z, image, logits=True, **kw), refine(softmax(z, 0), image, **kw), atol=atol
     )
 
 
@@ -230,3 +243,27 @@ def test_gaussian_filter_by_banded_products_equals_ndimage():
         got = np.asarray(gaussian_filter(xps, xps.asarray(x), sigma, 3))
         # The same products summed in another order: float64 rounding, ~1e-15 relative.
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_lattice_names_a_bandwidth_too_small_for_its_coordinates():
+    """Features beyond the lattice's float32 integers: a GCRFError naming the bandwidth and
+    a value that works, which does."""
+    probs, image = inputs(8, 3, (5, 6))
+    with pytest.raises(GCRFError, match="float32 coordinates") as caught:
+        refine(probs, image, sxy=1e-9)
+    message = str(caught.value)
+    assert message.startswith("sxy = 1e-09 is too small for this image")
+    smallest = float(message.rsplit("use sxy ≥ ", 1)[1])
+    refined = refine(probs, image, sxy=smallest)
+    np.testing.assert_allclose(refined.sum(axis=0), 1.0, rtol=0, atol=1e-12)
+
+
+def test_lattice_in_float32_and_float64_agree_to_float32():
+    """The lattice filters in float32 whatever the probabilities' dtype: float64 inputs get
+    the float32 refinement up to its rounding (messages of w_a = 40 times normalised sums
+    of relative error ~1e-7: probabilities within ~1e-5)."""
+    probs, image = inputs(9, 4, (12, 14), batch=(2,))
+    double = refine(probs, image)
+    single = refine(probs.astype(np.float32), image)
+    assert double.dtype == np.float64 and single.dtype == np.float32
+    np.testing.assert_allclose(double, single, rtol=0, atol=1e-5)
