@@ -191,7 +191,7 @@ def refine(
         that message), and no ``strength``, ``rank``, ``landmarks``, ``approximation`` or
         ``normalization`` (the kernel is not low rank). ``"landmarks"``: this solve's
         normalised resolvent at rank D, ``a(q) = β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q``, β = 100,
-        w_s = 1, α = 0.8 with ``strength="auto"`` (at 1.3–2.3 times the lattice's time on
+        w_s = 1, α = 0.8 with ``strength="auto"`` (at 1.5–2.5 times the lattice's time on
         one CPU thread in the benchmark). ``"auto"``: ``"lattice"`` for NumPy arrays with
         ``strength="auto"`` and ``w_smooth=0``, else ``"landmarks"`` (CuPy arrays; a numeric
         ``strength`` or ``w_smooth > 0``, which concern Â). The weights were chosen on the
