@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import itertools
 import math
 import warnings
 
 import numpy as np
 import pytest
+from refine_cases import dense_gaussian, inputs
 
 from lowrank_gcrf.errors import GCRFError
 from lowrank_gcrf.image_embeddings import refine_embeddings
@@ -32,19 +32,8 @@ refine_module = importlib.import_module("lowrank_gcrf.refine")
 KW = dict(sxy=5.0, srgb=30.0, sxy_smooth=1.5, w_appearance=4.0, w_smooth=3.0, rank=6, landmarks=20)
 
 
-def inputs(seed, labels, spatial, batch=()):
-    rng = np.random.default_rng(seed)
-    probs = rng.dirichlet(np.ones(labels), size=(*batch, *spatial))
-    probs = np.moveaxis(probs, -1, len(batch))
-    image = rng.integers(0, 256, (*batch, 3, *spatial)).astype(np.uint8)
-    return probs, image
-
-
 def dense_smoothness(spatial, sigma):
-    positions = np.array(list(itertools.product(*(range(n) for n in spatial))), dtype=float)
-    difference = positions[:, None, :] - positions[None, :, :]
-    inside = np.all(np.abs(difference) <= math.ceil(3.0 * sigma), axis=-1)
-    G = np.exp(-0.5 * (difference**2).sum(-1) / sigma**2) * inside
+    G = dense_gaussian(spatial, sigma)
     d = G.sum(axis=1)
     return G / np.sqrt(np.outer(d, d))
 

@@ -4,11 +4,10 @@ the landmarks' resolvent, and the lattice's normalised kernel from its sparse fa
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 
 import numpy as np
 import pytest
+from refine_cases import dense_gaussian, inputs
 
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
 from lowrank_gcrf.image_embeddings import refine_embeddings
@@ -28,26 +27,9 @@ from lowrank_gcrf.smooth_refine import gaussian_filter
 KW = dict(sxy=5.0, srgb=30.0, sxy_smooth=1.5, rank=6, landmarks=20)
 
 
-def inputs(seed, labels, spatial, batch=()):
-    rng = np.random.default_rng(seed)
-    probs = rng.dirichlet(np.ones(labels), size=(*batch, *spatial))
-    probs = np.moveaxis(probs, -1, len(batch))
-    image = rng.integers(0, 256, (*batch, 3, *spatial)).astype(np.uint8)
-    return probs, image
-
-
 def softmax(x, axis):
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def dense_gaussian(spatial, sigma):
-    """The smoothness kernel as a dense P × P matrix: value 1 at distance 0, cut where any
-    coordinate differs by more than ⌈3σ⌉ (the separable filter's support)."""
-    positions = np.array(list(itertools.product(*(range(n) for n in spatial))), dtype=float)
-    difference = positions[:, None, :] - positions[None, :, :]
-    inside = np.all(np.abs(difference) <= math.ceil(3.0 * sigma), axis=-1)
-    return np.exp(-0.5 * (difference**2).sum(-1) / sigma**2) * inside
 
 
 def dense_passes(probs, image, *, passes, strength, lam=1.0, **kw):
