@@ -15,11 +15,13 @@ Gaussian kernel of bandwidth ``sxy_smooth`` (value 1 at distance 0, as pydensecr
 exactly by separable filtering, :func:`~lowrank_gcrf.smooth_refine.gaussian_filter`,
 without the pixel itself. The appearance message ``a(q)`` is one of two:
 
-* ``"lattice"`` (:func:`lattice_message`): the dense CRF's appearance kernel itself,
-  ``w_a Δ^{-1/2} K Δ^{-1/2} q`` without each pixel's own term, K the bilateral Gaussian
-  filtered by the permutohedral lattice (:mod:`lowrank_gcrf.permutohedral`, pydensecrf's
-  filter) and Δ = K1 its degrees: mean field with DeepLab's kernels, the weights
-  :data:`LATTICE_APPEARANCE_WEIGHT` and :data:`LATTICE_SMOOTH_WEIGHT`. NumPy only.
+* ``"lattice"`` (:mod:`lowrank_gcrf.lattice_appearance`): the dense CRF's appearance kernel
+  itself, ``w_a Δ^{-1/2} K Δ^{-1/2} q`` without each pixel's own term, K the bilateral
+  Gaussian filtered by the permutohedral lattice (:mod:`lowrank_gcrf.permutohedral`,
+  pydensecrf's filter) and Δ = K1 its degrees: mean field with DeepLab's kernels, the
+  weights :data:`LATTICE_APPEARANCE_WEIGHT` and :data:`LATTICE_SMOOTH_WEIGHT`. The lattice
+  is built on the host with NumPy; the core applies it to NumPy arrays, the adapters to
+  tensors on any device.
 * ``"landmarks"`` (:class:`ResolventMessage`): the G-CRF's normalised resolvent
   ``β R q`` with ``R = (1 − α)(I − K/λ)⁻¹`` and ``K = ÂᵀÂ`` the rank-D appearance kernel
   scaled to ``‖K‖₂ = αλ`` (Eq. 11–12's deviations propagate by the same operator): label
@@ -38,13 +40,11 @@ from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
-import numpy as np
 
 from .errors import GCRFError
 from .image_embeddings import refine_embeddings
-from .image_kernels import appearance_scales, bandwidth_too_small, feature_norm, pixel_features
 from .info import SolveInfo
-from .permutohedral import feature_limit, permutohedral_lattice
+from .lattice_appearance import appearance_lattices
 from .refine_inputs import RefineParameters, RefineShape, channels_first
 from .refine_strength import AUTO
 from .smooth_refine import gaussian_filter
@@ -93,86 +93,14 @@ def check_appearance_kernel(params: RefineParameters, xp: Any) -> None:
         )
 
 
-def uses_lattice(params: RefineParameters, xp: Any) -> bool:
-    """Whether the passes hold the appearance kernel in the lattice for arrays of ``xp``:
-    ``"lattice"``, or ``"auto"`` with passes, NumPy arrays and nothing asked of the rank-D
-    embeddings (``strength="auto"``, ``w_smooth=0``). Raises as
-    :func:`check_appearance_kernel`."""
-    check_appearance_kernel(params, xp)
+def uses_lattice(params: RefineParameters, *, available: bool = True) -> bool:
+    """Whether the passes hold the appearance kernel in the lattice: ``"lattice"``, or
+    ``"auto"`` with passes and nothing asked of the rank-D embeddings (``strength="auto"``,
+    ``w_smooth=0``) where the lattice is ``available`` (the core's NumPy arrays, the
+    adapters' tensors). Read before :func:`passes_parameters` fixes the strength."""
     if params.appearance_kernel == "auto":
-        return (
-            array_api_compat.is_numpy_namespace(xp)
-            and params.passes > 0
-            and params.strength == AUTO
-            and params.w_smooth == 0
-        )
+        return available and params.passes > 0 and params.strength == AUTO and params.w_smooth == 0
     return params.appearance_kernel == "lattice"
-
-
-def lattice_message(images: Any, params: RefineParameters, dtype: Any) -> Callable[[Any], Any]:
-    """The lattice's appearance message ``a(q) = w_a (N − diag N) q``.
-
-    ``N = Δ^{-1/2} K Δ^{-1/2}`` with K the appearance kernel (``sxy``, ``srgb``) of each
-    image filtered by its permutohedral lattice and Δ = K1 (the lattice's constant scale
-    cancels). Each pixel's own term is left out, as the dense CRF's energy sums over pairs
-    j ≠ i (pydensecrf keeps it): with it, a pixel of a colour found nowhere else in the
-    image reinforces its own label, and on validation single wrong pixels of the noisy
-    unary survived the passes as classes absent from the image.
-
-    Parameters
-    ----------
-    images : NumPy array (n, C, *spatial)
-        The images, on the 0–255 scale.
-    params : RefineParameters
-        ``sxy`` and ``srgb``.
-    dtype : NumPy dtype
-        The passes' dtype; the lattice filters in float32.
-
-    Returns
-    -------
-    callable
-        ``a``: probabilities (n, L, P) → the message (n, L, P) in ``dtype``.
-
-    Raises
-    ------
-    GCRFError
-        A bandwidth so small that the features leave the lattice's float32 integers.
-    """
-    weight = np.asarray(LATTICE_APPEARANCE_WEIGHT, dtype=dtype)
-    lattices, scales, own_weights = [], [], []
-    for image in images:
-        _check_lattice_bandwidths(image, params)
-        features = pixel_features(np, image, sxy=params.sxy, srgb=params.srgb, dtype=np.float32)
-        lattice = permutohedral_lattice(features)
-        degrees = lattice.filter(np.ones((1, lattice.num_points), dtype=np.float32))[0]
-        # Every pixel's degree includes its own weight: positive, but kept from 0 against
-        # float32's rounding.
-        scale = 1.0 / np.sqrt(np.maximum(degrees, np.finfo(np.float32).tiny))
-        lattices.append(lattice)
-        scales.append(scale.astype(dtype))
-        own_weights.append((lattice.self_weights() * scale * scale).astype(dtype))
-
-    def message(q: Any) -> Any:
-        return np.stack(
-            [
-                weight * (scale * lattice.filter(scale * qi).astype(dtype) - own * qi)
-                for lattice, scale, own, qi in zip(lattices, scales, own_weights, q, strict=True)
-            ]
-        )
-
-    return message
-
-
-def _check_lattice_bandwidths(image: Any, params: RefineParameters) -> None:
-    """Raise a GCRFError naming ``sxy`` or ``srgb`` where the image's appearance features
-    (C, *spatial) exceed what the lattice holds
-    (:func:`~lowrank_gcrf.permutohedral.feature_limit`)."""
-    scales = appearance_scales(np, image, sxy=params.sxy, srgb=params.srgb)
-    limit = feature_limit(image.ndim - 1 + image.shape[0])
-    if feature_norm(scales) > limit:
-        raise bandwidth_too_small(
-            [scales], limit, "at which the lattice's float32 coordinates stop holding integers"
-        )
 
 
 class ResolventMessage:
@@ -246,7 +174,8 @@ def mean_field_passes(
     ----------
     appearance : callable
         ``a(q)``: the appearance message (n, L, P) of probabilities q (n, L, P)
-        (:func:`lattice_message` or a :class:`ResolventMessage`).
+        (:meth:`~lowrank_gcrf.lattice_appearance.AppearanceLattices.message` or a
+        :class:`ResolventMessage`).
     b : array (n, L, P)
         The unary scores ``log p`` (or logits: the first pass reads their softmax).
     spatial : tuple of int
@@ -293,10 +222,11 @@ def passes_scores(
     xp = shape.xp
     spatial_dims = len(shape.spatial)
     n = b.shape[0]
-    if uses_lattice(params, xp):
+    if uses_lattice(params, available=array_api_compat.is_numpy_namespace(xp)):
         images = channels_first(xp, image, spatial_dims, channel_axis)
         images = xp.reshape(images, (n, images.shape[-spatial_dims - 1], *shape.spatial))
-        appearance = lattice_message(images, params, shape.compute)
+        lattices = appearance_lattices(images, params)
+        appearance = lattices.message(LATTICE_APPEARANCE_WEIGHT, shape.compute)
         smooth_weight = LATTICE_SMOOTH_WEIGHT
     else:
         params = passes_parameters(params)

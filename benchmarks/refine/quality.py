@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-import array_api_compat.numpy as numpy_namespace
 import numpy as np
 from tqdm import tqdm
 
@@ -99,7 +98,7 @@ def default_name() -> str:
     arrays (the benchmark's inputs)."""
     params = RefineParameters()
     if params.passes > 0:
-        kernel = "lattice" if uses_lattice(params, numpy_namespace) else "landmarks"
+        kernel = "lattice" if uses_lattice(params, available=True) else "landmarks"
         return passes_name(kernel, params.passes)
     if params.strength == AUTO:
         return rule_name(STEPS_PER_ERROR_ODDS)

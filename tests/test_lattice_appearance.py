@@ -1,0 +1,67 @@
+"""The appearance lattices of a batch: the index form the adapters apply against the sparse
+matrices the core applies, and the symmetry of the blur steps that the PyTorch adapter's
+backward relies on (Bᵀ is the steps in reverse).
+
+Tolerances: both forms sum the same float32 products in another order, relative ~1e-7 of
+values O(1) times w_a = 40 (atol 1e-4 leaves two orders of magnitude).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from refine_cases import inputs
+
+from lowrank_gcrf.lattice_appearance import LatticeGather, appearance_lattices
+from lowrank_gcrf.refine_inputs import RefineParameters
+from lowrank_gcrf.refine_passes import LATTICE_APPEARANCE_WEIGHT
+
+
+def gather_message(g: LatticeGather, q: np.ndarray) -> np.ndarray:
+    """``w_a (N − diag N) q`` (n, L, P) by the index form's splat, blur and slice."""
+    n, labels, pixels = q.shape
+    flat = q.transpose(0, 2, 1).reshape(n * pixels, labels).astype(np.float64)
+    splat = (g.scale[:, None] * flat)[:, None, :] * g.barycentric[:, :, None]
+    x = np.zeros((g.num_vertices, labels))
+    np.add.at(x, g.vertices.reshape(-1), splat.reshape(-1, labels))
+    for columns, weights in zip(g.neighbours, g.weights, strict=True):
+        x = (x[columns] * weights[:, :, None]).sum(axis=1)
+    sliced = g.scale[:, None] * (x[g.vertices] * g.barycentric[:, :, None]).sum(axis=1)
+    out = LATTICE_APPEARANCE_WEIGHT * (sliced - g.own[:, None] * flat)
+    return out.reshape(n, pixels, labels).transpose(0, 2, 1)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 3),
+    spatial=st.sampled_from([(7,), (5, 6), (3, 4, 5)]),
+    sxy=st.sampled_from([1.5, 4.0]),
+    srgb=st.sampled_from([20.0, 80.0]),
+)
+def test_index_form_is_the_sparse_message(seed, batch, spatial, sxy, srgb):
+    probs, image = inputs(seed, 4, spatial, batch=(batch,))
+    lattices = appearance_lattices(image, RefineParameters(sxy=sxy, srgb=srgb))
+    q = probs.reshape(batch, 4, -1)
+    expected = lattices.message(LATTICE_APPEARANCE_WEIGHT, np.float64)(q)
+    g = lattices.gather_form(len(spatial) + 3)
+    assert g.vertices.shape == (batch * q.shape[-1], len(spatial) + 4)
+    assert g.num_vertices == sum(lattice.num_vertices for lattice in lattices.lattices)
+    np.testing.assert_allclose(gather_message(g, q), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("spatial", [(9, 11), (4, 5, 6)])
+def test_blur_steps_are_symmetric(spatial):
+    _, image = inputs(3, 2, spatial, batch=(2,))
+    for lattice in appearance_lattices(image, RefineParameters(sxy=2.0, srgb=30.0)).lattices:
+        for step in lattice.blur:
+            assert abs(step - step.T).max() == 0
+
+
+def test_empty_batch_has_an_empty_index_form():
+    image = np.zeros((0, 3, 4, 5), dtype=np.uint8)
+    g = appearance_lattices(image, RefineParameters()).gather_form(5)
+    assert g.vertices.shape == (0, 6) and g.neighbours.shape == (6, 0, 3)
+    assert g.scale.shape == g.own.shape == (0,) and g.num_vertices == 0
