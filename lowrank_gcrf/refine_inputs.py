@@ -177,14 +177,8 @@ class RefineParameters:
 
 def check_adapter_parameters(params: RefineParameters) -> None:
     """Raise for what only the core :func:`~lowrank_gcrf.refine` does: the exact smoothness
-    kernel with the exact solve and the lattice's passes (the adapters differentiate
-    through low-rank embeddings; ``appearance_kernel="auto"`` is ``"landmarks"`` there)."""
-    if params.appearance_kernel == "lattice":
-        raise GCRFError(
-            "appearance_kernel='lattice' is available in lowrank_gcrf.refine only (NumPy "
-            "arrays); the adapters' passes hold the appearance kernel in the landmarks: pass "
-            "appearance_kernel='landmarks' or 'auto'"
-        )
+    kernel with the exact solve (the adapters differentiate through the exact solve with
+    low-rank embeddings)."""
     if params.smooth_kernel == "exact" and params.w_smooth > 0:
         raise GCRFError(
             "smooth_kernel='exact' is available in lowrank_gcrf.refine only (NumPy and CuPy "

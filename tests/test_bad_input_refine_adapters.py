@@ -8,7 +8,8 @@
 * ``channel_axis`` reads a channels-last image as the core does;
 * ``spatial_dims`` is checked before it shapes anything (``2.0`` is a ``GCRFTypeError``
   while tracing too);
-* the PyTorch function refuses NumPy arrays with ``GCRFTypeError`` (the core takes them).
+* the PyTorch function refuses NumPy arrays with ``GCRFTypeError`` (the core takes them);
+* the default passes hold the appearance kernel in the lattice, as the core's do.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def test_empty_batch_gives_an_empty_result(refine):
 @REFINES
 def test_channels_last_image_with_channel_axis(refine):
     probs, image = inputs(batch=(2,))
-    expected = lg.refine(probs, image, appearance_kernel="landmarks", **SMALL)
+    expected = lg.refine(probs, image, **SMALL)
     got = refine(probs, np.ascontiguousarray(np.moveaxis(image, -3, -1)), channel_axis=-1)
     # One float32 refinement of identical inputs: only the tensors' operation order differs.
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -88,7 +89,7 @@ def refined_as_logits(rounded, image):
     test refuses in float32): their logarithm, as logits, is the same CRF (a per-pixel
     constant, their sum's deviation from 1, only shifts the class sum)."""
     logits = np.log(np.maximum(rounded, PROB_FLOOR))
-    return lg.refine(logits, image, logits=True, appearance_kernel="landmarks", **SMALL)
+    return lg.refine(logits, image, logits=True, **SMALL)
 
 
 def test_torch_refine_of_bfloat16_probabilities():
@@ -117,13 +118,18 @@ def test_torch_refine_refuses_numpy_arrays():
 
 
 @REFINES
-def test_the_lattice_is_the_cores_alone(refine):
-    """The adapters' passes hold the appearance kernel at rank D (they differentiate through
-    Â): ``"lattice"`` is refused with the way out, ``"auto"`` is ``"landmarks"`` there."""
-    probs, image = inputs()
-    with pytest.raises(lg.GCRFError, match=r"available in lowrank_gcrf\.refine only"):
-        refine(probs, image, appearance_kernel="lattice")
+def test_auto_is_the_lattice_as_in_the_core(refine):
+    """The adapters' default passes hold the appearance kernel in the lattice, as the core's
+    do for NumPy arrays; a numeric strength (which sets Â) takes the landmarks there too."""
+    probs, image = inputs(batch=(2,))
     np.testing.assert_array_equal(
-        refine(probs, image, appearance_kernel="auto"),
-        refine(probs, image, appearance_kernel="landmarks"),
+        refine(probs, image), refine(probs, image, appearance_kernel="lattice")
     )
+    # The core filters in float32 as the adapters do, in another order of operations.
+    np.testing.assert_allclose(refine(probs, image), lg.refine(probs, image), atol=1e-5)
+    np.testing.assert_array_equal(
+        refine(probs, image, strength=0.8),
+        refine(probs, image, strength=0.8, appearance_kernel="landmarks"),
+    )
+    with pytest.raises(lg.GCRFError, match=r"strength=0\.8 sets the low-rank Potts resolvent"):
+        refine(probs, image, strength=0.8, appearance_kernel="lattice")

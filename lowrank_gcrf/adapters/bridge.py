@@ -14,7 +14,7 @@ Written here once, for PyTorch and TensorFlow alike:
 * the forward/backward state (:class:`CoreSolve`), including the reduction of a shared
   0-d λ's gradient, for a model of the core's registry or the signed model on stacked
   embeddings (:class:`SignedStack`);
-* ``refine``'s embeddings from an image (:func:`refine_embeddings`).
+* ``refine``'s embeddings or appearance lattices from an image (:func:`refine_appearance`).
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ import numpy as np
 
 from lowrank_gcrf.dtypes import check_floating, dtype_name, promote
 from lowrank_gcrf.errors import GCRFError, GCRFTypeError
+from lowrank_gcrf.host_reads import to_host
 from lowrank_gcrf.image_embeddings import refine_embeddings as image_embeddings
 from lowrank_gcrf.info import SolveInfo
+from lowrank_gcrf.lattice_appearance import appearance_lattices
 from lowrank_gcrf.models import make_operator
 from lowrank_gcrf.operators import GCRFOperator
 from lowrank_gcrf.options import SOLVER_KEYWORDS, SolverOptions, solver_options
-from lowrank_gcrf.refine_inputs import RefineParameters, check_refine_inputs
+from lowrank_gcrf.refine_inputs import RefineParameters, channels_first, check_refine_inputs
 from lowrank_gcrf.threads import one_blas_thread
 from lowrank_gcrf.validation import (
     array_namespace,
@@ -261,20 +263,25 @@ class CoreSolve:
         return g_u, g_b, g_lam
 
 
-def refine_embeddings(
+def refine_appearance(
     probs: Any,
     image: Any,
     params: RefineParameters,
     *,
+    lattice: bool,
     spatial_dims: int,
     logits: bool,
     channel_axis: int | None,
     carried_dtype: str,
 ) -> Any:
-    """``refine``'s inputs checked and its Potts embeddings Â (n, D, P), on core arrays.
+    """``refine``'s inputs checked, and what its appearance message needs of the image: with
+    ``lattice``, the images' appearance lattices
+    (:class:`~lowrank_gcrf.lattice_appearance.LatticeGather`, NumPy index arrays built on
+    the host, from a copy of a device image); else its Potts embeddings Â (n, D, P) on core
+    arrays.
 
-    The adapters differentiate through the solve with Â as data (it depends on the image
-    only); the checks and messages are the core :func:`lowrank_gcrf.refine`'s, the sum of the
+    The adapters differentiate with either as data (they depend on the image only); the
+    checks and messages are the core :func:`lowrank_gcrf.refine`'s, the sum of the
     probabilities judged by the rounding of ``carried_dtype``, the tensor's own dtype.
     """
     shape = check_refine_inputs(
@@ -285,6 +292,12 @@ def refine_embeddings(
         channel_axis=channel_axis,
         carried_dtype=carried_dtype,
     )
-    return image_embeddings(
-        image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
-    )
+    if not lattice:
+        return image_embeddings(
+            image, params, spatial_dims=spatial_dims, dtype=shape.compute, channel_axis=channel_axis
+        )
+    xp = array_namespace(image)
+    image = channels_first(xp, image, spatial_dims, channel_axis)
+    channels, spatial = image.shape[-spatial_dims - 1], image.shape[-spatial_dims:]
+    images = np.reshape(np.asarray(to_host(xp, image)), (-1, channels, *spatial))
+    return appearance_lattices(images, params).gather_form(spatial_dims + channels)

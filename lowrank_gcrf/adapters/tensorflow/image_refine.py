@@ -1,13 +1,15 @@
-"""``refine`` on TensorFlow tensors: class probabilities refined with the image by a
-low-rank Potts G-CRF, differentiable with respect to the probabilities."""
+"""``refine`` on TensorFlow tensors: class probabilities refined with the image by mean field
+in the dense CRF's lattice or by a low-rank Potts G-CRF, differentiable with respect to the
+probabilities."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 
-from lowrank_gcrf.adapters.bridge import refine_embeddings
+from lowrank_gcrf.adapters.bridge import refine_appearance
 from lowrank_gcrf.adapters.tensorflow.functional import solve_potts
 from lowrank_gcrf.adapters.tensorflow.op import from_core, tensor_to_core
 from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL
@@ -16,7 +18,14 @@ from lowrank_gcrf.refine_inputs import (
     check_adapter_parameters,
     checked_spatial_dims,
 )
-from lowrank_gcrf.refine_passes import APPEARANCE_WEIGHT, SMOOTH_WEIGHT, passes_parameters
+from lowrank_gcrf.refine_passes import (
+    APPEARANCE_WEIGHT,
+    LATTICE_APPEARANCE_WEIGHT,
+    LATTICE_SMOOTH_WEIGHT,
+    SMOOTH_WEIGHT,
+    passes_parameters,
+    uses_lattice,
+)
 from lowrank_gcrf.refine_strength import AUTO, scaled_by_confidence
 from lowrank_gcrf.smooth_refine import gaussian_weights
 from lowrank_gcrf.validation import array_namespace
@@ -34,15 +43,17 @@ def refine(
 ) -> tf.Tensor:
     """:func:`lowrank_gcrf.refine` on tensors, differentiable with respect to ``probs``.
 
-    The embeddings Â come from the image through the core, without gradient (the image is
-    data): directly in eager mode, through ``tf.py_function`` in a graph (the static shape
-    is restored). ``∂L/∂probs`` flows through the mean-field passes (the default
-    ``passes=2``, in TensorFlow operations: the resolvent by Woodbury, the smoothness kernel
-    by 1-D convolutions, the softmaxes), or with ``passes=0`` through the exact Potts solve,
-    :func:`~lowrank_gcrf.adapters.tensorflow.solve_potts`, and the softmax. With
-    ``strength="auto"`` and ``passes=0`` the strength read from the probabilities'
-    confidence scales Â, also without gradient (it chooses the model, as a hyperparameter
-    would).
+    The image is data, without gradient: the core builds from it, directly in eager mode and
+    through ``tf.py_function`` in a graph, either the appearance lattices (the default
+    passes, ``appearance_kernel="auto"``: index arrays of the permutohedral lattice,
+    :mod:`lowrank_gcrf.lattice_appearance`) or the embeddings Â. ``∂L/∂probs`` flows through
+    the mean-field passes (the default ``passes=2``, in TensorFlow operations: the lattice's
+    splat by a segment sum, its blur and slice by gathers, or the resolvent by Woodbury; the
+    smoothness kernel by 1-D convolutions; the softmaxes), or with ``passes=0`` through the
+    exact Potts solve, :func:`~lowrank_gcrf.adapters.tensorflow.solve_potts`, and the
+    softmax. With ``strength="auto"`` and ``passes=0`` the strength read from the
+    probabilities' confidence scales Â, also without gradient (it chooses the model, as a
+    hyperparameter would).
 
     Parameters
     ----------
@@ -56,9 +67,9 @@ def refine(
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
         ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` and
-        ``appearance_kernel`` — ``"landmarks"`` only, which ``"auto"`` is here: the exact
-        solve's exact smoothness kernel and the lattice's passes are the core's alone, so
-        that the default passes here are the core's ``appearance_kernel="landmarks"``).
+        ``appearance_kernel``, as the core's: ``"auto"`` is the lattice's passes with
+        ``strength="auto"`` and ``w_smooth=0`` on any device; only the exact solve's exact
+        smoothness kernel is the core's alone).
 
     Returns
     -------
@@ -77,23 +88,28 @@ def refine(
     """
     params = RefineParameters(**parameters)
     check_adapter_parameters(params)
-    params = passes_parameters(params)
+    lattice = uses_lattice(params)
+    if not lattice:
+        params = passes_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     probs, image = tf.convert_to_tensor(probs), tf.convert_to_tensor(image)
     compute = tf.float64 if probs.dtype == tf.float64 else tf.float32
     carried = probs.dtype.name
 
-    def embeddings(p: tf.Tensor, i: tf.Tensor) -> Any:
+    def appearance(p: tf.Tensor, i: tf.Tensor) -> Any:
         core_probs = tensor_to_core(p)
-        core = refine_embeddings(
+        core = refine_appearance(
             core_probs,
             tensor_to_core(i),
             params,
+            lattice=lattice,
             spatial_dims=spatial_dims,
             logits=logits,
             channel_axis=channel_axis,
             carried_dtype=carried,
         )
+        if lattice:
+            return [getattr(core, name) for name in _GATHER_FIELDS]
         if params.strength == AUTO:
             core = scaled_by_confidence(array_namespace(core), core, core_probs, logits=logits)
         return from_core(core)
@@ -101,47 +117,108 @@ def refine(
     # bfloat16 has no NumPy dtype to cross DLPack with (the core still judges the
     # probabilities by its rounding, ``carried``).
     crossing = [tf.cast(t, compute) if t.dtype == tf.bfloat16 else t for t in (probs, image)]
-    if tf.executing_eagerly():
-        Ahat = embeddings(*crossing)
-    else:
-        Ahat = tf.stop_gradient(tf.py_function(embeddings, crossing, compute))
     rank = probs.shape.rank
     n = tf.reduce_prod(tf.shape(probs)[: rank - spatial_dims - 1])
     pixels = tf.reduce_prod(tf.shape(probs)[rank - spatial_dims :])
-    Ahat = tf.reshape(Ahat, tf.stack([n, params.rank, pixels]))
     scores = tf.cast(probs, compute)
     if not logits:
         scores = tf.math.log(tf.maximum(scores, tf.constant(PROB_FLOOR, compute)))
     b = tf.reshape(scores, tf.stack([n, tf.shape(probs)[rank - spatial_dims - 1], pixels]))
+    spatial = tf.shape(probs)[rank - spatial_dims :]
+    static = probs.shape[rank - spatial_dims :]
+    if lattice:
+        if tf.executing_eagerly():
+            arrays = appearance(*crossing)
+        else:
+            types = [tf.int64, tf.float32, tf.int64, tf.float32, tf.float32, tf.float32]
+            arrays = tf.py_function(appearance, crossing, types)
+            for array, ndim in zip(arrays, _GATHER_RANKS, strict=True):
+                array.set_shape([None] * ndim)
+        gather = dict(zip(_GATHER_FIELDS, [tf.convert_to_tensor(a) for a in arrays], strict=True))
+        appearance = _lattice_message(gather, compute)
+        x = _passes(appearance, b, LATTICE_SMOOTH_WEIGHT, params, spatial, static)
+        return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)
+    if tf.executing_eagerly():
+        Ahat = appearance(*crossing)
+    else:
+        Ahat = tf.stop_gradient(tf.py_function(appearance, crossing, compute))
+    Ahat = tf.reshape(Ahat, tf.stack([n, params.rank, pixels]))
     if params.passes > 0:
-        spatial = tf.shape(probs)[rank - spatial_dims :]
-        static = probs.shape[rank - spatial_dims :]
-        x = _passes(Ahat, b, params, spatial, static)
+        appearance = _resolvent_message(Ahat, b, params)
+        x = _passes(appearance, b, SMOOTH_WEIGHT, params, spatial, static)
     else:
         x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
     return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)
 
 
+#: The fields of :class:`~lowrank_gcrf.lattice_appearance.LatticeGather`, in the order the
+#: graph's ``tf.py_function`` returns them.
+_GATHER_FIELDS = ("vertices", "barycentric", "neighbours", "weights", "scale", "own")
+_GATHER_RANKS = (2, 2, 3, 3, 1, 1)
+
+
 def _passes(
-    Ahat: tf.Tensor, b: tf.Tensor, params: RefineParameters, spatial: tf.Tensor, static: Any
+    appearance: Callable[[tf.Tensor], tf.Tensor],
+    b: tf.Tensor,
+    smooth_weight: float,
+    params: RefineParameters,
+    spatial: tf.Tensor,
+    static: Any,
 ) -> tf.Tensor:
     """The scores of :func:`lowrank_gcrf.refine`'s mean-field passes
     (:mod:`lowrank_gcrf.refine_passes`) in TensorFlow operations, differentiable in ``b``."""
     shape = tf.shape(b)
     grid = tf.concat([shape[:2], spatial], axis=0)
+    q = tf.nn.softmax(b, axis=1)
+    x = b
+    for _ in range(params.passes):
+        filtered = _gaussian_filter(tf.reshape(q, grid), params.sxy_smooth, static)
+        x = b + appearance(q) + smooth_weight * (tf.reshape(filtered, shape) - q)
+        q = tf.nn.softmax(x, axis=1)
+    return x
+
+
+def _resolvent_message(
+    Ahat: tf.Tensor, b: tf.Tensor, params: RefineParameters
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The landmarks' message ``β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q`` by Woodbury, the D × D capacitance
+    computed once (:class:`lowrank_gcrf.refine_passes.ResolventMessage`)."""
     eye = tf.eye(tf.shape(Ahat)[1], dtype=tf.float64)
     gram = tf.cast(tf.matmul(Ahat, Ahat, transpose_b=True), tf.float64)
     capacitance = tf.cast(tf.linalg.inv(params.lam * eye - gram), b.dtype)
     keep = APPEARANCE_WEIGHT * (1.0 - params.strength)
-    q = tf.nn.softmax(b, axis=1)
-    x = b
-    for _ in range(params.passes):
+
+    def message(q: tf.Tensor) -> tf.Tensor:
         coefficients = tf.matmul(tf.matmul(q, Ahat, transpose_b=True), capacitance)
-        spread = q + tf.matmul(coefficients, Ahat)
-        filtered = _gaussian_filter(tf.reshape(q, grid), params.sxy_smooth, static)
-        x = b + keep * spread + SMOOTH_WEIGHT * (tf.reshape(filtered, shape) - q)
-        q = tf.nn.softmax(x, axis=1)
-    return x
+        return keep * (q + tf.matmul(coefficients, Ahat))
+
+    return message
+
+
+def _lattice_message(gather: dict, dtype: tf.DType) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The lattice's message ``w_a (N − diag N) q``
+    (:mod:`lowrank_gcrf.lattice_appearance`): splat by a segment sum, blur and slice by
+    gathers, in ``dtype``."""
+    vertices, neighbours = gather["vertices"], gather["neighbours"]
+    barycentric = tf.cast(gather["barycentric"], dtype)[:, :, None]
+    weights = tf.cast(gather["weights"], dtype)[..., None]
+    scale, own = (tf.cast(gather[k], dtype)[:, None] for k in ("scale", "own"))
+    num_vertices = tf.shape(neighbours)[1]
+
+    def blur(x: tf.Tensor, step: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        return tf.reduce_sum(tf.gather(x, step[0]) * step[1], axis=1)
+
+    def message(q: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(q)
+        flat = tf.reshape(tf.transpose(q, (0, 2, 1)), tf.stack([-1, shape[1]]))
+        splat = tf.reshape((scale * flat)[:, None, :] * barycentric, tf.stack([-1, shape[1]]))
+        x = tf.math.unsorted_segment_sum(splat, tf.reshape(vertices, [-1]), num_vertices)
+        x = tf.foldl(blur, (neighbours, weights), initializer=x)
+        sliced = scale * tf.reduce_sum(tf.gather(x, vertices) * barycentric, axis=1)
+        out = LATTICE_APPEARANCE_WEIGHT * (sliced - own * flat)
+        return tf.transpose(tf.reshape(out, tf.stack([shape[0], shape[2], shape[1]])), (0, 2, 1))
+
+    return message
 
 
 def _gaussian_filter(x: tf.Tensor, sigma: float, static: Any) -> tf.Tensor:

@@ -1,27 +1,41 @@
-"""``refine`` on PyTorch tensors: class probabilities refined with the image by a low-rank
-Potts G-CRF, differentiable with respect to the probabilities."""
+"""``refine`` on PyTorch tensors: class probabilities refined with the image by mean field
+in the dense CRF's lattice or by a low-rank Potts G-CRF, differentiable with respect to the
+probabilities."""
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lowrank_gcrf.adapters.bridge import refine_embeddings
+from lowrank_gcrf.adapters.bridge import refine_appearance
 from lowrank_gcrf.adapters.torch.autograd import core_stream, tensor_to_core
 from lowrank_gcrf.adapters.torch.functional import solve_potts
 from lowrank_gcrf.dtypes import dtype_name
 from lowrank_gcrf.errors import GCRFTypeError
+from lowrank_gcrf.lattice_appearance import LatticeGather
 from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL
 from lowrank_gcrf.refine_inputs import (
     RefineParameters,
     check_adapter_parameters,
     checked_spatial_dims,
 )
-from lowrank_gcrf.refine_passes import APPEARANCE_WEIGHT, SMOOTH_WEIGHT, passes_parameters
+from lowrank_gcrf.refine_passes import (
+    APPEARANCE_WEIGHT,
+    LATTICE_APPEARANCE_WEIGHT,
+    LATTICE_SMOOTH_WEIGHT,
+    SMOOTH_WEIGHT,
+    passes_parameters,
+    uses_lattice,
+)
 from lowrank_gcrf.refine_strength import AUTO, scaled_by_confidence
-from lowrank_gcrf.smooth_refine import gaussian_weights
+from lowrank_gcrf.smooth_refine import gaussian_filter
 from lowrank_gcrf.validation import array_namespace
 
 
@@ -37,14 +51,19 @@ def refine(
 ) -> Tensor:
     """:func:`lowrank_gcrf.refine` on tensors, differentiable with respect to ``probs``.
 
-    The embeddings Â come from the image through the core, without gradient (the image is
-    data). ``∂L/∂probs`` flows through the mean-field passes (the default ``passes=2``: the
-    resolvent by Woodbury with a D × D capacitance computed once, the smoothness kernel by
-    1-D convolutions, and the softmaxes, all in tensor operations), or with ``passes=0``
-    through the exact Potts solve, :func:`~lowrank_gcrf.adapters.torch.solve_potts`, and the
-    softmax. With ``strength="auto"`` and ``passes=0`` the strength read from the
-    probabilities' confidence scales Â, also without gradient (it chooses the model, as a
-    hyperparameter would).
+    The image is data, without gradient: the core builds from it either the appearance
+    lattices (the default passes, ``appearance_kernel="auto"``: the permutohedral lattice's
+    sparse factors, :mod:`lowrank_gcrf.lattice_appearance`, built on the host and moved to
+    the tensors' device) or the embeddings Â. ``∂L/∂probs`` flows through the mean-field
+    passes (the default ``passes=2``, in tensor operations: the lattice's filter by sparse
+    CSR products, its transpose in the backward, or the resolvent by Woodbury with a D × D
+    capacitance computed once; the smoothness kernel by the core's
+    :func:`~lowrank_gcrf.smooth_refine.gaussian_filter`, a product with each axis's banded
+    matrix; the softmaxes), or with ``passes=0`` through the exact Potts solve,
+    :func:`~lowrank_gcrf.adapters.torch.solve_potts`, and the softmax. With
+    ``strength="auto"`` and ``passes=0`` the strength read from the probabilities'
+    confidence scales Â, also without gradient (it chooses the model, as a hyperparameter
+    would).
 
     Parameters
     ----------
@@ -59,9 +78,9 @@ def refine(
         Its kernel, approximation and strength keywords (``sxy``, ``srgb``, ``sxy_smooth``,
         ``w_appearance``, ``w_smooth``, ``strength``, ``rank``, ``landmarks``, ``seed``,
         ``lam``, ``approximation``, ``normalization``, ``passes``, ``smooth_kernel`` and
-        ``appearance_kernel`` — ``"landmarks"`` only, which ``"auto"`` is here: the exact
-        solve's exact smoothness kernel and the lattice's passes are the core's alone, so
-        that the default passes here are the core's ``appearance_kernel="landmarks"``).
+        ``appearance_kernel``, as the core's: ``"auto"`` is the lattice's passes with
+        ``strength="auto"`` and ``w_smooth=0`` on any device; only the exact solve's exact
+        smoothness kernel is the core's alone).
 
     Returns
     -------
@@ -87,63 +106,152 @@ def refine(
         )
     params = RefineParameters(**parameters)
     check_adapter_parameters(params)
-    params = passes_parameters(params)
+    lattice = uses_lattice(params)
+    if not lattice:
+        params = passes_parameters(params)
     spatial_dims = checked_spatial_dims(spatial_dims)
     compute = torch.float64 if probs.dtype == torch.float64 else torch.float32
     with core_stream(probs.device):
         core_probs = tensor_to_core(_dlpack_dtype(probs, compute))
-        Ahat = refine_embeddings(
+        core_image = tensor_to_core(_dlpack_dtype(image, compute))
+        appearance = refine_appearance(
             core_probs,
-            tensor_to_core(_dlpack_dtype(image, compute)),
+            core_image,
             params,
+            lattice=lattice,
             spatial_dims=spatial_dims,
             logits=logits,
             channel_axis=channel_axis,
             carried_dtype=dtype_name(probs.dtype),
         )
-        if params.strength == AUTO:
-            Ahat = scaled_by_confidence(array_namespace(Ahat), Ahat, core_probs, logits=logits)
-        Ahat = torch.from_dlpack(Ahat)
+        if not lattice:
+            Ahat = appearance
+            if params.strength == AUTO:
+                Ahat = scaled_by_confidence(array_namespace(Ahat), Ahat, core_probs, logits=logits)
+            Ahat = torch.from_dlpack(Ahat)
     scores = probs.to(compute)
     if not logits:
         scores = torch.log(scores.clamp_min(PROB_FLOOR))
-    b = scores.reshape(Ahat.shape[0], probs.shape[-spatial_dims - 1], Ahat.shape[-1])
-    if params.passes > 0:
-        x = _passes(Ahat, b, params, tuple(probs.shape[-spatial_dims:]))
-    else:
+    spatial = tuple(probs.shape[-spatial_dims:])
+    labels = probs.shape[-spatial_dims - 1]
+    b = scores.reshape(-1, labels, math.prod(spatial))
+    if params.passes == 0:
         x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
+    elif lattice:
+        x = _passes(_lattice_message(appearance, b), b, LATTICE_SMOOTH_WEIGHT, params, spatial)
+    else:
+        x = _passes(_resolvent_message(Ahat, b, params), b, SMOOTH_WEIGHT, params, spatial)
     return torch.softmax(x, dim=1).reshape(probs.shape).to(probs.dtype)
 
 
-def _passes(Ahat: Tensor, b: Tensor, params: RefineParameters, spatial: tuple) -> Tensor:
+def _passes(
+    appearance: Callable[[Tensor], Tensor],
+    b: Tensor,
+    smooth_weight: float,
+    params: RefineParameters,
+    spatial: tuple,
+) -> Tensor:
     """The scores of :func:`lowrank_gcrf.refine`'s mean-field passes
     (:mod:`lowrank_gcrf.refine_passes`) in tensor operations, differentiable in ``b``."""
     n, labels, pixels = b.shape
-    At = Ahat.transpose(-1, -2)
-    eye = torch.eye(Ahat.shape[1], dtype=torch.float64, device=Ahat.device)
-    capacitance = torch.linalg.inv(params.lam * eye - (Ahat @ At).double()).to(b.dtype)
-    keep = APPEARANCE_WEIGHT * (1.0 - params.strength)
     q = torch.softmax(b, dim=1)
     x = b
     for _ in range(params.passes):
-        spread = q + ((q @ At) @ capacitance) @ Ahat
-        filtered = _gaussian_filter(q.reshape(n, labels, *spatial), params.sxy_smooth)
-        x = b + keep * spread + SMOOTH_WEIGHT * (filtered.reshape(n, labels, pixels) - q)
+        grid = q.reshape(n, labels, *spatial)
+        filtered = gaussian_filter(array_namespace(q), grid, params.sxy_smooth, len(spatial))
+        x = b + appearance(q) + smooth_weight * (filtered.reshape(n, labels, pixels) - q)
         q = torch.softmax(x, dim=1)
     return x
 
 
-def _gaussian_filter(x: Tensor, sigma: float) -> Tensor:
-    """:func:`lowrank_gcrf.smooth_refine.gaussian_filter` over the spatial axes (all after
-    the first two) by 1-D convolutions, zero outside the image."""
-    for axis in range(2, x.ndim):
-        weights = gaussian_weights(sigma, x.shape[axis])
-        kernel = torch.as_tensor(weights, dtype=x.dtype, device=x.device).reshape(1, 1, -1)
-        moved = x.movedim(axis, -1)
-        rows = moved.reshape(-1, 1, moved.shape[-1])
-        out = torch.nn.functional.conv1d(rows, kernel, padding=(kernel.shape[-1] - 1) // 2)
-        x = out.reshape(moved.shape).movedim(-1, axis)
-    return x
+def _resolvent_message(
+    Ahat: Tensor, b: Tensor, params: RefineParameters
+) -> Callable[[Tensor], Tensor]:
+    """The landmarks' message ``β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q`` by Woodbury, the D × D capacitance
+    computed once (:class:`lowrank_gcrf.refine_passes.ResolventMessage`)."""
+    At = Ahat.transpose(-1, -2)
+    eye = torch.eye(Ahat.shape[1], dtype=torch.float64, device=Ahat.device)
+    capacitance = torch.linalg.inv(params.lam * eye - (Ahat @ At).double()).to(b.dtype)
+    keep = APPEARANCE_WEIGHT * (1.0 - params.strength)
+    return lambda q: keep * (q + ((q @ At) @ capacitance) @ Ahat)
+
+
+def _lattice_message(gather: LatticeGather, b: Tensor) -> Callable[[Tensor], Tensor]:
+    """The lattice's message ``w_a (N − diag N) q``
+    (:mod:`lowrank_gcrf.lattice_appearance`), the filter ``W B Wᵀ`` by sparse CSR products
+    (:class:`_LatticeFilter`), in ``b``'s dtype and on its device."""
+    factors = _LatticeFactors.of(gather, b)
+    scale = torch.from_numpy(gather.scale).to(b.device, b.dtype).unsqueeze(-1)
+    own = torch.from_numpy(gather.own).to(b.device, b.dtype).unsqueeze(-1)
+
+    def message(q: Tensor) -> Tensor:
+        n, labels, pixels = q.shape
+        flat = q.transpose(1, 2).reshape(n * pixels, labels)
+        filtered = _LatticeFilter.apply(scale * flat, factors)
+        out = LATTICE_APPEARANCE_WEIGHT * (scale * filtered - own * flat)
+        return out.reshape(n, pixels, labels).transpose(1, 2)
+
+    return message
+
+
+@dataclass(frozen=True)
+class _LatticeFactors:
+    """W (n·P × M), Wᵀ and the blur steps B_k (M × M) as sparse CSR tensors."""
+
+    weights: Tensor
+    splat: Tensor
+    blur: tuple[Tensor, ...]
+
+    @classmethod
+    def of(cls, gather: LatticeGather, like: Tensor) -> _LatticeFactors:
+        def csr(columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> Tensor:
+            per_row = columns.shape[-1]
+            rows = torch.arange(0, shape[0] * per_row + 1, per_row, device=like.device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+                return torch.sparse_csr_tensor(
+                    rows,
+                    torch.from_numpy(columns.reshape(-1)).to(like.device),
+                    torch.from_numpy(values.reshape(-1)).to(like.device, like.dtype),
+                    size=shape,
+                    check_invariants=False,
+                )
+
+        points, m = gather.vertices.shape[0], gather.num_vertices
+        weights = csr(gather.vertices, gather.barycentric, (points, m))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            splat = weights.transpose(0, 1).to_sparse_csr()
+        blur = tuple(
+            csr(columns, values, (m, m))
+            for columns, values in zip(gather.neighbours, gather.weights, strict=True)
+        )
+        return cls(weights, splat, blur)
+
+    def filter(self, v: Tensor, *, transpose: bool) -> Tensor:
+        """``W B Wᵀ v``, or ``W Bᵀ Wᵀ v``: each blur step is symmetric (a vertex and its
+        neighbour along a direction are each other's), so Bᵀ is the steps in reverse."""
+        x = self.splat @ v
+        for step in reversed(self.blur) if transpose else self.blur:
+            x = step @ x
+        return self.weights @ x
+
+
+class _LatticeFilter(torch.autograd.Function):
+    """``W B Wᵀ v`` for v (n·P, L), differentiable in v: the backward applies the transpose
+    with the same factors (sparse tensors' own autograd transposes them on every call)."""
+
+    @staticmethod
+    def forward(v: Tensor, factors: _LatticeFactors) -> Tensor:
+        return factors.filter(v, transpose=False)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+        ctx.factors = inputs[1]
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return ctx.factors.filter(grad, transpose=True), None
 
 
 def _dlpack_dtype(tensor: Tensor, compute: torch.dtype) -> Tensor:
