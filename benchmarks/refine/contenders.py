@@ -4,10 +4,13 @@ field, each a function ``(probs (L, H, W) float32, image (3, H, W) uint8) → pr
 Ours (defaults), with NumPy arrays: two mean-field passes whose appearance message is the
 dense CRF's bilateral kernel filtered by the permutohedral lattice; beside it the previous
 default (the same passes with the rank-D resolvent as the appearance message), the exact
-Potts solve, and the exact solve with the exact smoothness kernel."""
+Potts solve, and the exact solve with the exact smoothness kernel; and the PyTorch and
+TensorFlow adapters' ``refine`` with their defaults (the lattice's passes) on CPU tensors,
+for time only (their refinement is the core's, tested to float32 rounding)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +44,10 @@ EXACT_SMOOTH = {"smooth_kernel": "exact", "w_smooth": 3.0, "passes": 0}
 OURS_EXACT = "ours (exact solve, exact smoothness kernel, w_smooth = 3)"
 #: our rows of the timing section, in its table's order
 OURS_TIMED = (OURS, OURS_LANDMARKS, OURS_SOLVE, OURS_EXACT)
+TORCH_REFINE = "ours, PyTorch adapter (defaults, CPU tensors)"
+TF_REFINE = "ours, TensorFlow adapter (defaults, CPU tensors)"
+#: the adapters' rows of the timing section, after ours
+ADAPTERS_TIMED = (TORCH_REFINE, TF_REFINE)
 
 
 def meanfield(probs: np.ndarray, image: np.ndarray, *, iterations: int, **params: Any) -> Any:
@@ -51,6 +58,47 @@ def meanfield(probs: np.ndarray, image: np.ndarray, *, iterations: int, **params
 def ours(probs: np.ndarray, image: np.ndarray, **params: Any) -> Any:
     """:func:`lowrank_gcrf.refine.refine` with ``params``."""
     return refine(probs, image, **params)
+
+
+def one_thread_frameworks() -> dict[str, str]:
+    """Import PyTorch and TensorFlow with one intra-op and one inter-op thread each (before
+    either runs an operation); their versions and thread settings, for the machine block."""
+    import tensorflow as tf
+    import torch
+
+    torch.set_num_threads(1)
+    threading = tf.config.threading
+    try:
+        threading.set_intra_op_parallelism_threads(1)
+        threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already ran in this process (a test's smoke run): reported below
+    pools = (
+        threading.get_intra_op_parallelism_threads(),
+        threading.get_inter_op_parallelism_threads(),
+    )
+    return {
+        "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op thread)",
+        "tensorflow": "{} ({} intra-op, {} inter-op thread; 0 = its default)".format(
+            tf.__version__, *pools
+        ),
+    }
+
+
+def adapter_calls(probs: np.ndarray, image: np.ndarray) -> dict[str, Callable[[], Any]]:
+    """The adapters' ``refine`` with their defaults on CPU tensors made beforehand."""
+    import tensorflow as tf
+    import torch
+
+    from lowrank_gcrf.adapters.tensorflow import refine as tf_refine
+    from lowrank_gcrf.adapters.torch import refine as torch_refine
+
+    tp, ti = torch.from_numpy(probs), torch.from_numpy(image)
+    fp, fi = tf.constant(probs), tf.constant(image)
+    return {
+        TORCH_REFINE: lambda: torch_refine(tp, ti),
+        TF_REFINE: lambda: tf_refine(fp, fi),
+    }
 
 
 def rule_strength(probs: np.ndarray, gain: float) -> float:

@@ -47,6 +47,7 @@ from ..machine import cores, cpu_model, git_commit, package_versions, utc_timest
 from ..results_writer import destination, write_section
 from ..timing import interleaved_times
 from .contenders import (
+    ADAPTERS_TIMED,
     DEEPLAB,
     EXACT_SMOOTH,
     LANDMARK_PASSES,
@@ -58,7 +59,9 @@ from .contenders import (
     OURS_TIMED,
     SOLVE,
     TUNED_MF_ITERATIONS,
+    adapter_calls,
     meanfield,
+    one_thread_frameworks,
     ours,
 )
 from .kernel_error import exact_kernels, kernel_error
@@ -219,8 +222,8 @@ def timing_probs(scene: Any, labels: int) -> np.ndarray:
 
 def timing_section(cfg: Config, bar: tqdm) -> list[dict[str, Any]]:
     """Median seconds per image of MF-5 and ours (defaults, the landmarks' passes, the exact
-    solve, and the exact solve with the exact smoothness kernel), interleaved, per shape and
-    L."""
+    solve, the exact solve with the exact smoothness kernel, and the adapters' defaults),
+    interleaved, per shape and L."""
     rows = []
     for shape, labels in itertools.product(cfg.timing_shapes, cfg.timing_labels):
         scene = make_scene("test", shape, 0)
@@ -231,11 +234,12 @@ def timing_section(cfg: Config, bar: tqdm) -> list[dict[str, Any]]:
             OURS_LANDMARKS: functools.partial(ours, probs, image, **LANDMARK_PASSES),
             OURS_SOLVE: functools.partial(ours, probs, image, **SOLVE),
             OURS_EXACT: functools.partial(ours, probs, image, **EXACT_SMOOTH),
+            **adapter_calls(probs, image),
         }
         times = interleaved_times(calls, cfg.repeats)
         medians = {name: float(np.median(t)) for name, t in times.items()}
         row: dict[str, Any] = {"shape": list(shape), "labels": labels, **medians}
-        for name in OURS_TIMED:
+        for name in OURS_TIMED + ADAPTERS_TIMED:
             ratios = [a / b for a, b in zip(times[name], times[MF5], strict=True)]
             row[f"{name} / MF-5"] = medians[name] / medians[MF5]
             row[f"{name} / MF-5, median per round"] = float(np.median(ratios))
@@ -303,7 +307,8 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
     )
     start = time.perf_counter()
     with threadpool_limits(1), tqdm(total=steps, desc="refine benchmark") as bar:
-        info = machine()
+        frameworks = one_thread_frameworks()
+        info = machine() | frameworks
         info["load_start"] = os.getloadavg()
         val = make_scenes("val", cfg.shape, cfg.val)
         test = make_scenes("test", cfg.shape, cfg.test)

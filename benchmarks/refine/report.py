@@ -19,6 +19,7 @@ from lowrank_gcrf.refine_strength import STEPS_PER_ERROR_ODDS
 
 from ..results_writer import relative_link
 from .contenders import (
+    ADAPTERS_TIMED,
     MF5,
     OURS,
     OURS_TIMED,
@@ -95,7 +96,7 @@ def _timing_table(timing: list[dict[str, Any]]) -> list[str]:
     for r in timing:
         h, w = r["shape"]
         lines.append(f"| {h}×{w} | {r['labels']} | {MF5} | {1e3 * r[MF5]:.1f} | 1 | 1 |")
-        for name in OURS_TIMED:
+        for name in OURS_TIMED + ADAPTERS_TIMED:
             lines.append(
                 f"| {h}×{w} | {r['labels']} | {name} | {1e3 * r[name]:.1f} | "
                 f"{r[f'{name} / MF-5']:.2f} | {r[f'{name} / MF-5, median per round']:.2f} |"
@@ -178,7 +179,7 @@ def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
         f"scikit-learn {m['scikit-learn']}, pydensecrf2 {m['pydensecrf2']}, "
         f"lowrank-gcrf {m['lowrank-gcrf']}",
         f"* one thread for every BLAS/OpenMP pool (threadpoolctl): {'; '.join(m['blas'])}; "
-        "pydensecrf2 is single-threaded C++",
+        f"pydensecrf2 is single-threaded C++; torch {m['torch']}; tensorflow {m['tensorflow']}",
         f"* {m['date']}, commit {m['commit']}; load average (1/5/15 min) at start "
         f"{'/'.join(f'{x:.1f}' for x in m['load_start'])}, at end "
         f"{'/'.join(f'{x:.1f}' for x in m['load_end'])}: the machine is shared with other "
@@ -236,8 +237,10 @@ def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
         "",
         "### Time per image against MF-5 (one thread)",
         "Each size and L: the test scene 0's coarse unary (widened to L labels); MF-5, ours "
-        "(defaults), the landmarks' passes, the exact solve and the exact solve with the "
-        "exact smoothness kernel called in turn.",
+        "(defaults), the landmarks' passes, the exact solve, the exact solve with the "
+        "exact smoothness kernel, and the PyTorch and TensorFlow adapters' `refine` with "
+        "their defaults (the lattice's passes, forward only, on CPU tensors made "
+        "beforehand) called in turn.",
         "",
         *_timing_table(results["timing"]),
         "",

@@ -7,7 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from .contenders import MF5, OURS, OURS_EXACT, OURS_LANDMARKS, OURS_SOLVE, OURS_TIMED
+from .contenders import (
+    ADAPTERS_TIMED,
+    MF5,
+    OURS,
+    OURS_EXACT,
+    OURS_LANDMARKS,
+    OURS_SOLVE,
+    OURS_TIMED,
+    TF_REFINE,
+    TORCH_REFINE,
+)
 
 #: what the issue asks of the defaults: per-image wins against MF-5 on this many test images
 #: out of 16 (scaled to the split's size)
@@ -19,6 +29,8 @@ SHORT = {
     OURS_SOLVE: "the exact solve",
     OURS_EXACT: "the exact solve with the exact smoothness kernel",
 }
+#: the adapters' timing rows, as the prose names them
+ADAPTERS_SHORT = {TORCH_REFINE: "PyTorch's defaults", TF_REFINE: "TensorFlow's defaults"}
 
 
 def fmt(v: float, digits: int = 3) -> str:
@@ -136,7 +148,10 @@ def why(results: dict[str, Any]) -> list[str]:
         )
         for u in test
     )
-    speed = "; ".join(f"{SHORT[name]} {times(timing, name)}" for name in OURS_TIMED)
+    named = SHORT | ADAPTERS_SHORT
+    speed = "; ".join(
+        f"{named[name]} {times(timing, name)}" for name in OURS_TIMED + ADAPTERS_TIMED
+    )
     sweep = [
         r
         for r in results["sweep"]
