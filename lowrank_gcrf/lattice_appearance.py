@@ -10,9 +10,9 @@ absent from the image.
 
 The lattices are built with NumPy and SciPy on the host, from the images alone. The core
 applies them as SciPy sparse matrices (:meth:`AppearanceLattices.message`); the adapters
-take the batch's factors as index arrays (:meth:`AppearanceLattices.gather_form`) and apply
-them to tensors on any device, differentiable in the probabilities (PyTorch as sparse CSR
-products, TensorFlow as gathers and a segment sum).
+take the batch's factors as index arrays (:meth:`AppearanceLattices.arrays`) and apply
+them to tensors on any device as their own sparse matrices, differentiable in the
+probabilities.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ from .refine_inputs import RefineParameters
 
 
 @dataclass(frozen=True)
-class LatticeGather:
-    """A batch's lattices as index arrays, ``N q`` of n images' probabilities q (n, L, P) as
+class LatticeArrays:
+    """A batch's lattices as arrays of sparse rows with a fixed number of entries: W's rows
+    (``vertices``, ``barycentric``) and each blur step's (``neighbours``, ``weights``), so
+    that ``N q`` of n images' probabilities q (n, L, P) is
 
     * splat: ``x[m] = Σ_{(p, r): vertices[p, r] = m} barycentric[p, r] · scale[p] q[p]``;
     * blur, for each of the d + 1 steps k: ``x ← Σ_j weights[k, :, j] · x[neighbours[k, :, j]]``;
@@ -103,8 +105,8 @@ class AppearanceLattices:
 
         return message
 
-    def gather_form(self, feature_dims: int) -> LatticeGather:
-        """The batch as :class:`LatticeGather`; ``feature_dims`` (d) sizes an empty batch."""
+    def arrays(self, feature_dims: int) -> LatticeArrays:
+        """The batch as :class:`LatticeArrays`; ``feature_dims`` (d) sizes an empty batch."""
         d1 = feature_dims + 1
         vertices, neighbours, weights = [], [], []
         offset = 0
@@ -118,7 +120,7 @@ class AppearanceLattices:
         def joined(parts: list[np.ndarray], axis: int, empty: tuple, dtype: Any) -> np.ndarray:
             return np.concatenate(parts, axis=axis) if parts else np.zeros(empty, dtype=dtype)
 
-        return LatticeGather(
+        return LatticeArrays(
             vertices=joined(vertices, 0, (0, d1), np.int64),
             barycentric=joined(
                 [lat.weights.data.reshape(-1, d1) for lat in self.lattices], 0, (0, d1), np.float32

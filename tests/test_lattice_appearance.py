@@ -14,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from refine_cases import inputs
 
-from lowrank_gcrf.lattice_appearance import LatticeGather, appearance_lattices
+from lowrank_gcrf.lattice_appearance import LatticeArrays, appearance_lattices
 from lowrank_gcrf.refine_inputs import RefineParameters
 from lowrank_gcrf.refine_passes import LATTICE_APPEARANCE_WEIGHT
 
 
-def gather_message(g: LatticeGather, q: np.ndarray) -> np.ndarray:
+def gather_message(g: LatticeArrays, q: np.ndarray) -> np.ndarray:
     """``w_a (N − diag N) q`` (n, L, P) by the index form's splat, blur and slice."""
     n, labels, pixels = q.shape
     flat = q.transpose(0, 2, 1).reshape(n * pixels, labels).astype(np.float64)
@@ -46,7 +46,7 @@ def test_index_form_is_the_sparse_message(seed, batch, spatial, sxy, srgb):
     lattices = appearance_lattices(image, RefineParameters(sxy=sxy, srgb=srgb))
     q = probs.reshape(batch, 4, -1)
     expected = lattices.message(LATTICE_APPEARANCE_WEIGHT, np.float64)(q)
-    g = lattices.gather_form(len(spatial) + 3)
+    g = lattices.arrays(len(spatial) + 3)
     assert g.vertices.shape == (batch * q.shape[-1], len(spatial) + 4)
     assert g.num_vertices == sum(lattice.num_vertices for lattice in lattices.lattices)
     np.testing.assert_allclose(gather_message(g, q), expected, rtol=0, atol=1e-4)
@@ -62,6 +62,6 @@ def test_blur_steps_are_symmetric(spatial):
 
 def test_empty_batch_has_an_empty_index_form():
     image = np.zeros((0, 3, 4, 5), dtype=np.uint8)
-    g = appearance_lattices(image, RefineParameters()).gather_form(5)
+    g = appearance_lattices(image, RefineParameters()).arrays(5)
     assert g.vertices.shape == (0, 6) and g.neighbours.shape == (6, 0, 3)
     assert g.scale.shape == g.own.shape == (0,) and g.num_vertices == 0

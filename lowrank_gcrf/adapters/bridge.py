@@ -276,7 +276,7 @@ def refine_appearance(
 ) -> Any:
     """``refine``'s inputs checked, and what its appearance message needs of the image: with
     ``lattice``, the images' appearance lattices
-    (:class:`~lowrank_gcrf.lattice_appearance.LatticeGather`, NumPy index arrays built on
+    (:class:`~lowrank_gcrf.lattice_appearance.LatticeArrays`, NumPy index arrays built on
     the host, from a copy of a device image); else its Potts embeddings Â (n, D, P) on core
     arrays.
 
@@ -300,4 +300,4 @@ def refine_appearance(
     image = channels_first(xp, image, spatial_dims, channel_axis)
     channels, spatial = image.shape[-spatial_dims - 1], image.shape[-spatial_dims:]
     images = np.reshape(np.asarray(to_host(xp, image)), (-1, channels, *spatial))
-    return appearance_lattices(images, params).gather_form(spatial_dims + channels)
+    return appearance_lattices(images, params).arrays(spatial_dims + channels)

@@ -48,7 +48,7 @@ def refine(
     passes, ``appearance_kernel="auto"``: index arrays of the permutohedral lattice,
     :mod:`lowrank_gcrf.lattice_appearance`) or the embeddings Â. ``∂L/∂probs`` flows through
     the mean-field passes (the default ``passes=2``, in TensorFlow operations: the lattice's
-    splat by a segment sum, its blur and slice by gathers, or the resolvent by Woodbury; the
+    filter by sparse products, its transpose in the backward, or the resolvent by Woodbury; the
     smoothness kernel by 1-D convolutions; the softmaxes), or with ``passes=0`` through the
     exact Potts solve, :func:`~lowrank_gcrf.adapters.tensorflow.solve_potts`, and the
     softmax. With ``strength="auto"`` and ``passes=0`` the strength read from the
@@ -109,7 +109,7 @@ def refine(
             carried_dtype=carried,
         )
         if lattice:
-            return [getattr(core, name) for name in _GATHER_FIELDS]
+            return [getattr(core, name) for name in _ARRAY_FIELDS]
         if params.strength == AUTO:
             core = scaled_by_confidence(array_namespace(core), core, core_probs, logits=logits)
         return from_core(core)
@@ -132,11 +132,11 @@ def refine(
         else:
             types = [tf.int64, tf.float32, tf.int64, tf.float32, tf.float32, tf.float32]
             arrays = tf.py_function(appearance, crossing, types)
-            for array, ndim in zip(arrays, _GATHER_RANKS, strict=True):
+            for array, ndim in zip(arrays, _ARRAY_RANKS, strict=True):
                 array.set_shape([None] * ndim)
-        gather = dict(zip(_GATHER_FIELDS, [tf.convert_to_tensor(a) for a in arrays], strict=True))
-        appearance = _lattice_message(gather, compute)
-        x = _passes(appearance, b, LATTICE_SMOOTH_WEIGHT, params, spatial, static)
+        fields = dict(zip(_ARRAY_FIELDS, map(tf.convert_to_tensor, arrays), strict=True))
+        message = _lattice_message(fields, compute)
+        x = _passes(message, b, LATTICE_SMOOTH_WEIGHT, params, spatial, static)
         return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)
     if tf.executing_eagerly():
         Ahat = appearance(*crossing)
@@ -144,17 +144,17 @@ def refine(
         Ahat = tf.stop_gradient(tf.py_function(appearance, crossing, compute))
     Ahat = tf.reshape(Ahat, tf.stack([n, params.rank, pixels]))
     if params.passes > 0:
-        appearance = _resolvent_message(Ahat, b, params)
-        x = _passes(appearance, b, SMOOTH_WEIGHT, params, spatial, static)
+        message = _resolvent_message(Ahat, b, params)
+        x = _passes(message, b, SMOOTH_WEIGHT, params, spatial, static)
     else:
         x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
     return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)
 
 
-#: The fields of :class:`~lowrank_gcrf.lattice_appearance.LatticeGather`, in the order the
+#: The fields of :class:`~lowrank_gcrf.lattice_appearance.LatticeArrays`, in the order the
 #: graph's ``tf.py_function`` returns them.
-_GATHER_FIELDS = ("vertices", "barycentric", "neighbours", "weights", "scale", "own")
-_GATHER_RANKS = (2, 2, 3, 3, 1, 1)
+_ARRAY_FIELDS = ("vertices", "barycentric", "neighbours", "weights", "scale", "own")
+_ARRAY_RANKS = (2, 2, 3, 3, 1, 1)
 
 
 def _passes(
@@ -195,30 +195,59 @@ def _resolvent_message(
     return message
 
 
-def _lattice_message(gather: dict, dtype: tf.DType) -> Callable[[tf.Tensor], tf.Tensor]:
+def _lattice_message(
+    lattice: dict[str, tf.Tensor], dtype: tf.DType
+) -> Callable[[tf.Tensor], tf.Tensor]:
     """The lattice's message ``w_a (N − diag N) q``
-    (:mod:`lowrank_gcrf.lattice_appearance`): splat by a segment sum, blur and slice by
-    gathers, in ``dtype``."""
-    vertices, neighbours = gather["vertices"], gather["neighbours"]
-    barycentric = tf.cast(gather["barycentric"], dtype)[:, :, None]
-    weights = tf.cast(gather["weights"], dtype)[..., None]
-    scale, own = (tf.cast(gather[k], dtype)[:, None] for k in ("scale", "own"))
-    num_vertices = tf.shape(neighbours)[1]
-
-    def blur(x: tf.Tensor, step: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        return tf.reduce_sum(tf.gather(x, step[0]) * step[1], axis=1)
+    (:mod:`lowrank_gcrf.lattice_appearance`), the filter ``W B Wᵀ`` by sparse products
+    (:func:`_lattice_filter`), in ``dtype``."""
+    vertices = lattice["vertices"]
+    shape = tf.shape(vertices, out_type=tf.int64)
+    rows = tf.repeat(tf.range(shape[0]), shape[1])
+    weights = tf.sparse.SparseTensor(
+        tf.stack([rows, tf.reshape(vertices, [-1])], axis=1),
+        tf.reshape(tf.cast(lattice["barycentric"], dtype), [-1]),
+        tf.stack([shape[0], tf.shape(lattice["neighbours"], out_type=tf.int64)[1]]),
+    )
+    blur = (lattice["neighbours"], tf.cast(lattice["weights"], dtype))
+    scale, own = (tf.cast(lattice[k], dtype)[:, None] for k in ("scale", "own"))
 
     def message(q: tf.Tensor) -> tf.Tensor:
         shape = tf.shape(q)
         flat = tf.reshape(tf.transpose(q, (0, 2, 1)), tf.stack([-1, shape[1]]))
-        splat = tf.reshape((scale * flat)[:, None, :] * barycentric, tf.stack([-1, shape[1]]))
-        x = tf.math.unsorted_segment_sum(splat, tf.reshape(vertices, [-1]), num_vertices)
-        x = tf.foldl(blur, (neighbours, weights), initializer=x)
-        sliced = scale * tf.reduce_sum(tf.gather(x, vertices) * barycentric, axis=1)
-        out = LATTICE_APPEARANCE_WEIGHT * (sliced - own * flat)
+        filtered = _lattice_filter(weights, blur, scale * flat)
+        out = LATTICE_APPEARANCE_WEIGHT * (scale * filtered - own * flat)
         return tf.transpose(tf.reshape(out, tf.stack([shape[0], shape[2], shape[1]])), (0, 2, 1))
 
     return message
+
+
+def _lattice_filter(
+    weights: tf.sparse.SparseTensor, blur: tuple[tf.Tensor, tf.Tensor], v: tf.Tensor
+) -> tf.Tensor:
+    """``W B Wᵀ v`` for v (n·P, L), W sparse and the blur steps B_k (three entries a row:
+    ``blur`` holds their columns and values, (d + 1, M, 3)) applied by a fold; the gradient
+    is the transpose ``W Bᵀ Wᵀ``, the same steps in reverse (each step is symmetric: a
+    vertex and its neighbour along a direction are each other's)."""
+    columns, values = blur
+    m = tf.shape(columns, out_type=tf.int64)[1]
+    rows = tf.repeat(tf.range(m), 3)
+
+    def step(x: tf.Tensor, entries: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        indices = tf.stack([rows, tf.reshape(entries[0], [-1])], axis=1)
+        matrix = tf.sparse.SparseTensor(indices, tf.reshape(entries[1], [-1]), tf.stack([m, m]))
+        return tf.sparse.sparse_dense_matmul(matrix, x)
+
+    def apply(u: tf.Tensor, fold: Callable) -> tf.Tensor:
+        x = tf.sparse.sparse_dense_matmul(weights, u, adjoint_a=True)
+        x = fold(step, (columns, values), initializer=x)
+        return tf.sparse.sparse_dense_matmul(weights, x)
+
+    @tf.custom_gradient
+    def filtered(u: tf.Tensor) -> tuple[tf.Tensor, Callable]:
+        return apply(u, tf.foldl), lambda grad: apply(grad, tf.foldr)
+
+    return filtered(v)
 
 
 def _gaussian_filter(x: tf.Tensor, sigma: float, static: Any) -> tf.Tensor:

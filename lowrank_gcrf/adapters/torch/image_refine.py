@@ -19,7 +19,7 @@ from lowrank_gcrf.adapters.torch.autograd import core_stream, tensor_to_core
 from lowrank_gcrf.adapters.torch.functional import solve_potts
 from lowrank_gcrf.dtypes import dtype_name
 from lowrank_gcrf.errors import GCRFTypeError
-from lowrank_gcrf.lattice_appearance import LatticeGather
+from lowrank_gcrf.lattice_appearance import LatticeArrays
 from lowrank_gcrf.refine import PROB_FLOOR, SOLVE_RTOL
 from lowrank_gcrf.refine_inputs import (
     RefineParameters,
@@ -176,13 +176,13 @@ def _resolvent_message(
     return lambda q: keep * (q + ((q @ At) @ capacitance) @ Ahat)
 
 
-def _lattice_message(gather: LatticeGather, b: Tensor) -> Callable[[Tensor], Tensor]:
+def _lattice_message(lattice: LatticeArrays, b: Tensor) -> Callable[[Tensor], Tensor]:
     """The lattice's message ``w_a (N − diag N) q``
     (:mod:`lowrank_gcrf.lattice_appearance`), the filter ``W B Wᵀ`` by sparse CSR products
     (:class:`_LatticeFilter`), in ``b``'s dtype and on its device."""
-    factors = _LatticeFactors.of(gather, b)
-    scale = torch.from_numpy(gather.scale).to(b.device, b.dtype).unsqueeze(-1)
-    own = torch.from_numpy(gather.own).to(b.device, b.dtype).unsqueeze(-1)
+    factors = _LatticeFactors.of(lattice, b)
+    scale = torch.from_numpy(lattice.scale).to(b.device, b.dtype).unsqueeze(-1)
+    own = torch.from_numpy(lattice.own).to(b.device, b.dtype).unsqueeze(-1)
 
     def message(q: Tensor) -> Tensor:
         n, labels, pixels = q.shape
@@ -203,7 +203,7 @@ class _LatticeFactors:
     blur: tuple[Tensor, ...]
 
     @classmethod
-    def of(cls, gather: LatticeGather, like: Tensor) -> _LatticeFactors:
+    def of(cls, lattice: LatticeArrays, like: Tensor) -> _LatticeFactors:
         def csr(columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> Tensor:
             per_row = columns.shape[-1]
             rows = torch.arange(0, shape[0] * per_row + 1, per_row, device=like.device)
@@ -217,14 +217,14 @@ class _LatticeFactors:
                     check_invariants=False,
                 )
 
-        points, m = gather.vertices.shape[0], gather.num_vertices
-        weights = csr(gather.vertices, gather.barycentric, (points, m))
+        points, m = lattice.vertices.shape[0], lattice.num_vertices
+        weights = csr(lattice.vertices, lattice.barycentric, (points, m))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
             splat = weights.transpose(0, 1).to_sparse_csr()
         blur = tuple(
             csr(columns, values, (m, m))
-            for columns, values in zip(gather.neighbours, gather.weights, strict=True)
+            for columns, values in zip(lattice.neighbours, lattice.weights, strict=True)
         )
         return cls(weights, splat, blur)
 
