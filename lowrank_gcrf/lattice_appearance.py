@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
 from .image_kernels import appearance_scales, bandwidth_too_small, feature_norm, pixel_features
 from .permutohedral import PermutohedralLattice, feature_limit, permutohedral_lattice
@@ -68,6 +69,16 @@ class LatticeArrays:
     def num_vertices(self) -> int:
         """M, the batch's lattice points."""
         return int(self.neighbours.shape[1])
+
+    def splat_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Wᵀ (M × n·P) in CSR, ``(indptr, indices, data)``, transposed on the host by SciPy
+        (a counting sort; PyTorch's CSR conversion takes several times as long)."""
+        points, d1 = self.vertices.shape
+        rows = np.arange(0, points * d1 + 1, d1, dtype=np.int64)
+        shape = (points, self.num_vertices)
+        w = sp.csr_array((self.barycentric.ravel(), self.vertices.ravel(), rows), shape=shape)
+        splat = w.T.tocsr()
+        return splat.indptr.astype(np.int64), splat.indices.astype(np.int64), splat.data
 
 
 @dataclass(frozen=True)

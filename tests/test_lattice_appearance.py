@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from refine_cases import inputs
@@ -65,3 +66,14 @@ def test_empty_batch_has_an_empty_index_form():
     g = appearance_lattices(image, RefineParameters()).arrays(5)
     assert g.vertices.shape == (0, 6) and g.neighbours.shape == (6, 0, 3)
     assert g.scale.shape == g.own.shape == (0,) and g.num_vertices == 0
+
+
+def test_splat_rows_are_the_transposed_weights():
+    _, image = inputs(5, 2, (6, 7), batch=(2,))
+    g = appearance_lattices(image, RefineParameters(sxy=2.0, srgb=30.0)).arrays(5)
+    points, d1 = g.vertices.shape
+    dense = np.zeros((points, g.num_vertices))
+    np.add.at(dense, (np.repeat(np.arange(points), d1), g.vertices.ravel()), g.barycentric.ravel())
+    indptr, indices, data = g.splat_rows()
+    splat = sp.csr_array((data, indices, indptr), shape=(g.num_vertices, points)).toarray()
+    np.testing.assert_array_equal(splat, dense.T)

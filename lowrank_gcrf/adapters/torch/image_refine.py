@@ -204,29 +204,31 @@ class _LatticeFactors:
 
     @classmethod
     def of(cls, lattice: LatticeArrays, like: Tensor) -> _LatticeFactors:
-        def csr(columns: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> Tensor:
-            per_row = columns.shape[-1]
-            rows = torch.arange(0, shape[0] * per_row + 1, per_row, device=like.device)
+        def csr(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple) -> Tensor:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
                 return torch.sparse_csr_tensor(
-                    rows,
+                    torch.from_numpy(rows).to(like.device),
                     torch.from_numpy(columns.reshape(-1)).to(like.device),
                     torch.from_numpy(values.reshape(-1)).to(like.device, like.dtype),
                     size=shape,
                     check_invariants=False,
                 )
 
+        def fixed_width(columns: np.ndarray, values: np.ndarray, shape: tuple) -> Tensor:
+            per_row = columns.shape[-1]
+            rows = np.arange(0, shape[0] * per_row + 1, per_row, dtype=np.int64)
+            return csr(rows, columns, values, shape)
+
         points, m = lattice.vertices.shape[0], lattice.num_vertices
-        weights = csr(lattice.vertices, lattice.barycentric, (points, m))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
-            splat = weights.transpose(0, 1).to_sparse_csr()
-        blur = tuple(
-            csr(columns, values, (m, m))
-            for columns, values in zip(lattice.neighbours, lattice.weights, strict=True)
+        return cls(
+            weights=fixed_width(lattice.vertices, lattice.barycentric, (points, m)),
+            splat=csr(*lattice.splat_rows(), (m, points)),
+            blur=tuple(
+                fixed_width(columns, values, (m, m))
+                for columns, values in zip(lattice.neighbours, lattice.weights, strict=True)
+            ),
         )
-        return cls(weights, splat, blur)
 
     def filter(self, v: Tensor, *, transpose: bool) -> Tensor:
         """``W B Wᵀ v``, or ``W Bᵀ Wᵀ v``: each blur step is symmetric (a vertex and its
