@@ -317,8 +317,8 @@ def _defaults_method(cfg: dict[str, Any], validation: dict[str, Any]) -> str:
         "combination). The exact solve with the exact smoothness kernel "
         '(`passes=0, smooth_kernel="exact", w_smooth=3`: CG on the deviations preconditioned '
         "by the low-rank appearance part) is measured as an option, not a candidate default: "
-        "the PyTorch and TensorFlow adapters do not have it (nor the lattice: their "
-        '`appearance_kernel="auto"` is the landmarks\' passes, as for CuPy arrays).'
+        "the PyTorch and TensorFlow adapters do not have it (they have the lattice's passes, "
+        "their default as the core's; CuPy arrays take the landmarks' passes)."
     )
 
 
