@@ -13,8 +13,9 @@ import array_api_compat
 
 
 def to_host(xp: Any, a: Any) -> Any:
-    """``a`` (a small array) readable by ``bool``, ``int`` and ``float`` without an implicit
-    transfer: on CuPy an explicit copy to a NumPy array, elsewhere ``a`` itself."""
+    """``a`` readable by ``bool``, ``int`` and ``float`` (or by NumPy) without an implicit
+    transfer: on CuPy an explicit copy to a NumPy array, elsewhere ``a`` itself. Mostly a
+    small array; the adapters' refine copies an image with it to build its lattice."""
     if array_api_compat.is_cupy_namespace(xp):
         return a.get()
     return a

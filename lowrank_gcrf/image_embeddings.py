@@ -2,7 +2,7 @@
 
 The dense CRF's kernels at rank D (:mod:`lowrank_gcrf.image_kernels`), one image at a time,
 scaled to the strength: the exact solve's (``passes=0``) and the landmarks' passes'
-appearance kernel, and what the PyTorch and TensorFlow adapters differentiate through.
+appearance kernel, which the PyTorch and TensorFlow adapters differentiate through there.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def refine_embeddings(
     scales each image by the square root of its strength,
     :func:`~lowrank_gcrf.refine_strength.with_strengths`). Â comes in ``dtype``; an empty
     batch gives an empty (0, D, P) array. Not differentiable (the image is data): the
-    adapters compute Â with it and differentiate through the solve.
+    adapters compute Â with it and differentiate through the solve or the landmarks' passes.
     """
     xp = array_namespace(image)
     spatial_dims = checked_spatial_dims(spatial_dims)

@@ -70,15 +70,34 @@ class LatticeArrays:
         """M, the batch's lattice points."""
         return int(self.neighbours.shape[1])
 
-    def splat_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Wᵀ (M × n·P) in CSR, ``(indptr, indices, data)``, transposed on the host by SciPy
-        (a counting sort; PyTorch's CSR conversion takes several times as long)."""
-        points, d1 = self.vertices.shape
-        rows = np.arange(0, points * d1 + 1, d1, dtype=np.int64)
-        shape = (points, self.num_vertices)
-        w = sp.csr_array((self.barycentric.ravel(), self.vertices.ravel(), rows), shape=shape)
-        splat = w.T.tocsr()
-        return splat.indptr.astype(np.int64), splat.indices.astype(np.int64), splat.data
+    def csr_factors(self) -> tuple[sp.csr_array, sp.csr_array, tuple[sp.csr_array, ...]]:
+        """W (n·P × M), Wᵀ and the blur steps B_k (M × M) as canonical CSR matrices (sorted
+        column indices, no duplicates, no stored zeros; int64 indices), as cuSPARSE expects
+        them. Wᵀ is transposed here by SciPy (a counting sort; PyTorch's CSR conversion takes
+        several times as long)."""
+
+        def canonical(columns: np.ndarray, values: np.ndarray, rows: int) -> sp.csr_array:
+            width = columns.shape[-1]
+            pointers = np.arange(0, rows * width + 1, width, dtype=np.int64)
+            shape = (rows, self.num_vertices)
+            # A copy: canonicalising sorts and compacts the index arrays in place.
+            m = sp.csr_array((values.ravel(), columns.ravel(), pointers), shape=shape, copy=True)
+            m.sum_duplicates()
+            m.eliminate_zeros()
+            return _int64_indices(m)
+
+        weights = canonical(self.vertices, self.barycentric, self.vertices.shape[0])
+        blur = tuple(
+            canonical(c, v, self.num_vertices)
+            for c, v in zip(self.neighbours, self.weights, strict=True)
+        )
+        return weights, _int64_indices(weights.T.tocsr()), blur
+
+
+def _int64_indices(m: sp.csr_array) -> sp.csr_array:
+    """``m`` with int64 index arrays (SciPy picks the narrowest that fits)."""
+    m.indices, m.indptr = m.indices.astype(np.int64), m.indptr.astype(np.int64)
+    return m
 
 
 @dataclass(frozen=True)
@@ -117,8 +136,9 @@ class AppearanceLattices:
         return message
 
     def arrays(self, feature_dims: int) -> LatticeArrays:
-        """The batch as :class:`LatticeArrays`; ``feature_dims`` (d) sizes an empty batch."""
-        d1 = feature_dims + 1
+        """The batch as :class:`LatticeArrays`; ``feature_dims`` (d) sizes an empty batch
+        (the lattices' own d + 1 blur steps size the others)."""
+        d1 = len(self.lattices[0].blur) if self.lattices else feature_dims + 1
         vertices, neighbours, weights = [], [], []
         offset = 0
         for lattice in self.lattices:

@@ -188,7 +188,8 @@ def refine(
         (:mod:`lowrank_gcrf.permutohedral`, pydensecrf's filter), symmetrically normalised,
         without each pixel's own term: ``a(q) = w_a (N − diag N) q``, w_a = 40, w_s = 0.5;
         NumPy arrays (the adapters' tensors too), filtered in float32 (float64 probabilities
-        get float32's precision in that message), and no ``strength``, ``rank``,
+        get float32's precision in that message; the adapters filter float64 tensors in
+        float64), and no ``strength``, ``rank``,
         ``landmarks``, ``approximation`` or ``normalization`` (the kernel is not low rank).
         ``"landmarks"``: this solve's normalised resolvent at rank D,
         ``a(q) = β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q``, β = 100, w_s = 1, α = 0.8 with

@@ -87,9 +87,10 @@ def check_appearance_kernel(params: RefineParameters, xp: Any) -> None:
     than NumPy (the lattice is built and applied with NumPy and SciPy)."""
     if params.appearance_kernel == "lattice" and not array_api_compat.is_numpy_namespace(xp):
         raise GCRFError(
-            "appearance_kernel='lattice' needs NumPy arrays (the lattice is built and "
-            "applied with NumPy and SciPy); pass appearance_kernel='landmarks' or 'auto' "
-            "for other arrays"
+            "appearance_kernel='lattice' needs NumPy arrays in lowrank_gcrf.refine (the "
+            "core applies the lattice with SciPy); pass appearance_kernel='landmarks' or "
+            "'auto' for other arrays, or PyTorch/TensorFlow tensors (on any device) to "
+            "lowrank_gcrf.adapters.torch.refine or .tensorflow.refine"
         )
 
 

@@ -125,7 +125,7 @@ def test_auto_is_the_lattice_as_in_the_core(refine):
     np.testing.assert_array_equal(
         refine(probs, image), refine(probs, image, appearance_kernel="lattice")
     )
-    # The core filters in float32 as the adapters do, in another order of operations.
+    # float32 inputs: the core and the adapters filter in float32, in other orders.
     np.testing.assert_allclose(refine(probs, image), lg.refine(probs, image), atol=1e-5)
     np.testing.assert_array_equal(
         refine(probs, image, strength=0.8),

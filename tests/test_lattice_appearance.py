@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from refine_cases import inputs
@@ -68,12 +67,27 @@ def test_empty_batch_has_an_empty_index_form():
     assert g.scale.shape == g.own.shape == (0,) and g.num_vertices == 0
 
 
-def test_splat_rows_are_the_transposed_weights():
+def test_csr_factors_are_canonical_and_the_index_form():
+    """W, Wᵀ and the blur steps in CSR with sorted, unique columns and no stored zeros (as
+    cuSPARSE expects), equal to the index form's fixed-width rows."""
     _, image = inputs(5, 2, (6, 7), batch=(2,))
     g = appearance_lattices(image, RefineParameters(sxy=2.0, srgb=30.0)).arrays(5)
-    points, d1 = g.vertices.shape
-    dense = np.zeros((points, g.num_vertices))
-    np.add.at(dense, (np.repeat(np.arange(points), d1), g.vertices.ravel()), g.barycentric.ravel())
-    indptr, indices, data = g.splat_rows()
-    splat = sp.csr_array((data, indices, indptr), shape=(g.num_vertices, points)).toarray()
-    np.testing.assert_array_equal(splat, dense.T)
+    before = [a.copy() for a in (g.vertices, g.barycentric, g.neighbours, g.weights)]
+    weights, splat, blur = g.csr_factors()
+    for a, b in zip(before, (g.vertices, g.barycentric, g.neighbours, g.weights), strict=True):
+        np.testing.assert_array_equal(a, b)  # the arrays themselves are left as they were
+
+    def dense(columns, values):
+        rows = columns.shape[0]
+        out = np.zeros((rows, g.num_vertices))
+        np.add.at(
+            out, (np.repeat(np.arange(rows), columns.shape[1]), columns.ravel()), values.ravel()
+        )
+        return out
+
+    expected = [dense(g.vertices, g.barycentric), dense(g.vertices, g.barycentric).T]
+    expected += [dense(c, v) for c, v in zip(g.neighbours, g.weights, strict=True)]
+    for m, want in zip([weights, splat, *blur], expected, strict=True):
+        np.testing.assert_array_equal(m.toarray(), want)
+        assert m.indices.dtype == m.indptr.dtype == np.int64 and m.has_canonical_format
+        assert np.all(m.data != 0)

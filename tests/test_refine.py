@@ -409,6 +409,18 @@ def test_tensorflow_refine_matches_core_and_is_differentiable(kw, atol):
         lambda s: tf_refine(s, img, logits=True, **kw), [z], delta=1e-6
     )
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=0, atol=1e-6)
+    # The same gradient inside tf.function (as Keras' fit takes it), the image as data.
+    w = tf.constant(np.random.default_rng(18).normal(size=(2, 3, 4, 5)))
+
+    def loss_gradient(s):
+        with tf.GradientTape() as tape:
+            tape.watch(s)
+            loss = tf.reduce_sum(w * tf_refine(s, img, logits=True, **kw))
+        return tape.gradient(loss, s)
+
+    eager = loss_gradient(z)
+    graph = tf.function(loss_gradient)(z)
+    np.testing.assert_allclose(graph.numpy(), eager.numpy(), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", ["f8", "f4"])

@@ -13,6 +13,7 @@ import pydensecrf.densecrf  # noqa: F401
 import skimage  # noqa: F401
 import sklearn  # noqa: F401
 
+import benchmarks.refine.contenders as contenders
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
 from benchmarks.refine.scenes import (
@@ -52,6 +53,23 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     assert results["validation"]["chosen"] in results["validation"]["ours"]
     assert [r["labels"] for r in results["timing"]] == list(QUICK.timing_labels)
     assert (tmp_path / "results" / "refine_qualitative.png").stat().st_size > 0
+
+
+def test_an_adapter_not_installed_has_no_timing_row_and_torch_threads_come_back(monkeypatch):
+    import torch
+
+    threads = torch.get_num_threads()
+    with contenders.frameworks_at_one_thread() as info:
+        assert torch.get_num_threads() == 1 and "intra-op" in info["torch"]
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(contenders, "installed", lambda module: module != "tensorflow")
+    with contenders.frameworks_at_one_thread() as info:
+        assert info["tensorflow"] == contenders.NOT_INSTALLED
+    probs, image = np.full((2, 4, 5), 0.5, np.float32), np.zeros((3, 4, 5), np.uint8)
+    calls = contenders.adapter_calls(probs, image)
+    assert set(calls) == {contenders.TORCH_REFINE}
+    row = {name: 1.0 for name in (*contenders.OURS_TIMED, *calls)}
+    assert contenders.timed(row) == [*contenders.OURS_TIMED, contenders.TORCH_REFINE]
 
 
 def test_splits_share_no_photograph_fill_or_shape():

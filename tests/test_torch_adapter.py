@@ -535,7 +535,7 @@ def test_cuda_runs_on_the_current_stream(monkeypatch):
 @pytest.mark.gpu
 def test_cuda_refine_lattice_matches_cpu():
     """refine's default passes on CUDA tensors (the lattice built on the host, applied on the
-    device by gathers and a scatter-add) against the same call on the CPU, with gradients."""
+    device by cuSPARSE products) against the same call on the CPU, with gradients."""
     cupy_or_skip()
     from lowrank_gcrf.adapters.torch import refine
 
@@ -550,7 +550,7 @@ def test_cuda_refine_lattice_matches_cpu():
         (out * weights.to(device)).sum().backward()
         assert out.device.type == s.grad.device.type == device
         results.append((out.detach().cpu(), s.grad.cpu()))
-    # float32 on both, in another order of operations (atomic adds on the device): on the
+    # float32 on both, in another order of operations (the device's sparse products): on the
     # CPU, float32 and float64 differ by 4e-6 in the output and 1e-4 in gradients up to 13.
     torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-5)
     torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-3)

@@ -131,7 +131,8 @@ def refine(
             arrays = appearance(*crossing)
         else:
             types = [tf.int64, tf.float32, tf.int64, tf.float32, tf.float32, tf.float32]
-            arrays = tf.py_function(appearance, crossing, types)
+            # Data, as Â is: no gradient flows back into the py_function from them.
+            arrays = [tf.stop_gradient(a) for a in tf.py_function(appearance, crossing, types)]
             for array, ndim in zip(arrays, _ARRAY_RANKS, strict=True):
                 array.set_shape([None] * ndim)
         fields = dict(zip(_ARRAY_FIELDS, map(tf.convert_to_tensor, arrays), strict=True))

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -204,31 +203,17 @@ class _LatticeFactors:
 
     @classmethod
     def of(cls, lattice: LatticeArrays, like: Tensor) -> _LatticeFactors:
-        def csr(rows: np.ndarray, columns: np.ndarray, values: np.ndarray, shape: tuple) -> Tensor:
+        def csr(m: Any) -> Tensor:
+            parts = (torch.from_numpy(a).to(like.device) for a in (m.indptr, m.indices, m.data))
+            indptr, indices, data = parts
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
                 return torch.sparse_csr_tensor(
-                    torch.from_numpy(rows).to(like.device),
-                    torch.from_numpy(columns.reshape(-1)).to(like.device),
-                    torch.from_numpy(values.reshape(-1)).to(like.device, like.dtype),
-                    size=shape,
-                    check_invariants=False,
+                    indptr, indices, data.to(like.dtype), size=m.shape, check_invariants=False
                 )
 
-        def fixed_width(columns: np.ndarray, values: np.ndarray, shape: tuple) -> Tensor:
-            per_row = columns.shape[-1]
-            rows = np.arange(0, shape[0] * per_row + 1, per_row, dtype=np.int64)
-            return csr(rows, columns, values, shape)
-
-        points, m = lattice.vertices.shape[0], lattice.num_vertices
-        return cls(
-            weights=fixed_width(lattice.vertices, lattice.barycentric, (points, m)),
-            splat=csr(*lattice.splat_rows(), (m, points)),
-            blur=tuple(
-                fixed_width(columns, values, (m, m))
-                for columns, values in zip(lattice.neighbours, lattice.weights, strict=True)
-            ),
-        )
+        weights, splat, blur = lattice.csr_factors()
+        return cls(csr(weights), csr(splat), tuple(csr(step) for step in blur))
 
     def filter(self, v: Tensor, *, transpose: bool) -> Tensor:
         """``W B Wᵀ v``, or ``W Bᵀ Wᵀ v``: each blur step is symmetric (a vertex and its
