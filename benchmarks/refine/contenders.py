@@ -10,7 +10,9 @@ for time only (their refinement is the core's, tested to float32 rounding)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import importlib.util
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -60,45 +62,74 @@ def ours(probs: np.ndarray, image: np.ndarray, **params: Any) -> Any:
     return refine(probs, image, **params)
 
 
-def one_thread_frameworks() -> dict[str, str]:
-    """Import PyTorch and TensorFlow with one intra-op and one inter-op thread each (before
-    either runs an operation); their versions and thread settings, for the machine block."""
-    import tensorflow as tf
-    import torch
+#: what the machine block says of a framework that is not installed
+NOT_INSTALLED = "not installed (its timing row is left out)"
 
-    torch.set_num_threads(1)
-    threading = tf.config.threading
-    try:
-        threading.set_intra_op_parallelism_threads(1)
-        threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass  # TensorFlow already ran in this process (a test's smoke run): reported below
-    pools = (
-        threading.get_intra_op_parallelism_threads(),
-        threading.get_inter_op_parallelism_threads(),
-    )
-    return {
-        "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op thread)",
-        "tensorflow": "{} ({} intra-op, {} inter-op thread; 0 = its default)".format(
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (the adapters' frameworks are optional here)."""
+    return importlib.util.find_spec(module) is not None
+
+
+@contextlib.contextmanager
+def frameworks_at_one_thread() -> Iterator[dict[str, str]]:
+    """PyTorch and TensorFlow, where installed, with one intra-op (and inter-op) thread
+    inside the block; yields their versions and thread settings for the machine block.
+    torch's pool is restored on exit; TensorFlow's can be set only before it first runs
+    (a process where it already ran, as a test session, keeps and reports its own)."""
+    info = {"torch": NOT_INSTALLED, "tensorflow": NOT_INSTALLED}
+    previous = None
+    if installed("torch"):
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        info["torch"] = f"{torch.__version__} (1 intra-op thread)"
+    if installed("tensorflow"):
+        import tensorflow as tf
+
+        threading = tf.config.threading
+        with contextlib.suppress(RuntimeError):
+            threading.set_intra_op_parallelism_threads(1)
+            threading.set_inter_op_parallelism_threads(1)
+        pools = (
+            threading.get_intra_op_parallelism_threads(),
+            threading.get_inter_op_parallelism_threads(),
+        )
+        info["tensorflow"] = "{} ({} intra-op, {} inter-op thread; 0 = its default)".format(
             tf.__version__, *pools
-        ),
-    }
+        )
+    try:
+        yield info
+    finally:
+        if previous is not None:
+            torch.set_num_threads(previous)
 
 
 def adapter_calls(probs: np.ndarray, image: np.ndarray) -> dict[str, Callable[[], Any]]:
-    """The adapters' ``refine`` with their defaults on CPU tensors made beforehand."""
-    import tensorflow as tf
-    import torch
+    """The installed adapters' ``refine`` with their defaults on CPU tensors made
+    beforehand."""
+    calls: dict[str, Callable[[], Any]] = {}
+    if installed("torch"):
+        import torch
 
-    from lowrank_gcrf.adapters.tensorflow import refine as tf_refine
-    from lowrank_gcrf.adapters.torch import refine as torch_refine
+        from lowrank_gcrf.adapters.torch import refine as torch_refine
 
-    tp, ti = torch.from_numpy(probs), torch.from_numpy(image)
-    fp, fi = tf.constant(probs), tf.constant(image)
-    return {
-        TORCH_REFINE: lambda: torch_refine(tp, ti),
-        TF_REFINE: lambda: tf_refine(fp, fi),
-    }
+        tp, ti = torch.from_numpy(probs), torch.from_numpy(image)
+        calls[TORCH_REFINE] = lambda: torch_refine(tp, ti)
+    if installed("tensorflow"):
+        import tensorflow as tf
+
+        from lowrank_gcrf.adapters.tensorflow import refine as tf_refine
+
+        fp, fi = tf.constant(probs), tf.constant(image)
+        calls[TF_REFINE] = lambda: tf_refine(fp, fi)
+    return calls
+
+
+def timed(row: dict[str, Any]) -> list[str]:
+    """Our timed methods that a timing row holds (an adapter not installed has none)."""
+    return [name for name in OURS_TIMED + ADAPTERS_TIMED if name in row]
 
 
 def rule_strength(probs: np.ndarray, gain: float) -> float:

@@ -47,7 +47,6 @@ from ..machine import cores, cpu_model, git_commit, package_versions, utc_timest
 from ..results_writer import destination, write_section
 from ..timing import interleaved_times
 from .contenders import (
-    ADAPTERS_TIMED,
     DEEPLAB,
     EXACT_SMOOTH,
     LANDMARK_PASSES,
@@ -56,13 +55,13 @@ from .contenders import (
     OURS_EXACT,
     OURS_LANDMARKS,
     OURS_SOLVE,
-    OURS_TIMED,
     SOLVE,
     TUNED_MF_ITERATIONS,
     adapter_calls,
+    frameworks_at_one_thread,
     meanfield,
-    one_thread_frameworks,
     ours,
+    timed,
 )
 from .kernel_error import exact_kernels, kernel_error
 from .quality import (
@@ -239,7 +238,7 @@ def timing_section(cfg: Config, bar: tqdm) -> list[dict[str, Any]]:
         times = interleaved_times(calls, cfg.repeats)
         medians = {name: float(np.median(t)) for name, t in times.items()}
         row: dict[str, Any] = {"shape": list(shape), "labels": labels, **medians}
-        for name in OURS_TIMED + ADAPTERS_TIMED:
+        for name in timed(times):
             ratios = [a / b for a, b in zip(times[name], times[MF5], strict=True)]
             row[f"{name} / MF-5"] = medians[name] / medians[MF5]
             row[f"{name} / MF-5, median per round"] = float(np.median(ratios))
@@ -306,8 +305,11 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         + (3 if cfg.memory else 0)
     )
     start = time.perf_counter()
-    with threadpool_limits(1), tqdm(total=steps, desc="refine benchmark") as bar:
-        frameworks = one_thread_frameworks()
+    with (
+        threadpool_limits(1),
+        frameworks_at_one_thread() as frameworks,
+        tqdm(total=steps, desc="refine benchmark") as bar,
+    ):
         info = machine() | frameworks
         info["load_start"] = os.getloadavg()
         val = make_scenes("val", cfg.shape, cfg.val)

@@ -18,14 +18,7 @@ from lowrank_gcrf.refine_passes import (
 from lowrank_gcrf.refine_strength import STEPS_PER_ERROR_ODDS
 
 from ..results_writer import relative_link
-from .contenders import (
-    ADAPTERS_TIMED,
-    MF5,
-    OURS,
-    OURS_TIMED,
-    meanfield,
-    ours,
-)
+from .contenders import MF5, OURS, meanfield, ours, timed
 from .quality import TIE
 from .summary import fmt, points, verdict, why, wins
 
@@ -96,7 +89,7 @@ def _timing_table(timing: list[dict[str, Any]]) -> list[str]:
     for r in timing:
         h, w = r["shape"]
         lines.append(f"| {h}×{w} | {r['labels']} | {MF5} | {1e3 * r[MF5]:.1f} | 1 | 1 |")
-        for name in OURS_TIMED + ADAPTERS_TIMED:
+        for name in timed(r):
             lines.append(
                 f"| {h}×{w} | {r['labels']} | {name} | {1e3 * r[name]:.1f} | "
                 f"{r[f'{name} / MF-5']:.2f} | {r[f'{name} / MF-5, median per round']:.2f} |"

@@ -8,15 +8,14 @@ from typing import Any
 import numpy as np
 
 from .contenders import (
-    ADAPTERS_TIMED,
     MF5,
     OURS,
     OURS_EXACT,
     OURS_LANDMARKS,
     OURS_SOLVE,
-    OURS_TIMED,
     TF_REFINE,
     TORCH_REFINE,
+    timed,
 )
 
 #: what the issue asks of the defaults: per-image wins against MF-5 on this many test images
@@ -149,9 +148,7 @@ def why(results: dict[str, Any]) -> list[str]:
         for u in test
     )
     named = SHORT | ADAPTERS_SHORT
-    speed = "; ".join(
-        f"{named[name]} {times(timing, name)}" for name in OURS_TIMED + ADAPTERS_TIMED
-    )
+    speed = "; ".join(f"{named[name]} {times(timing, name)}" for name in timed(timing[0]))
     sweep = [
         r
         for r in results["sweep"]

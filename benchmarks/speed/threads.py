@@ -24,7 +24,8 @@ float64; a PyTorch training step of a Potts ``GCRFHead`` (batch 4, 41×41, L = 2
 D = 16) and of its unary branch alone (torch's own share), and the Keras head's step
 (TensorFlow's pools cannot change while it runs: its ``one thread`` limits BLAS only);
 ``refine`` of a 300×400 photograph with its defaults (the lattice's passes; L = 6 and 21)
-and with the landmarks' passes (the refine benchmark's timing inputs). The
+and with the landmarks' passes (the refine benchmark's timing inputs), and the PyTorch
+adapter's ``refine`` of it with its defaults, forward and backward (L = 6). The
 ``busy`` rows repeat cases with one core kept busy by another process, as on a shared
 machine. ``default / one`` ≤ 1 is the target.
 The full default run publishes the ``speed-threads`` section of ``benchmarks/RESULTS.md``
@@ -138,6 +139,28 @@ def refine_call(labels: int, **params: Any) -> Callable[[], Any]:
     scene = make_scenes("test", (300, 400), 1)[0]
     probs = timing_probs(scene, labels)
     return functools.partial(refine, probs, scene.image, **params)
+
+
+def torch_refine_call(labels: int) -> Callable[[], Any]:
+    """The PyTorch adapter's ``refine`` (defaults: the lattice's passes) of the same scene
+    as :func:`refine_call`, forward and backward to the probabilities, as in training."""
+    import torch
+
+    from lowrank_gcrf.adapters.torch import refine
+
+    from ..refine.job import timing_probs
+    from ..refine.scenes import make_scenes
+
+    scene = make_scenes("test", (300, 400), 1)[0]
+    probs = torch.from_numpy(timing_probs(scene, labels))
+    image = torch.from_numpy(scene.image)
+    weights = torch.randn(probs.shape, generator=torch.Generator().manual_seed(0))
+
+    def call() -> None:
+        p = probs.clone().requires_grad_()
+        (refine(p, image) * weights).sum().backward()
+
+    return call
 
 
 def torch_step_call(crf: bool = True) -> Callable[[], Any]:
@@ -299,6 +322,7 @@ def cases(quick: bool) -> list[tuple[str, Callable[[], Callable[[], Any]], bool]
             ("refine 300×400, L = 21 (defaults: the lattice)", _refine(21), False),
             ("refine 300×400, L = 6, landmarks' passes", _refine(6, landmarks=True), False),
             ("refine 300×400, L = 6, one core busy", _refine(6), True),
+            ("torch refine 300×400, L = 6, fwd+bwd (defaults: the lattice)", _torch_refine, False),
             ("torch step of the head's unary branch alone (no CRF)", _no_crf, False),
             ("torch Potts GCRFHead training step, one core busy", torch_step_call, True),
             ("torch step of the unary branch alone, one core busy", _no_crf, True),
@@ -324,6 +348,10 @@ def _no_crf() -> Callable[[], Any]:
 def _refine(labels: int, *, landmarks: bool = False) -> Callable[[], Callable[[], Any]]:
     params = {"appearance_kernel": "landmarks"} if landmarks else {}
     return lambda: refine_call(labels, **params)
+
+
+def _torch_refine() -> Callable[[], Any]:
+    return torch_refine_call(6)
 
 
 def _factory(spec: tuple[Any, ...]) -> Callable[[], Callable[[], Any]]:
