@@ -137,3 +137,31 @@ def test_set_num_threads_refuses_what_is_not_a_positive_integer(bad):
     with pytest.raises(lg.GCRFError, match="threads must be a positive integer or None"):
         lg.set_num_threads(bad)
     assert lg.get_num_threads() is None
+
+
+@pytest.mark.parametrize("kernel", ["lattice", "landmarks"])
+def test_the_adapters_refine_builds_its_appearance_in_one_thread(
+    two_thread_pools, monkeypatch, kernel
+):
+    """The PyTorch adapter's refine builds the image's lattice or embeddings in the core with
+    one BLAS thread, as the core's refine does (the pools contended with torch's), and leaves
+    the user's pools as they were."""
+    torch = pytest.importorskip("torch")
+    import lowrank_gcrf.adapters.bridge as bridge
+    from lowrank_gcrf.adapters.torch import refine
+
+    inside = []
+    for name in ("appearance_lattices", "image_embeddings"):
+        real = getattr(bridge, name)
+
+        def spy(*args, real=real, **kwargs):
+            inside.append(blas_threads())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(bridge, name, spy)
+    probs = torch.softmax(torch.randn(3, 8, 9, generator=torch.Generator().manual_seed(0)), 0)
+    image = torch.randint(0, 256, (3, 8, 9), dtype=torch.uint8)
+    before = blas_threads()
+    refine(probs, image, appearance_kernel=kernel, rank=4, landmarks=8)
+    assert len(inside) == 1 and set(inside[0]) == {1}
+    assert blas_threads() == before == [2] * len(before)

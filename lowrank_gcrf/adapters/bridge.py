@@ -37,7 +37,7 @@ from lowrank_gcrf.models import make_operator
 from lowrank_gcrf.operators import GCRFOperator
 from lowrank_gcrf.options import SOLVER_KEYWORDS, SolverOptions, solver_options
 from lowrank_gcrf.refine_inputs import RefineParameters, channels_first, check_refine_inputs
-from lowrank_gcrf.threads import one_blas_thread
+from lowrank_gcrf.threads import core_function, one_blas_thread
 from lowrank_gcrf.validation import (
     array_namespace,
     as_lam,
@@ -263,6 +263,7 @@ class CoreSolve:
         return g_u, g_b, g_lam
 
 
+@core_function
 def refine_appearance(
     probs: Any,
     image: Any,
@@ -282,7 +283,9 @@ def refine_appearance(
 
     The adapters differentiate with either as data (they depend on the image only); the
     checks and messages are the core :func:`lowrank_gcrf.refine`'s, the sum of the
-    probabilities judged by the rounding of ``carried_dtype``, the tensor's own dtype.
+    probabilities judged by the rounding of ``carried_dtype``, the tensor's own dtype. As in
+    the core, NumPy's BLAS runs one thread meanwhile (for NumPy ``probs``): its small
+    products gain nothing from the pool, whose threads contended with the framework's.
     """
     shape = check_refine_inputs(
         probs,
