@@ -15,7 +15,8 @@ import array_api_compat
 def to_host(xp: Any, a: Any) -> Any:
     """``a`` readable by ``bool``, ``int`` and ``float`` (or by NumPy) without an implicit
     transfer: on CuPy an explicit copy to a NumPy array, elsewhere ``a`` itself. Mostly a
-    small array; the adapters' refine copies an image with it to build its lattice."""
+    small array; ``refine`` copies a CuPy image with it to build its lattice, as the
+    adapters' refine copies a device tensor's."""
     if array_api_compat.is_cupy_namespace(xp):
         return a.get()
     return a

@@ -9,10 +9,11 @@ validation split single wrong pixels of the noisy unary survived the passes as c
 absent from the image.
 
 The lattices are built with NumPy and SciPy on the host, from the images alone. The core
-applies them as SciPy sparse matrices (:meth:`AppearanceLattices.message`); the adapters
-take the batch's factors as index arrays (:meth:`AppearanceLattices.arrays`) and apply
-them to tensors on any device as their own sparse matrices, differentiable in the
-probabilities.
+applies them to NumPy arrays as SciPy sparse matrices, image by image
+(:meth:`AppearanceLattices.message`), and to CuPy arrays as the batch's CSR factors in
+CuPy's sparse matrices (:meth:`AppearanceLattices.csr_message`); the adapters take the
+batch's factors as index arrays (:meth:`AppearanceLattices.arrays`) and apply them to
+tensors on any device as their own sparse matrices, differentiable in the probabilities.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import GCRFError
 from .image_kernels import appearance_scales, bandwidth_too_small, feature_norm, pixel_features
 from .permutohedral import PermutohedralLattice, feature_limit, permutohedral_lattice
 from .refine_inputs import RefineParameters
@@ -94,6 +97,20 @@ class LatticeArrays:
         return weights, _int64_indices(weights.T.tocsr()), blur
 
 
+def _sparse_module(xp: Any) -> Any:
+    """SciPy's or CuPy's sparse module for their arrays."""
+    if array_api_compat.is_cupy_namespace(xp):
+        from cupyx.scipy import sparse
+
+        return sparse
+    if array_api_compat.is_numpy_namespace(xp):
+        return sp
+    raise GCRFError(
+        f"the lattice's sparse factors have no sparse matrices in {xp.__name__}: "
+        "NumPy and CuPy arrays only"
+    )
+
+
 def _int64_indices(m: sp.csr_array) -> sp.csr_array:
     """``m`` with int64 index arrays (SciPy picks the narrowest that fits)."""
     m.indices, m.indptr = m.indices.astype(np.int64), m.indptr.astype(np.int64)
@@ -132,6 +149,40 @@ class AppearanceLattices:
                     for lattice, s, o, qi in zip(self.lattices, scales, own, q, strict=True)
                 ]
             )
+
+        return message
+
+    def csr_message(
+        self, xp: Any, weight: float, dtype: Any, *, device: Any, feature_dims: int
+    ) -> Callable[[Any], Any]:
+        """:meth:`message` for arrays of ``xp`` (CuPy's or NumPy's) on ``device``: the
+        batch's CSR factors (:meth:`LatticeArrays.csr_factors`) copied once into the
+        library's sparse matrices (CuPy's, by cuSPARSE; SciPy's for NumPy, where
+        :meth:`message` saves the conversion) and applied to the whole batch at once,
+        filtered in float32 as :meth:`message` does. ``feature_dims`` (d) sizes an empty
+        batch."""
+        sparse = _sparse_module(xp)
+        arrays = self.arrays(feature_dims)
+
+        def copied(m: sp.csr_array) -> Any:
+            parts = (xp.asarray(a, device=device) for a in (m.data, m.indices, m.indptr))
+            return sparse.csr_matrix(tuple(parts), shape=m.shape)
+
+        W, Wt, steps = arrays.csr_factors()
+        W, Wt, blur = copied(W), copied(Wt), [copied(m) for m in steps]
+        w = xp.asarray(weight, dtype=dtype, device=device)
+        scale = xp.asarray(arrays.scale[:, None].astype(dtype), device=device)
+        own = xp.asarray(arrays.own[:, None].astype(dtype), device=device)
+
+        def message(q: Any) -> Any:
+            n, labels, pixels = q.shape
+            # Rows (n·P, L): the batch's pixels one image after another, as W's rows.
+            rows = xp.reshape(xp.permute_dims(q, (0, 2, 1)), (n * pixels, labels))
+            x = Wt @ xp.astype(scale * rows, xp.float32)
+            for step in blur:
+                x = step @ x
+            out = w * (scale * xp.astype(W @ x, dtype) - own * rows)
+            return xp.permute_dims(xp.reshape(out, (n, pixels, labels)), (0, 2, 1))
 
         return message
 

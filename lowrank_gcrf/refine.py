@@ -187,16 +187,17 @@ def refine(
         kernel (``sxy``, ``srgb``) filtered by the permutohedral lattice
         (:mod:`lowrank_gcrf.permutohedral`, pydensecrf's filter), symmetrically normalised,
         without each pixel's own term: ``a(q) = w_a (N − diag N) q``, w_a = 40, w_s = 0.5;
-        NumPy arrays (the adapters' tensors too), filtered in float32 (float64 probabilities
+        NumPy and CuPy arrays (the adapters' tensors too; built on the host from the image,
+        applied by SciPy's or cuSPARSE's products), filtered in float32 (float64 probabilities
         get float32's precision in that message; the adapters filter float64 tensors in
         float64), and no ``strength``, ``rank``,
         ``landmarks``, ``approximation`` or ``normalization`` (the kernel is not low rank).
         ``"landmarks"``: this solve's normalised resolvent at rank D,
         ``a(q) = β(1 − α)(I − ÂᵀÂ/λ)⁻¹ q``, β = 100, w_s = 1, α = 0.8 with
         ``strength="auto"`` (at 1.5–2.5 times the lattice's time on one CPU thread in the
-        benchmark). ``"auto"``: ``"lattice"`` for NumPy arrays with
-        ``strength="auto"`` and ``w_smooth=0``, else ``"landmarks"`` (CuPy arrays; a numeric
-        ``strength`` or ``w_smooth > 0``, which concern Â). The weights were chosen on the
+        benchmark). ``"auto"``: ``"lattice"`` with ``strength="auto"`` and ``w_smooth=0``,
+        else ``"landmarks"`` (a numeric ``strength`` or ``w_smooth > 0``, which concern Â;
+        arrays of other array-API libraries). The weights were chosen on the
         benchmark's validation split. The adapters' ``"auto"`` is the same rule with the
         lattice on any device (built on the host, applied to the tensors).
     method : {"direct", "cg", "auto"}, default "direct"

@@ -20,8 +20,8 @@ without the pixel itself. The appearance message ``a(q)`` is one of two:
   Gaussian filtered by the permutohedral lattice (:mod:`lowrank_gcrf.permutohedral`,
   pydensecrf's filter) and Δ = K1 its degrees: mean field with DeepLab's kernels, the
   weights :data:`LATTICE_APPEARANCE_WEIGHT` and :data:`LATTICE_SMOOTH_WEIGHT`. The lattice
-  is built on the host with NumPy; the core applies it to NumPy arrays, the adapters to
-  tensors on any device.
+  is built on the host with NumPy; the core applies it to NumPy arrays (SciPy) and CuPy
+  arrays (cuSPARSE), the adapters to tensors on any device.
 * ``"landmarks"`` (:class:`ResolventMessage`): the G-CRF's normalised resolvent
   ``β R q`` with ``R = (1 − α)(I − K/λ)⁻¹`` and ``K = ÂᵀÂ`` the rank-D appearance kernel
   scaled to ``‖K‖₂ = αλ`` (Eq. 11–12's deviations propagate by the same operator): label
@@ -42,6 +42,7 @@ from typing import Any
 import array_api_compat
 
 from .errors import GCRFError
+from .host_reads import to_host
 from .image_embeddings import refine_embeddings
 from .info import SolveInfo
 from .lattice_appearance import appearance_lattices
@@ -82,15 +83,22 @@ def passes_parameters(params: RefineParameters) -> RefineParameters:
     return params
 
 
+def lattice_available(xp: Any) -> bool:
+    """Whether the core applies the lattice to arrays of ``xp``: NumPy's (by SciPy) and
+    CuPy's (by cuSPARSE)."""
+    return array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_cupy_namespace(xp)
+
+
 def check_appearance_kernel(params: RefineParameters, xp: Any) -> None:
     """Raise a GCRFError for ``appearance_kernel="lattice"`` with arrays of another library
-    than NumPy (the lattice is built and applied with NumPy and SciPy)."""
-    if params.appearance_kernel == "lattice" and not array_api_compat.is_numpy_namespace(xp):
+    than NumPy or CuPy (the lattice's factors are SciPy's or CuPy's sparse matrices)."""
+    if params.appearance_kernel == "lattice" and not lattice_available(xp):
         raise GCRFError(
-            "appearance_kernel='lattice' needs NumPy arrays in lowrank_gcrf.refine (the "
-            "core applies the lattice with SciPy); pass appearance_kernel='landmarks' or "
-            "'auto' for other arrays, or PyTorch/TensorFlow tensors (on any device) to "
-            "lowrank_gcrf.adapters.torch.refine or .tensorflow.refine"
+            "appearance_kernel='lattice' needs NumPy or CuPy arrays in lowrank_gcrf.refine "
+            "(the core applies the lattice with SciPy's or CuPy's sparse matrices); pass "
+            "appearance_kernel='landmarks' or 'auto' for other arrays, or PyTorch/TensorFlow "
+            "tensors (on any device) to lowrank_gcrf.adapters.torch.refine or "
+            ".tensorflow.refine"
         )
 
 
@@ -223,11 +231,21 @@ def passes_scores(
     xp = shape.xp
     spatial_dims = len(shape.spatial)
     n = b.shape[0]
-    if uses_lattice(params, available=array_api_compat.is_numpy_namespace(xp)):
+    if uses_lattice(params, available=lattice_available(xp)):
         images = channels_first(xp, image, spatial_dims, channel_axis)
         images = xp.reshape(images, (n, images.shape[-spatial_dims - 1], *shape.spatial))
-        lattices = appearance_lattices(images, params)
-        appearance = lattices.message(LATTICE_APPEARANCE_WEIGHT, shape.compute)
+        # The lattice is built on the host: a CuPy image is copied there.
+        lattices = appearance_lattices(to_host(xp, images), params)
+        if array_api_compat.is_numpy_namespace(xp):
+            appearance = lattices.message(LATTICE_APPEARANCE_WEIGHT, shape.compute)
+        else:
+            appearance = lattices.csr_message(
+                xp,
+                LATTICE_APPEARANCE_WEIGHT,
+                shape.compute,
+                device=array_api_compat.device(b),
+                feature_dims=spatial_dims + images.shape[1],
+            )
         smooth_weight = LATTICE_SMOOTH_WEIGHT
     else:
         params = passes_parameters(params)

@@ -97,16 +97,37 @@ def test_cupy_solve_makes_no_implicit_transfer(method, case):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("passes", [0, 2])
-def test_cupy_refine_matches_numpy(passes):
-    """``refine`` on CuPy arrays: the landmarks' passes (what ``"auto"`` is for CuPy) or the
-    exact solve, as NumPy computes them, in float64 (kernel values, k-means and the solve
-    on another library: agreement to ~1e-9 of probabilities that sum to 1)."""
+def test_cupy_refine_landmarks_match_numpy(passes):
+    """``refine`` on CuPy arrays with the landmarks: the exact solve or the landmarks'
+    passes, as NumPy computes them, in float64 (kernel values, k-means and the solve on
+    another library: agreement to ~1e-9 of probabilities that sum to 1)."""
     cp = _cupy()
     rng = np.random.default_rng(3)
     probs = rng.dirichlet(np.ones(4), size=(2, 20, 24)).transpose(0, 3, 1, 2)
     image = rng.integers(0, 256, (2, 3, 20, 24), dtype=np.uint8)
-    kw = dict(rank=8, landmarks=24, passes=passes)
-    expected = lg.refine(probs, image, appearance_kernel="landmarks", **kw)
+    kw = dict(rank=8, landmarks=24, passes=passes, appearance_kernel="landmarks")
+    expected = lg.refine(probs, image, **kw)
     got = lg.refine(cp.asarray(probs), cp.asarray(image), **kw)
     assert isinstance(got, cp.ndarray) and got.dtype == np.float64
     np.testing.assert_allclose(cp.asnumpy(got), expected, rtol=0, atol=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cupy_refine_defaults_are_the_lattice_as_numpy(dtype):
+    """The defaults on CuPy arrays are the lattice's passes (the batch's factors in cuSPARSE),
+    as NumPy's. Both filter in float32 and sum in another order: ~1e-7 relative of messages
+    of weight 40, 1e-5 in the probabilities (as the adapters' lattice against the core's)."""
+    cp = _cupy()
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(4), size=(2, 20, 24)).transpose(0, 3, 1, 2).astype(dtype)
+    image = rng.integers(0, 256, (2, 3, 20, 24), dtype=np.uint8)
+    expected, expected_info = lg.refine(probs, image, return_info=True)
+    got, info = lg.refine(cp.asarray(probs), cp.asarray(image), return_info=True)
+    assert isinstance(got, cp.ndarray) and got.dtype == dtype
+    np.testing.assert_allclose(cp.asnumpy(got), expected, rtol=0, atol=1e-5)
+    # The lattice's passes solve no system: NaN residuals, as NumPy's.
+    assert np.isnan(cp.asnumpy(info.residual)).all() and np.isnan(expected_info.residual).all()
+    # "lattice" asks for what "auto" chose (cuSPARSE's sums need not repeat bit for bit).
+    lattice = lg.refine(cp.asarray(probs), cp.asarray(image), appearance_kernel="lattice")
+    np.testing.assert_allclose(cp.asnumpy(lattice), cp.asnumpy(got), rtol=0, atol=1e-6)

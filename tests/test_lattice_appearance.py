@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from refine_cases import inputs
 
+from lowrank_gcrf.errors import GCRFError
 from lowrank_gcrf.lattice_appearance import LatticeArrays, appearance_lattices
 from lowrank_gcrf.refine_inputs import RefineParameters
 from lowrank_gcrf.refine_passes import LATTICE_APPEARANCE_WEIGHT
@@ -91,3 +92,42 @@ def test_csr_factors_are_canonical_and_the_index_form():
         np.testing.assert_array_equal(m.toarray(), want)
         assert m.indices.dtype == m.indptr.dtype == np.int64 and m.has_canonical_format
         assert np.all(m.data != 0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    batch=st.integers(1, 3),
+    spatial=st.sampled_from([(7,), (5, 6), (3, 4, 5)]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_csr_message_is_the_image_by_image_message(seed, batch, spatial, dtype):
+    """The batch's CSR factors in one product (CuPy's path, here in SciPy's matrices) give
+    the per-image SciPy message, in the probabilities' dtype, leaving them as they were."""
+    probs, image = inputs(seed, 4, spatial, batch=(batch,))
+    lattices = appearance_lattices(image, RefineParameters(sxy=2.0, srgb=30.0))
+    q = probs.reshape(batch, 4, -1).astype(dtype)
+    before = q.copy()
+    expected = lattices.message(LATTICE_APPEARANCE_WEIGHT, dtype)(q)
+    got = lattices.csr_message(
+        np, LATTICE_APPEARANCE_WEIGHT, dtype, device="cpu", feature_dims=len(spatial) + 3
+    )(q)
+    assert got.dtype == dtype and got.shape == q.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(q, before)
+
+
+def test_csr_message_of_an_empty_batch():
+    image = np.zeros((0, 3, 4, 5), dtype=np.uint8)
+    message = appearance_lattices(image, RefineParameters()).csr_message(
+        np, 1.0, np.float64, device="cpu", feature_dims=5
+    )
+    assert message(np.zeros((0, 2, 20))).shape == (0, 2, 20)
+
+
+def test_csr_message_names_the_libraries_it_serves():
+    xps = pytest.importorskip("array_api_strict")
+    _, image = inputs(1, 2, (4, 5))
+    lattices = appearance_lattices(image[None], RefineParameters())
+    with pytest.raises(GCRFError, match="NumPy and CuPy arrays only"):
+        lattices.csr_message(xps, 1.0, xps.float64, device=None, feature_dims=5)

@@ -4,6 +4,7 @@ the landmarks' resolvent, and the lattice's normalised kernel from its sparse fa
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -159,7 +160,7 @@ def test_lattice_needs_numpy_arrays_the_passes_and_no_strength():
             refine(probs, image, appearance_kernel="landmarks", **KW, **asked),
         )
     xps = pytest.importorskip("array_api_strict")
-    with pytest.raises(GCRFError, match="needs NumPy arrays"):
+    with pytest.raises(GCRFError, match="needs NumPy or CuPy arrays"):
         refine(xps.asarray(probs), xps.asarray(image), appearance_kernel="lattice", **KW)
 
 
@@ -249,3 +250,30 @@ def test_lattice_in_float32_and_float64_agree_to_float32():
     single = refine(probs.astype(np.float32), image)
     assert double.dtype == np.float64 and single.dtype == np.float32
     np.testing.assert_allclose(double, single, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_cupy_branch_is_numpys_refinement(monkeypatch, dtype):
+    """The branch CuPy arrays take (the image to the host, the batch's CSR factors in one
+    product by :meth:`AppearanceLattices.csr_message`), run here by NumPy arrays posing as
+    CuPy's, gives NumPy's own refinement; the landmarks' differ by O(1), so the branch is
+    the lattice's. Both filter in float32, summed in another order: ~1e-7 relative of
+    messages of weight 40, 1e-5 in the probabilities."""
+    import array_api_compat
+
+    from lowrank_gcrf import refine_passes
+
+    probs, image = inputs(4, 4, (20, 24), batch=(2,))
+    probs = probs.astype(dtype)
+    expected = refine(probs, image)
+    assert np.abs(refine(probs, image, appearance_kernel="landmarks") - expected).max() > 0.1
+    posing = types.SimpleNamespace(
+        is_numpy_namespace=lambda xp: False,
+        is_cupy_namespace=lambda xp: True,
+        device=array_api_compat.device,
+    )
+    monkeypatch.setattr(refine_passes, "array_api_compat", posing)
+    got, info = refine(probs, image, return_info=True)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.isnan(info.residual).all()

@@ -311,7 +311,7 @@ def _defaults_method(cfg: dict[str, Any], validation: dict[str, Any]) -> str:
         '(`passes=0, smooth_kernel="exact", w_smooth=3`: CG on the deviations preconditioned '
         "by the low-rank appearance part) is measured as an option, not a candidate default: "
         "the PyTorch and TensorFlow adapters do not have it (they have the lattice's passes, "
-        "their default as the core's; CuPy arrays take the landmarks' passes)."
+        "their default as the core's, as CuPy arrays' is)."
     )
 
 
