@@ -164,9 +164,17 @@ class AppearanceLattices:
         sparse = _sparse_module(xp)
         arrays = self.arrays(feature_dims)
 
+        # int32 indices where they fit (CuPy converts or inspects int64 ones on the device),
+        # and the canonical form declared (else CuPy checks it, reading back, per matrix).
+        entries = max(arrays.vertices.size, arrays.neighbours.size)  # bounds every nnz and M
+        index = np.int32 if entries < 2**31 else np.int64
+
         def copied(m: sp.csr_array) -> Any:
-            parts = (xp.asarray(a, device=device) for a in (m.data, m.indices, m.indptr))
-            return sparse.csr_matrix(tuple(parts), shape=m.shape)
+            indices, indptr = m.indices.astype(index), m.indptr.astype(index)
+            parts = (xp.asarray(a, device=device) for a in (m.data, indices, indptr))
+            matrix = sparse.csr_matrix(tuple(parts), shape=m.shape)
+            matrix.has_canonical_format = True
+            return matrix
 
         W, Wt, steps = arrays.csr_factors()
         W, Wt, blur = copied(W), copied(Wt), [copied(m) for m in steps]

@@ -135,7 +135,7 @@ def refine(
         their softmax with ``logits=True``): pass calibrated probabilities, not sharpened
         or tempered ones, or give a number. With the landmarks' passes, ``"auto"`` is 0.8:
         the softmax between passes bounds what the propagation can do; the lattice's passes
-        (the default for NumPy arrays) have no strength.
+        (the default for NumPy and CuPy arrays) have no strength.
     rank : int, default 32
         Rank D of the embeddings Â: the solve costs about D²·P + 8·D·L·P.
     landmarks : int, default 128

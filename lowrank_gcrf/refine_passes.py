@@ -105,8 +105,8 @@ def check_appearance_kernel(params: RefineParameters, xp: Any) -> None:
 def uses_lattice(params: RefineParameters, *, available: bool = True) -> bool:
     """Whether the passes hold the appearance kernel in the lattice: ``"lattice"``, or
     ``"auto"`` with passes and nothing asked of the rank-D embeddings (``strength="auto"``,
-    ``w_smooth=0``) where the lattice is ``available`` (the core's NumPy arrays, the
-    adapters' tensors). Read before :func:`passes_parameters` fixes the strength."""
+    ``w_smooth=0``) where the lattice is ``available`` (the core's NumPy and CuPy arrays,
+    the adapters' tensors). Read before :func:`passes_parameters` fixes the strength."""
     if params.appearance_kernel == "auto":
         return available and params.passes > 0 and params.strength == AUTO and params.w_smooth == 0
     return params.appearance_kernel == "lattice"
