@@ -16,6 +16,7 @@ import sklearn  # noqa: F401
 import benchmarks.refine.contenders as contenders
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
+from benchmarks.refine.photograph import coins, photograph_targets
 from benchmarks.refine.scenes import (
     FILLS,
     NOISY_CONFIDENCE,
@@ -23,6 +24,7 @@ from benchmarks.refine.scenes import (
     PHOTOS,
     SHAPES,
     make_scene,
+    noisy_unary,
 )
 from benchmarks.refine.summary import wins
 from benchmarks.results_writer import published_fingerprint
@@ -37,6 +39,7 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     for heading in (
         "### Target",
         "### Test split (held out)",
+        "### A real photograph, per seed",
         "### Validation: choosing the defaults",
         "### Time per image",
         "### Peak memory",
@@ -52,6 +55,10 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
             assert len(r["per_image"]) == QUICK.test
     assert results["validation"]["chosen"] in results["validation"]["ours"]
     assert [r["labels"] for r in results["timing"]] == list(QUICK.timing_labels)
+    rows = results["photograph"]["rows"]
+    assert len(rows) == len(QUICK.photo_labels) * 2 * len(QUICK.photo_seeds)
+    for r in rows:
+        assert all(0.0 <= r[k] <= 1.0 for k in ("unary_miou", MF5, OURS))
     assert (tmp_path / "results" / "refine_qualitative.png").stat().st_size > 0
 
 
@@ -104,3 +111,27 @@ def test_wins_count_images_where_ours_reaches_mean_field():
     won, count, worst = wins(test, "coarse")
     assert (won, count) == (2, 3)
     assert worst == 0.0
+
+
+def test_the_photograph_and_its_labels():
+    image, labels = coins(1.0)
+    assert image.shape == (3, 303, 384) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[0], image[2])
+    # The coins cover about 38 % of the photograph; its top-left corner is background.
+    assert 0.3 < labels.mean() < 0.45 and labels[0, 0] == 0
+    small, small_labels = coins(0.25)
+    assert small.shape == (3, 76, 96) and small_labels.shape == (76, 96)
+    probs = noisy_unary(labels, np.random.default_rng(0), 2)
+    assert probs.shape == (2, 303, 384)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
+
+
+def test_photograph_targets_compare_mean_gains_and_the_worst_seed():
+    def row(seed, unary_miou, mf, ours):
+        return {"labels": 2, "unary": "noisy", "seed": seed, "unary_miou": unary_miou,
+                MF5: mf, OURS: ours}  # fmt: skip
+
+    met = photograph_targets({"rows": [row(0, 0.5, 0.9, 0.92), row(1, 0.5, 0.9, 0.89)]})
+    assert [m for *_, m in met] == [True, True]  # mean gain +40.5 ≥ +40; none below 0.5
+    missed = photograph_targets({"rows": [row(0, 0.5, 0.9, 0.88), row(1, 0.95, 0.96, 0.94)]})
+    assert [m for *_, m in missed] == [False, False]

@@ -12,9 +12,10 @@ on validation (the lattice's mean-field passes, the exact solve with the automat
 rule's constants and with fixed strengths, and the landmarks' passes, chosen by the mean over
 the unaries of the mIoU difference to pydensecrf2 MF-5) and pydensecrf2's MF-10 tuned on a
 grid of as many settings; (4) every method on the test split,
-pooled and per image, with per-image wins against MF-5; (5) time per image against MF-5 at
-321×321 and 300×400 with 6 and 21 labels (one thread, interleaved); (6) peak memory. The full
-default run writes ``benchmarks/results/refine.json``, ``refine_qualitative.png`` and the
+pooled and per image, with per-image wins against MF-5; (5) a real photograph with its own
+objects (scikit-image's coins, :mod:`.photograph`), per seed; (6) time per image against
+MF-5 at 321×321 and 300×400 with 6 and 21 labels (one thread, interleaved); (7) peak memory.
+The full default run writes ``benchmarks/results/refine.json``, ``refine_qualitative.png`` and the
 ``refine`` section of ``benchmarks/RESULTS.md``; other runs write to ``--out`` or a temporary
 folder.
 """
@@ -64,6 +65,7 @@ from .contenders import (
     timed,
 )
 from .kernel_error import exact_kernels, kernel_error
+from .photograph import photograph_section, photograph_steps
 from .quality import (
     candidate_count,
     evaluate,
@@ -108,6 +110,10 @@ class Config:
         )
     )
     memory: bool = True
+    #: the coins photograph (:mod:`.photograph`): its scale, numbers of labels and seeds
+    photo_scale: float = 1.0
+    photo_labels: tuple[int, ...] = (2, 6)
+    photo_seeds: tuple[int, ...] = (0, 1, 2)
 
 
 QUICK = Config(
@@ -128,6 +134,9 @@ QUICK = Config(
     fixed_strengths=(0.7,),
     mf_grid=_grid(w_appearance=(4.0,), srgb=(13.0,), sxy=(20.0, 80.0)),
     memory=True,
+    photo_scale=0.25,
+    photo_labels=(2,),
+    photo_seeds=(0,),
 )
 
 
@@ -301,6 +310,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         len(cfg.kernel_ranks) * len(APPROXIMATIONS) * len(NORMALIZATIONS)
         + len(cfg.sweep_ranks) * len(APPROXIMATIONS) * len(NORMALIZATIONS)
         + len(UNARIES) * (2 + candidate_count(cfg) + len(cfg.mf_grid) + heldout_count())
+        + photograph_steps(cfg)
         + len(cfg.timing_shapes) * len(cfg.timing_labels)
         + (3 if cfg.memory else 0)
     )
@@ -322,6 +332,8 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         validation = validation_section(cfg, val, bar)
         bar.set_postfix_str("test")
         tested = heldout_section(cfg, validation, test, bar)
+        bar.set_postfix_str("photograph")
+        photograph = photograph_section(cfg, bar)
         bar.set_postfix_str("timing")
         timing = timing_section(cfg, bar)
         bar.set_postfix_str("memory")
@@ -335,6 +347,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         "sweep": sweep,
         "validation": validation,
         "test": tested,
+        "photograph": photograph,
         "timing": timing,
         "memory": memory,
         "deeplab": DEEPLAB,

@@ -19,6 +19,7 @@ from lowrank_gcrf.refine_strength import STEPS_PER_ERROR_ODDS
 
 from ..results_writer import relative_link
 from .contenders import MF5, OURS, meanfield, ours, timed
+from .photograph import photograph_lines
 from .quality import TIE
 from .summary import fmt, points, verdict, why, wins
 
@@ -221,6 +222,9 @@ def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
         "",
         f"![image, unary, pydensecrf2 MF-5, ours, ground truth]"
         f"({relative_link(figure, results_md)})",
+        "",
+        "### A real photograph, per seed",
+        *photograph_lines(results["photograph"]),
         "",
         "### Validation: choosing the defaults",
         *_validation_table(validation),

@@ -81,6 +81,16 @@ def _components(mask: np.ndarray, min_area: int) -> list[np.ndarray]:
 
 
 @cache
+def coin_mask() -> np.ndarray:
+    """The coins of ``skimage.data.coins``: its Otsu threshold, opened and with its holes
+    filled (boolean, the photograph's shape)."""
+    coins = skdata.coins()
+    return ndimage.binary_fill_holes(
+        ndimage.binary_opening(coins > filters.threshold_otsu(coins), iterations=2)
+    )
+
+
+@cache
 def _shapes(kind: str) -> list[np.ndarray]:
     """Boolean masks of one kind of object shape."""
     if kind == "horse":
@@ -90,11 +100,7 @@ def _shapes(kind: str) -> list[np.ndarray]:
         digits = load_digits()
         return [image / 16.0 > 0.35 for image in digits.images[:200]]
     if kind == "coin":
-        coins = skdata.coins()
-        mask = ndimage.binary_fill_holes(
-            ndimage.binary_opening(coins > filters.threshold_otsu(coins), iterations=2)
-        )
-        return [m for m in _components(mask, 800) if m.sum() <= 3500]
+        return [m for m in _components(coin_mask(), 800) if m.sum() <= 3500]
     if kind == "glyph":
         page = skdata.page()
         ink = page < filters.threshold_local(page, 35, offset=10)
@@ -174,30 +180,35 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=0, keepdims=True)
 
 
-def coarse_unary(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stride-8 class fractions → confident logits → softmax → bilinear upsampling."""
+def coarse_unary(
+    labels: np.ndarray, rng: np.random.Generator, num_classes: int = NUM_CLASSES
+) -> np.ndarray:
+    """Stride-8 class fractions → confident logits → softmax → bilinear upsampling, over
+    ``num_classes`` labels."""
     height, width = labels.shape
     cells = (-(-height // STRIDE), -(-width // STRIDE))
     padded_shape = (cells[0] * STRIDE, cells[1] * STRIDE)
-    onehot = np.zeros((NUM_CLASSES, *padded_shape))
+    onehot = np.zeros((num_classes, *padded_shape))
     padded = np.pad(labels, ((0, padded_shape[0] - height), (0, padded_shape[1] - width)), "edge")
     np.put_along_axis(onehot, padded[None], 1.0, axis=0)
-    fractions = onehot.reshape(NUM_CLASSES, cells[0], STRIDE, cells[1], STRIDE).mean(axis=(2, 4))
+    fractions = onehot.reshape(num_classes, cells[0], STRIDE, cells[1], STRIDE).mean(axis=(2, 4))
     logits = COARSE_LOGIT * fractions + rng.normal(0.0, COARSE_NOISE, fractions.shape)
     # Bilinear upsampling of stride-8 cell centres to pixel centres.
-    up = resize(_softmax(logits), (NUM_CLASSES, *padded_shape), order=1, mode="edge")
+    up = resize(_softmax(logits), (num_classes, *padded_shape), order=1, mode="edge")
     up = up[:, :height, :width]
     return (up / up.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
-def noisy_unary(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Each pixel shows one label at :data:`NOISY_CONFIDENCE`, a wrong one (drawn evenly
-    among the others) for :data:`NOISY_WRONG` of the pixels."""
+def noisy_unary(
+    labels: np.ndarray, rng: np.random.Generator, num_classes: int = NUM_CLASSES
+) -> np.ndarray:
+    """Each pixel shows one of ``num_classes`` labels at :data:`NOISY_CONFIDENCE`, a wrong one
+    (drawn evenly among the others) for :data:`NOISY_WRONG` of the pixels."""
     wrong = rng.random(labels.shape) < NOISY_WRONG
-    shift = rng.integers(1, NUM_CLASSES, labels.shape)
-    shown = np.where(wrong, (labels + shift) % NUM_CLASSES, labels)
-    rest = (1.0 - NOISY_CONFIDENCE) / (NUM_CLASSES - 1)
-    probs = np.full((NUM_CLASSES, *labels.shape), rest)
+    shift = rng.integers(1, num_classes, labels.shape)
+    shown = np.where(wrong, (labels + shift) % num_classes, labels)
+    rest = (1.0 - NOISY_CONFIDENCE) / (num_classes - 1)
+    probs = np.full((num_classes, *labels.shape), rest)
     np.put_along_axis(probs, shown[None], NOISY_CONFIDENCE, axis=0)
     return probs.astype(np.float32)
 

@@ -17,6 +17,7 @@ from .contenders import (
     TORCH_REFINE,
     timed,
 )
+from .photograph import photograph_targets
 
 #: what the issue asks of the defaults: per-image wins against MF-5 on this many test images
 #: out of 16 (scaled to the split's size)
@@ -87,6 +88,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
                 worst >= 0,
             ),
         ]
+    rows += photograph_targets(results["photograph"])
     for r in results["timing"]:
         h, w = r["shape"]
         ratio = r[f"{OURS} / MF-5"]
