@@ -64,15 +64,19 @@ SMOOTH_WEIGHT = 1.0
 #: unary, 0.85 and 0.9 did no better than 0.8).
 PASSES_STRENGTH = 0.8
 #: w_a with the lattice: the weight of the normalised appearance message (pydensecrf's
-#: compat with its default symmetric normalisation; DeepLab's is 4). Validation, 2 passes,
-#: mIoU per image against MF-5: w_a ∈ {30, 40, 50} × w_s ∈ {0.4, 0.5, 0.6} beat MF-5 on
-#: every image of both unaries but for (30, 0.6) on the coarse one; 40 and 0.5 lie inside
-#: that plateau. 3 to 10 left the coarse unary's small objects to the smoothness message,
-#: which erodes them; 60 lost images of both unaries.
-LATTICE_APPEARANCE_WEIGHT = 40.0
-#: w_s with the lattice (units of :data:`SMOOTH_WEIGHT`): 0.3 left single wrong pixels of the
-#: noisy unary at w_a ≥ 40, 0.7 and 1 eroded thin objects of the coarse one.
-LATTICE_SMOOTH_WEIGHT = 0.5
+#: compat with its default symmetric normalisation; DeepLab's is 4). Chosen with
+#: :data:`LATTICE_SMOOTH_WEIGHT` on the refine benchmark's validation composites and
+#: validation photographs (``benchmarks/refine/lattice_weights.py``: w_a ∈ {20, …, 60} ×
+#: w_s ∈ {0.2, …, 0.8}, 2 passes): 20 and 0.3 reached MF-5's mIoU on 39 of the 40 cases
+#: and left none below its unary. 40 and 0.5, the choice on the composites alone, reached it
+#: on 29: the photographs' objects lost a few hundredths of a point on the coarse unary,
+#: and one ended below it.
+LATTICE_APPEARANCE_WEIGHT = 20.0
+#: w_s with the lattice (units of :data:`SMOOTH_WEIGHT`), chosen with
+#: :data:`LATTICE_APPEARANCE_WEIGHT`. At w_a = 20, 0.4 and more fell below MF-5 on the
+#: composites' coarse unary (on half its images or more), 0.2 on the photographs' (and
+#: below the unary on one).
+LATTICE_SMOOTH_WEIGHT = 0.3
 
 
 def passes_parameters(params: RefineParameters) -> RefineParameters:

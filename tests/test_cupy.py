@@ -117,7 +117,7 @@ def test_cupy_refine_landmarks_match_numpy(passes):
 def test_cupy_refine_defaults_are_the_lattice_as_numpy(dtype):
     """The defaults on CuPy arrays are the lattice's passes (the batch's factors in cuSPARSE),
     as NumPy's. Both filter in float32 and sum in another order: ~1e-7 relative of messages
-    of weight 40, 1e-5 in the probabilities (as the adapters' lattice against the core's)."""
+    of weight ≤ 40, 1e-5 in the probabilities (as the adapters' lattice against the core's)."""
     cp = _cupy()
     rng = np.random.default_rng(4)
     probs = rng.dirichlet(np.ones(4), size=(2, 20, 24)).transpose(0, 3, 1, 2).astype(dtype)

@@ -3,7 +3,7 @@ matrices the core applies, and the symmetry of the blur steps that the PyTorch a
 backward relies on (Bᵀ is the steps in reverse).
 
 Tolerances: both forms sum the same float32 products in another order, relative ~1e-7 of
-values O(1) times w_a = 40 (atol 1e-4 leaves two orders of magnitude).
+values O(1) times w_a ≤ 40 (atol 1e-4 leaves two orders of magnitude).
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ import sklearn  # noqa: F401
 import benchmarks.refine.contenders as contenders
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
-from benchmarks.refine.photograph import coins, photograph_targets
+from benchmarks.refine.lattice_weights import lattice_weights
+from benchmarks.refine.photograph import PHOTOGRAPHS, photograph, photograph_targets
 from benchmarks.refine.scenes import (
     FILLS,
     NOISY_CONFIDENCE,
@@ -28,6 +29,8 @@ from benchmarks.refine.scenes import (
 )
 from benchmarks.refine.summary import wins
 from benchmarks.results_writer import published_fingerprint
+from lowrank_gcrf import refine_passes
+from lowrank_gcrf.refine_passes import LATTICE_APPEARANCE_WEIGHT, LATTICE_SMOOTH_WEIGHT
 
 
 def test_quick_run_writes_only_its_own_folder(tmp_path):
@@ -39,7 +42,8 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     for heading in (
         "### Target",
         "### Test split (held out)",
-        "### A real photograph, per seed",
+        "### Real photographs, per seed",
+        "### Validation: the lattice's weights",
         "### Validation: choosing the defaults",
         "### Time per image",
         "### Peak memory",
@@ -56,9 +60,14 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     assert results["validation"]["chosen"] in results["validation"]["ours"]
     assert [r["labels"] for r in results["timing"]] == list(QUICK.timing_labels)
     rows = results["photograph"]["rows"]
-    assert len(rows) == len(QUICK.photo_labels) * 2 * len(QUICK.photo_seeds)
+    photographs = sum(len(names) for names in PHOTOGRAPHS.values())
+    assert len(rows) == photographs * len(QUICK.photo_labels) * 2 * len(QUICK.photo_seeds)
     for r in rows:
         assert all(0.0 <= r[k] <= 1.0 for k in ("unary_miou", MF5, OURS))
+    weights = results["weights"]
+    assert len(weights["rows"]) == len(QUICK.weight_grid)
+    assert weights["chosen"] in [list(w) for w in QUICK.weight_grid]
+    assert weights["default"] == [LATTICE_APPEARANCE_WEIGHT, LATTICE_SMOOTH_WEIGHT]
     assert (tmp_path / "results" / "refine_qualitative.png").stat().st_size > 0
 
 
@@ -113,23 +122,43 @@ def test_wins_count_images_where_ours_reaches_mean_field():
     assert worst == 0.0
 
 
-def test_the_photograph_and_its_labels():
-    image, labels = coins(1.0)
+def test_the_photographs_and_their_labels():
+    assert not set(PHOTOGRAPHS["val"]) & set(PHOTOGRAPHS["test"])
+    image, labels = photograph("coins", 1.0)
     assert image.shape == (3, 303, 384) and image.dtype == np.uint8
     np.testing.assert_array_equal(image[0], image[2])
     # The coins cover about 38 % of the photograph; its top-left corner is background.
     assert 0.3 < labels.mean() < 0.45 and labels[0, 0] == 0
-    small, small_labels = coins(0.25)
+    small, small_labels = photograph("coins", 0.25)
     assert small.shape == (3, 76, 96) and small_labels.shape == (76, 96)
+    colour, colour_labels = photograph("immunohistochemistry", 0.25)
+    assert colour.shape == (3, 128, 128) and not np.array_equal(colour[0], colour[2])
+    assert 0.2 < colour_labels.mean() < 0.8
     probs = noisy_unary(labels, np.random.default_rng(0), 2)
     assert probs.shape == (2, 303, 384)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)
 
 
+def test_lattice_weights_are_set_for_the_benchmark_and_restored():
+    probs, image = np.full((2, 6, 7), 0.5, np.float32), np.zeros((3, 6, 7), np.uint8)
+    probs[0, :, :3] = 0.9
+    probs[1, :, :3] = 0.1
+    image[:, :, :3] = 200
+    before = contenders.ours(probs, image)
+    with lattice_weights(0.0, 0.0):
+        # No message: the refinement is the unary.
+        np.testing.assert_allclose(contenders.ours(probs, image), probs, atol=1e-6)
+    assert (LATTICE_APPEARANCE_WEIGHT, LATTICE_SMOOTH_WEIGHT) == (
+        refine_passes.LATTICE_APPEARANCE_WEIGHT,
+        refine_passes.LATTICE_SMOOTH_WEIGHT,
+    )
+    np.testing.assert_array_equal(contenders.ours(probs, image), before)
+
+
 def test_photograph_targets_compare_mean_gains_and_the_worst_seed():
     def row(seed, unary_miou, mf, ours):
-        return {"labels": 2, "unary": "noisy", "seed": seed, "unary_miou": unary_miou,
-                MF5: mf, OURS: ours}  # fmt: skip
+        return {"split": "test", "photograph": "coins", "labels": 2, "unary": "noisy",
+                "seed": seed, "unary_miou": unary_miou, MF5: mf, OURS: ours}  # fmt: skip
 
     met = photograph_targets({"rows": [row(0, 0.5, 0.9, 0.92), row(1, 0.5, 0.9, 0.89)]})
     assert [m for *_, m in met] == [True, True]  # mean gain +40.5 ≥ +40; none below 0.5

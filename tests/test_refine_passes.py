@@ -119,7 +119,7 @@ def test_default_is_two_lattice_passes_with_numpy(spatial, passes):
     for i in range(2):
         expected = dense_lattice_passes(probs[i], image[i], passes=passes, **kw)
         # The lattice filters in float32 (features, weights, blur): the messages, up to
-        # w_a = 40 times a normalised sum, carry float32 rounding of ~1e-6 relative.
+        # w_a ≤ 40 times a normalised sum, carry float32 rounding of ~1e-6 relative.
         np.testing.assert_allclose(out[i], expected, rtol=0, atol=2e-5)
     assert np.abs(out - probs).max() > 0.05
     assert info.method == "passes" and np.isnan(info.residual).all()
@@ -168,7 +168,7 @@ def test_lattice_needs_numpy_arrays_the_passes_and_no_strength():
 def test_logits_give_the_result_of_their_softmax(kernel, atol):
     # float64 throughout for the landmarks; the lattice filters in float32, where q's last
     # bits (a softmax of logits or of their log-softmax) may round to neighbouring float32
-    # values: ~1e-7 relative, times w_a = 40.
+    # values: ~1e-7 relative, times w_a ≤ 40.
     rng = np.random.default_rng(3)
     z = rng.normal(0.0, 2.0, (3, 6, 5))
     image = rng.integers(0, 256, (3, 6, 5)).astype(np.uint8)
@@ -243,7 +243,7 @@ def test_lattice_names_a_bandwidth_too_small_for_its_coordinates():
 
 def test_lattice_in_float32_and_float64_agree_to_float32():
     """The lattice filters in float32 whatever the probabilities' dtype: float64 inputs get
-    the float32 refinement up to its rounding (messages of w_a = 40 times normalised sums
+    the float32 refinement up to its rounding (messages of w_a ≤ 40 times normalised sums
     of relative error ~1e-7: probabilities within ~1e-5)."""
     probs, image = inputs(9, 4, (12, 14), batch=(2,))
     double = refine(probs, image)
@@ -258,7 +258,7 @@ def test_the_cupy_branch_is_numpys_refinement(monkeypatch, dtype):
     product by :meth:`AppearanceLattices.csr_message`), run here by NumPy arrays posing as
     CuPy's, gives NumPy's own refinement; the landmarks' differ by O(1), so the branch is
     the lattice's. Both filter in float32, summed in another order: ~1e-7 relative of
-    messages of weight 40, 1e-5 in the probabilities."""
+    messages of weight ≤ 40, 1e-5 in the probabilities."""
     import array_api_compat
 
     from lowrank_gcrf import refine_passes

@@ -11,9 +11,11 @@ approximations vs rank D against the exact kernel; (2) downstream mIoU vs D on v
 on validation (the lattice's mean-field passes, the exact solve with the automatic strength
 rule's constants and with fixed strengths, and the landmarks' passes, chosen by the mean over
 the unaries of the mIoU difference to pydensecrf2 MF-5) and pydensecrf2's MF-10 tuned on a
-grid of as many settings; (4) every method on the test split,
-pooled and per image, with per-image wins against MF-5; (5) a real photograph with its own
-objects (scikit-image's coins, :mod:`.photograph`), per seed; (6) time per image against
+grid of as many settings, and the lattice's weights chosen on the validation composites and
+photographs (:mod:`.lattice_weights`); (4) every method on the test split,
+pooled and per image, with per-image wins against MF-5; (5) real photographs with their own
+objects (:mod:`.photograph`: two for validation, scikit-image's coins for test), per seed;
+(6) time per image against
 MF-5 at 321×321 and 300×400 with 6 and 21 labels (one thread, interleaved); (7) peak memory.
 The full default run writes ``benchmarks/results/refine.json``, ``refine_qualitative.png`` and the
 ``refine`` section of ``benchmarks/RESULTS.md``; other runs write to ``--out`` or a temporary
@@ -65,6 +67,7 @@ from .contenders import (
     timed,
 )
 from .kernel_error import exact_kernels, kernel_error
+from .lattice_weights import weights_section
 from .photograph import photograph_section, photograph_steps
 from .quality import (
     candidate_count,
@@ -110,10 +113,16 @@ class Config:
         )
     )
     memory: bool = True
-    #: the coins photograph (:mod:`.photograph`): its scale, numbers of labels and seeds
+    #: the photographs (:mod:`.photograph`): their scale, numbers of labels and seeds
     photo_scale: float = 1.0
     photo_labels: tuple[int, ...] = (2, 6)
     photo_seeds: tuple[int, ...] = (0, 1, 2)
+    #: the lattice's weights (w_a, w_s) tried on validation (:mod:`.lattice_weights`)
+    weight_grid: list[tuple[float, float]] = field(
+        default_factory=lambda: list(
+            itertools.product((20.0, 30.0, 40.0, 50.0, 60.0), (0.2, 0.3, 0.4, 0.5, 0.6, 0.8))
+        )
+    )
 
 
 QUICK = Config(
@@ -137,6 +146,7 @@ QUICK = Config(
     photo_scale=0.25,
     photo_labels=(2,),
     photo_seeds=(0,),
+    weight_grid=[(20.0, 0.3), (40.0, 0.5)],
 )
 
 
@@ -311,6 +321,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         + len(cfg.sweep_ranks) * len(APPROXIMATIONS) * len(NORMALIZATIONS)
         + len(UNARIES) * (2 + candidate_count(cfg) + len(cfg.mf_grid) + heldout_count())
         + photograph_steps(cfg)
+        + len(cfg.weight_grid)
         + len(cfg.timing_shapes) * len(cfg.timing_labels)
         + (3 if cfg.memory else 0)
     )
@@ -330,6 +341,8 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         sweep = sweep_section(cfg, val, bar)
         bar.set_postfix_str("validation")
         validation = validation_section(cfg, val, bar)
+        bar.set_postfix_str("lattice weights")
+        weights = weights_section(cfg, val, bar)
         bar.set_postfix_str("test")
         tested = heldout_section(cfg, validation, test, bar)
         bar.set_postfix_str("photograph")
@@ -346,6 +359,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         "kernels": kernels,
         "sweep": sweep,
         "validation": validation,
+        "weights": weights,
         "test": tested,
         "photograph": photograph,
         "timing": timing,

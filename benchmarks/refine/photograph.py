@@ -1,92 +1,128 @@
-"""A real photograph with its own objects: scikit-image's ``coins``, whose mask is the
-photograph's own thresholding (:func:`.scenes.coin_mask`). The composites of
-:mod:`.scenes` paste shapes over photographs; here the objects, their shading and their
-edges are the photograph's. Neither the defaults nor pydensecrf2's parameters were chosen on
-it (the validation split holds no coin). Both unaries of the composites, with 2 labels (coins
-and background, as the issue measured it) and with the composites' 6 (four of them absent
-from the truth), each drawn with several seeds; MF-5 against ours (defaults), the landmarks'
-passes beside them."""
+"""Real photographs with their own objects, labelled by their own thresholding
+(:func:`.scenes.threshold_mask`): scikit-image's ``camera`` and ``immunohistochemistry`` for
+validation (with the validation composites they choose the lattice's weights,
+:mod:`.lattice_weights`), its ``coins`` for test. The composites of :mod:`.scenes` paste
+shapes over photographs; here the objects, their shading and their edges are the
+photograph's. Both unaries of the composites, with 2 labels (objects and background, as the
+issue measured the coins) and with the composites' 6 (four of them absent from the truth),
+each drawn with several seeds; MF-5 against ours (defaults), the landmarks' passes beside
+them."""
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 from skimage import data as skdata
+from skimage.color import rgb2gray
 from skimage.transform import resize
+from skimage.util import img_as_ubyte
 from tqdm import tqdm
 
 from ..metrics import confusion, mean_iou
 from .contenders import LANDMARK_PASSES, MF5, OURS, OURS_LANDMARKS, meanfield, ours
-from .scenes import UNARIES, coarse_unary, coin_mask, noisy_unary
+from .scenes import UNARIES, coarse_unary, noisy_unary, threshold_mask
 
+#: the photographs of each split (scikit-image's names)
+PHOTOGRAPHS = {"val": ("camera", "immunohistochemistry"), "test": ("coins",)}
 #: the unaries of :mod:`.scenes` by name
 UNARY_MAKERS = {"coarse": coarse_unary, "noisy": noisy_unary}
-#: the methods compared on the photograph, in the table's order
-METHODS = (MF5, OURS, OURS_LANDMARKS)
 
 
-def coins(scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """The photograph (3, H, W) uint8, its grey level in each channel, and its labels (H, W)
-    int64 (1 on the coins), both resized by ``scale`` (1: the photograph's 303×384)."""
-    photo, mask = skdata.coins(), coin_mask()
+@cache
+def photograph(name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The photograph (3, H, W) uint8 (a grey one in each channel) and its labels (H, W)
+    int64 (1 where :func:`.scenes.threshold_mask` of its grey levels holds), both resized
+    by ``scale`` (1: the photograph's own size)."""
+    photo = getattr(skdata, name)()
+    gray = photo if photo.ndim == 2 else img_as_ubyte(rgb2gray(photo))
+    mask = threshold_mask(gray)
     if scale != 1:
-        shape = tuple(round(scale * n) for n in photo.shape)
-        photo = (255 * resize(photo, shape, anti_aliasing=True)).round().astype(np.uint8)
+        shape = tuple(round(scale * n) for n in gray.shape)
+        photo = img_as_ubyte(resize(photo, shape, anti_aliasing=True))
         mask = resize(mask, shape, order=0, anti_aliasing=False)
-    image = np.ascontiguousarray(np.broadcast_to(photo, (3, *photo.shape)))
-    return image, mask.astype(np.int64)
+    channels = np.broadcast_to(photo, (3, *photo.shape)) if photo.ndim == 2 else photo
+    image = channels if photo.ndim == 2 else channels.transpose(2, 0, 1)
+    return np.ascontiguousarray(image), mask.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PhotoCase:
+    """One photograph with one unary: its name, labels L, unary kind, seed and arrays."""
+
+    name: str
+    labels: int
+    unary: str
+    seed: int
+    image: np.ndarray
+    truth: np.ndarray
+    probs: np.ndarray
+
+    def miou(self, refined: np.ndarray) -> float:
+        """mIoU of the refinement's labels (L, H, W) against the photograph's."""
+        return mean_iou(confusion(refined.argmax(0), self.truth, self.labels))
+
+
+def photo_cases(split: str, cfg: Any) -> list[PhotoCase]:
+    """Every photograph of ``split`` with each number of labels, unary and seed of ``cfg``."""
+    cases = []
+    for name, labels, unary, seed in itertools.product(
+        PHOTOGRAPHS[split], cfg.photo_labels, UNARIES, cfg.photo_seeds
+    ):
+        image, truth = photograph(name, cfg.photo_scale)
+        rng = np.random.default_rng([seed, labels, UNARIES.index(unary)])
+        probs = UNARY_MAKERS[unary](truth, rng, labels)
+        cases.append(PhotoCase(name, labels, unary, seed, image, truth, probs))
+    return cases
 
 
 def photograph_section(cfg: Any, bar: tqdm) -> dict[str, Any]:
-    """The photograph's shape and the mIoU of the unary, MF-5, ours (defaults) and the
-    landmarks' passes on it, a row per number of labels, unary and seed."""
-    image, truth = coins(cfg.photo_scale)
+    """Each photograph's shape and the mIoU of the unary, MF-5, ours (defaults) and the
+    landmarks' passes on it, a row per split, photograph, number of labels, unary and seed."""
     calls = {
-        MF5: lambda p: meanfield(p, image, iterations=5),
-        OURS: lambda p: ours(p, image),
-        OURS_LANDMARKS: lambda p: ours(p, image, **LANDMARK_PASSES),
+        MF5: lambda c: meanfield(c.probs, c.image, iterations=5),
+        OURS: lambda c: ours(c.probs, c.image),
+        OURS_LANDMARKS: lambda c: ours(c.probs, c.image, **LANDMARK_PASSES),
     }
     rows = []
-    for labels, unary in itertools.product(cfg.photo_labels, UNARIES):
-        for seed in cfg.photo_seeds:
-            rng = np.random.default_rng([seed, labels, UNARIES.index(unary)])
-            probs = UNARY_MAKERS[unary](truth, rng, labels)
-
-            def miou(p: np.ndarray, labels: int = labels) -> float:
-                return mean_iou(confusion(p.argmax(0), truth, labels))
-
-            row = {"labels": labels, "unary": unary, "seed": seed, "unary_miou": miou(probs)}
-            row |= {name: miou(call(probs)) for name, call in calls.items()}
+    for split in PHOTOGRAPHS:
+        for case in photo_cases(split, cfg):
+            row = {"split": split, "photograph": case.name, "labels": case.labels}
+            row |= {"unary": case.unary, "seed": case.seed, "unary_miou": case.miou(case.probs)}
+            row |= {name: case.miou(call(case)) for name, call in calls.items()}
             rows.append(row)
         bar.update()
-    return {"shape": list(truth.shape), "rows": rows}
+    shapes = {
+        name: list(photograph(name, cfg.photo_scale)[1].shape)
+        for names in PHOTOGRAPHS.values()
+        for name in names
+    }
+    return {"shapes": shapes, "rows": rows}
 
 
 def photograph_steps(cfg: Any) -> int:
-    """The progress bar's steps of :func:`photograph_section`."""
-    return len(cfg.photo_labels) * len(UNARIES)
-
-
-def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["unary"], r["labels"]), []).append(r)
-    return groups
+    """The progress bar's steps of :func:`photograph_section`: one per split."""
+    return len(PHOTOGRAPHS)
 
 
 def photograph_targets(photo: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """The issue's targets on the photograph: per unary and number of labels, ours' mean
-    gain over the seeds at least MF-5's; and no seed's gain of ours below 0."""
-    rows = photo["rows"]
+    """The issue's targets on the test photographs: per photograph, unary and number of
+    labels, ours' mean gain over the seeds at least MF-5's; and no seed's gain of ours below
+    0."""
+    rows = [r for r in photo["rows"] if r["split"] == "test"]
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["photograph"], r["unary"], r["labels"]), []).append(r)
     out = []
-    for (unary, labels), group in _groups(rows).items():
+    for (name, unary, labels), group in groups.items():
         ours_gain = float(np.mean([r[OURS] - r["unary_miou"] for r in group]))
         mf_gain = float(np.mean([r[MF5] - r["unary_miou"] for r in group]))
         out.append(
             (
-                f"coins photograph, {unary}, L = {labels}: mIoU gain (mean of {len(group)} "
+                f"{name} photograph, {unary}, L = {labels}: mIoU gain (mean of {len(group)} "
                 "seeds), ours (defaults) vs MF-5",
                 f"{100 * ours_gain:+.1f} vs {100 * mf_gain:+.1f} points",
                 "ours ≥ MF-5",
@@ -97,7 +133,7 @@ def photograph_targets(photo: dict[str, Any]) -> list[tuple[str, str, str, bool]
         worst = min(r[OURS] - r["unary_miou"] for r in rows)
         out.append(
             (
-                "coins photograph: smallest gain of ours over the unary (every unary, L, seed)",
+                "test photographs: smallest gain of ours over the unary (every unary, L, seed)",
                 f"{100 * worst:+.1f} points",
                 "≥ 0",
                 worst >= 0,
@@ -107,28 +143,37 @@ def photograph_targets(photo: dict[str, Any]) -> list[tuple[str, str, str, bool]
 
 
 def photograph_lines(photo: dict[str, Any]) -> list[str]:
-    """The photograph's Markdown: what it is, a row per labels, unary and seed, and the
-    per-seed wins of ours against MF-5."""
+    """The photographs' Markdown: what they are, a row per split, photograph, labels,
+    unary and seed, and the per-seed wins of ours against MF-5 in each split."""
     rows = photo["rows"]
-    h, w = photo["shape"]
-    won = sum(r[OURS] >= r[MF5] for r in rows)
+    sizes = ", ".join(f"`{name}` ({h}×{w})" for name, (h, w) in photo["shapes"].items())
+
+    def won(split: str) -> str:
+        chosen = [r for r in rows if r["split"] == split]
+        return f"{split} {sum(r[OURS] >= r[MF5] for r in chosen)} of {len(chosen)}"
+
     lines = [
-        f"scikit-image's `coins` ({h}×{w}, grey), its labels the photograph's own Otsu "
-        "threshold, opened and with holes filled (`benchmarks/refine/photograph.py`); the "
-        "composites' unaries with L = "
+        f"scikit-image's photographs {sizes}, each labelled by its own grey levels' Otsu "
+        "threshold, opened and with holes filled (`benchmarks/refine/photograph.py`); "
+        f"validation {', '.join(PHOTOGRAPHS['val'])}, test {', '.join(PHOTOGRAPHS['test'])}. "
+        "The composites' unaries with L = "
         + " and ".join(str(n) for n in dict.fromkeys(r["labels"] for r in rows))
-        + " labels (2: coins and background; more: labels absent from the truth), each drawn "
-        "with seeds "
+        + " labels (2: objects and background; more: labels absent from the truth), each "
+        "drawn with seeds "
         + ", ".join(str(s) for s in dict.fromkeys(r["seed"] for r in rows))
-        + f". mIoU on the photograph; bold where ours reaches MF-5's: {won} of {len(rows)}.",
+        + ". mIoU on the photograph; bold where ours reaches MF-5's: "
+        + "; ".join(won(split) for split in PHOTOGRAPHS)
+        + ".",
         "",
-        "| L | unary | seed | unary | MF-5 | ours (defaults) | landmarks' passes |",
-        "|---|---|---|---|---|---|---|",
+        "| split | photograph | L | unary | seed | unary | MF-5 | ours (defaults) | "
+        "landmarks' passes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = "**" if r[OURS] >= r[MF5] else ""
         lines.append(
-            f"| {r['labels']} | {r['unary']} | {r['seed']} | {r['unary_miou']:.3f} | "
-            f"{r[MF5]:.3f} | {mark}{r[OURS]:.3f}{mark} | {r[OURS_LANDMARKS]:.3f} |"
+            f"| {r['split']} | {r['photograph']} | {r['labels']} | {r['unary']} | {r['seed']} | "
+            f"{r['unary_miou']:.3f} | {r[MF5]:.3f} | {mark}{r[OURS]:.3f}{mark} | "
+            f"{r[OURS_LANDMARKS]:.3f} |"
         )
     return lines

@@ -80,14 +80,18 @@ def _components(mask: np.ndarray, min_area: int) -> list[np.ndarray]:
     ]
 
 
+def threshold_mask(gray: np.ndarray) -> np.ndarray:
+    """What stands out of a grey photograph (uint8): its Otsu threshold, opened and with its
+    holes filled (boolean, the photograph's shape)."""
+    return ndimage.binary_fill_holes(
+        ndimage.binary_opening(gray > filters.threshold_otsu(gray), iterations=2)
+    )
+
+
 @cache
 def coin_mask() -> np.ndarray:
-    """The coins of ``skimage.data.coins``: its Otsu threshold, opened and with its holes
-    filled (boolean, the photograph's shape)."""
-    coins = skdata.coins()
-    return ndimage.binary_fill_holes(
-        ndimage.binary_opening(coins > filters.threshold_otsu(coins), iterations=2)
-    )
+    """The coins of ``skimage.data.coins`` (:func:`threshold_mask`)."""
+    return threshold_mask(skdata.coins())
 
 
 @cache
