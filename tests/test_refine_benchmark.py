@@ -17,7 +17,7 @@ import benchmarks.refine.contenders as contenders
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
 from benchmarks.refine.lattice_weights import lattice_weights
-from benchmarks.refine.photograph import PHOTOGRAPHS, photograph, photograph_targets
+from benchmarks.refine.photograph import PHOTOGRAPHS, photograph
 from benchmarks.refine.scenes import (
     FILLS,
     NOISY_CONFIDENCE,
@@ -27,7 +27,7 @@ from benchmarks.refine.scenes import (
     make_scene,
     noisy_unary,
 )
-from benchmarks.refine.summary import wins
+from benchmarks.refine.summary import photograph_targets, wins
 from benchmarks.results_writer import published_fingerprint
 from lowrank_gcrf import refine_passes
 from lowrank_gcrf.refine_passes import LATTICE_APPEARANCE_WEIGHT, LATTICE_SMOOTH_WEIGHT

@@ -17,7 +17,7 @@ from .contenders import (
     TORCH_REFINE,
     timed,
 )
-from .photograph import photograph_targets
+from .photograph import gains_on_test
 
 #: what the issue asks of the defaults: per-image wins against MF-5 on this many test images
 #: out of 16 (scaled to the split's size)
@@ -53,6 +53,41 @@ def wins(test: dict[str, Any], unary: str, method: str = OURS) -> tuple[int, int
     return int(np.sum(ours_i >= mf_i)), len(ours_i), float(np.min(ours_i - base))
 
 
+def versus(ours_gain: float, mf_gain: float) -> str:
+    """Two gains in points, with their difference where they round alike."""
+    close = points(ours_gain) == points(mf_gain)
+    difference = f" (difference {100 * (ours_gain - mf_gain):+.4f})" if close else ""
+    return f"{points(ours_gain)} vs {points(mf_gain)} points{difference}"
+
+
+def photograph_targets(photo: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The issue's targets on the test photographs: per photograph, unary and number of
+    labels, ours' mean gain over the seeds at least MF-5's; and no seed's gain of ours below
+    0."""
+    gains = gains_on_test(photo)
+    rows = [
+        (
+            f"{g['photograph']} photograph, {g['unary']}, L = {g['labels']}: mIoU gain "
+            f"(mean of {g['seeds']} seeds), ours (defaults) vs MF-5",
+            versus(g["ours"], g["mf5"]),
+            "ours ≥ MF-5",
+            g["ours"] >= g["mf5"],
+        )
+        for g in gains
+    ]
+    if gains:
+        worst = min(g["worst"] for g in gains)
+        rows.append(
+            (
+                "test photographs: smallest gain of ours over the unary (every unary, L, seed)",
+                f"{points(worst)} points",
+                "≥ 0",
+                worst >= 0,
+            )
+        )
+    return rows
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     """What the issue asks of ours (defaults): (target, measured, needed, met) per row."""
     test = results["test"]
@@ -66,12 +101,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         rows += [
             (
                 f"{unary}: test mIoU gain, ours (defaults) vs MF-5",
-                f"{points(ours_gain)} vs {points(mf_gain)} points"
-                + (
-                    f" (difference {100 * (ours_gain - mf_gain):+.4f})"
-                    if points(ours_gain) == points(mf_gain)
-                    else ""
-                ),
+                versus(ours_gain, mf_gain),
                 "ours ≥ MF-5",
                 ours_gain >= mf_gain,
             ),
