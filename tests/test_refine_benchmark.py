@@ -16,7 +16,7 @@ import sklearn  # noqa: F401
 import benchmarks.refine.contenders as contenders
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
-from benchmarks.refine.lattice_weights import lattice_weights
+from benchmarks.refine.lattice_weights import chosen_weights, lattice_weights
 from benchmarks.refine.photograph import PHOTOGRAPHS, photograph
 from benchmarks.refine.scenes import (
     FILLS,
@@ -164,3 +164,14 @@ def test_photograph_targets_compare_mean_gains_and_the_worst_seed():
     assert [m for *_, m in met] == [True, True]  # mean gain +40.5 ≥ +40; none below 0.5
     missed = photograph_targets({"rows": [row(0, 0.5, 0.9, 0.88), row(1, 0.95, 0.96, 0.94)]})
     assert [m for *_, m in missed] == [False, False]
+
+
+def test_the_weights_rule_prefers_safe_settings_then_wins_then_the_mean():
+    def row(w_a, wins, vs_mf5, worst_gain):
+        return {"w_a": w_a, "wins": wins, "vs_mf5": vs_mf5, "worst_gain": worst_gain}
+
+    unsafe_best = row(10, 40, 0.5, -0.001)
+    tied = [row(20, 39, 0.11, 0.0), row(30, 39, 0.12, 0.002), row(40, 30, 0.9, 0.1)]
+    assert chosen_weights([unsafe_best, *tied])["w_a"] == 30
+    # Where every setting leaves a case below its unary, the rule ranks them all.
+    assert chosen_weights([unsafe_best, row(50, 39, 0.9, -0.1)])["w_a"] == 10

@@ -68,7 +68,7 @@ from .contenders import (
 )
 from .kernel_error import exact_kernels, kernel_error
 from .lattice_weights import weights_section
-from .photograph import photograph_section, photograph_steps
+from .photograph import PHOTOGRAPHS, photograph_section
 from .quality import (
     candidate_count,
     evaluate,
@@ -120,7 +120,9 @@ class Config:
     #: the lattice's weights (w_a, w_s) tried on validation (:mod:`.lattice_weights`)
     weight_grid: list[tuple[float, float]] = field(
         default_factory=lambda: list(
-            itertools.product((20.0, 30.0, 40.0, 50.0, 60.0), (0.2, 0.3, 0.4, 0.5, 0.6, 0.8))
+            itertools.product(
+                (10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0), (0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+            )
         )
     )
 
@@ -320,7 +322,7 @@ def run(cfg: Config, quick: bool, out: Path | None) -> Path:
         len(cfg.kernel_ranks) * len(APPROXIMATIONS) * len(NORMALIZATIONS)
         + len(cfg.sweep_ranks) * len(APPROXIMATIONS) * len(NORMALIZATIONS)
         + len(UNARIES) * (2 + candidate_count(cfg) + len(cfg.mf_grid) + heldout_count())
-        + photograph_steps(cfg)
+        + len(PHOTOGRAPHS)
         + len(cfg.weight_grid)
         + len(cfg.timing_shapes) * len(cfg.timing_labels)
         + (3 if cfg.memory else 0)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..metrics import confusion, mean_iou
 from .contenders import LANDMARK_PASSES, MF5, OURS, OURS_LANDMARKS, meanfield, ours
-from .scenes import UNARIES, coarse_unary, noisy_unary, threshold_mask
+from .scenes import SPLITS, UNARIES, coarse_unary, noisy_unary, threshold_mask
 
 #: the photographs of each split (scikit-image's names)
 PHOTOGRAPHS = {"val": ("camera", "immunohistochemistry"), "test": ("coins",)}
@@ -44,8 +44,9 @@ def photograph(name: str, scale: float) -> tuple[np.ndarray, np.ndarray]:
         shape = tuple(round(scale * n) for n in gray.shape)
         photo = img_as_ubyte(resize(photo, shape, anti_aliasing=True))
         mask = resize(mask, shape, order=0, anti_aliasing=False)
-    channels = np.broadcast_to(photo, (3, *photo.shape)) if photo.ndim == 2 else photo
-    image = channels if photo.ndim == 2 else channels.transpose(2, 0, 1)
+    image = (
+        np.broadcast_to(photo, (3, *photo.shape)) if photo.ndim == 2 else photo.transpose(2, 0, 1)
+    )
     return np.ascontiguousarray(image), mask.astype(np.int64)
 
 
@@ -67,13 +68,15 @@ class PhotoCase:
 
 
 def photo_cases(split: str, cfg: Any) -> list[PhotoCase]:
-    """Every photograph of ``split`` with each number of labels, unary and seed of ``cfg``."""
+    """Every photograph of ``split`` with each number of labels, unary and seed of ``cfg``,
+    each unary drawn from its own stream (the split, photograph, L, unary and seed)."""
     cases = []
-    for name, labels, unary, seed in itertools.product(
-        PHOTOGRAPHS[split], cfg.photo_labels, UNARIES, cfg.photo_seeds
+    for (index, name), labels, unary, seed in itertools.product(
+        enumerate(PHOTOGRAPHS[split]), cfg.photo_labels, UNARIES, cfg.photo_seeds
     ):
         image, truth = photograph(name, cfg.photo_scale)
-        rng = np.random.default_rng([seed, labels, UNARIES.index(unary)])
+        stream = [seed, labels, UNARIES.index(unary), SPLITS.index(split), index]
+        rng = np.random.default_rng(stream)
         probs = UNARY_MAKERS[unary](truth, rng, labels)
         cases.append(PhotoCase(name, labels, unary, seed, image, truth, probs))
     return cases
@@ -101,11 +104,6 @@ def photograph_section(cfg: Any, bar: tqdm) -> dict[str, Any]:
         for name in names
     }
     return {"shapes": shapes, "rows": rows}
-
-
-def photograph_steps(cfg: Any) -> int:
-    """The progress bar's steps of :func:`photograph_section`: one per split."""
-    return len(PHOTOGRAPHS)
 
 
 def gains_on_test(photo: dict[str, Any]) -> list[dict[str, Any]]:

@@ -89,12 +89,6 @@ def threshold_mask(gray: np.ndarray) -> np.ndarray:
 
 
 @cache
-def coin_mask() -> np.ndarray:
-    """The coins of ``skimage.data.coins`` (:func:`threshold_mask`)."""
-    return threshold_mask(skdata.coins())
-
-
-@cache
 def _shapes(kind: str) -> list[np.ndarray]:
     """Boolean masks of one kind of object shape."""
     if kind == "horse":
@@ -104,7 +98,7 @@ def _shapes(kind: str) -> list[np.ndarray]:
         digits = load_digits()
         return [image / 16.0 > 0.35 for image in digits.images[:200]]
     if kind == "coin":
-        return [m for m in _components(coin_mask(), 800) if m.sum() <= 3500]
+        return [m for m in _components(threshold_mask(skdata.coins()), 800) if m.sum() <= 3500]
     if kind == "glyph":
         page = skdata.page()
         ink = page < filters.threshold_local(page, 35, offset=10)
