@@ -137,8 +137,8 @@ def refine(
                 array.set_shape([None] * ndim)
         fields = dict(zip(_ARRAY_FIELDS, map(tf.convert_to_tensor, arrays), strict=True))
         message = _lattice_message(fields, compute)
-        x = _passes(message, b, LATTICE_SMOOTH_WEIGHT, params, spatial, static)
-        return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)
+        refined = _passes(message, b, LATTICE_SMOOTH_WEIGHT, params, spatial, static)
+        return tf.cast(tf.reshape(refined, tf.shape(probs)), probs.dtype)
     if tf.executing_eagerly():
         Ahat = appearance(*crossing)
     else:
@@ -146,10 +146,11 @@ def refine(
     Ahat = tf.reshape(Ahat, tf.stack([n, params.rank, pixels]))
     if params.passes > 0:
         message = _resolvent_message(Ahat, b, params)
-        x = _passes(message, b, SMOOTH_WEIGHT, params, spatial, static)
+        refined = _passes(message, b, SMOOTH_WEIGHT, params, spatial, static)
     else:
         x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
-    return tf.cast(tf.reshape(tf.nn.softmax(x, axis=1), tf.shape(probs)), probs.dtype)
+        refined = tf.nn.softmax(x, axis=1)
+    return tf.cast(tf.reshape(refined, tf.shape(probs)), probs.dtype)
 
 
 #: The fields of :class:`~lowrank_gcrf.lattice_appearance.LatticeArrays`, in the order the
@@ -166,17 +167,16 @@ def _passes(
     spatial: tf.Tensor,
     static: Any,
 ) -> tf.Tensor:
-    """The scores of :func:`lowrank_gcrf.refine`'s mean-field passes
+    """The probabilities ``softmax(x_n)`` of :func:`lowrank_gcrf.refine`'s mean-field passes
     (:mod:`lowrank_gcrf.refine_passes`) in TensorFlow operations, differentiable in ``b``."""
     shape = tf.shape(b)
     grid = tf.concat([shape[:2], spatial], axis=0)
     q = tf.nn.softmax(b, axis=1)
-    x = b
     for _ in range(params.passes):
         filtered = _gaussian_filter(tf.reshape(q, grid), params.sxy_smooth, static)
         x = b + appearance(q) + smooth_weight * (tf.reshape(filtered, shape) - q)
         q = tf.nn.softmax(x, axis=1)
-    return x
+    return q
 
 
 def _resolvent_message(

@@ -136,11 +136,14 @@ def refine(
     b = scores.reshape(-1, labels, math.prod(spatial))
     if params.passes == 0:
         x = solve_potts(Ahat, b, params.lam, method=method, rtol=SOLVE_RTOL)
+        refined = torch.softmax(x, dim=1)
     elif lattice:
-        x = _passes(_lattice_message(appearance, b), b, LATTICE_SMOOTH_WEIGHT, params, spatial)
+        message = _lattice_message(appearance, b)
+        refined = _passes(message, b, LATTICE_SMOOTH_WEIGHT, params, spatial)
     else:
-        x = _passes(_resolvent_message(Ahat, b, params), b, SMOOTH_WEIGHT, params, spatial)
-    return torch.softmax(x, dim=1).reshape(probs.shape).to(probs.dtype)
+        message = _resolvent_message(Ahat, b, params)
+        refined = _passes(message, b, SMOOTH_WEIGHT, params, spatial)
+    return refined.reshape(probs.shape).to(probs.dtype)
 
 
 def _passes(
@@ -150,17 +153,16 @@ def _passes(
     params: RefineParameters,
     spatial: tuple,
 ) -> Tensor:
-    """The scores of :func:`lowrank_gcrf.refine`'s mean-field passes
+    """The probabilities ``softmax(x_n)`` of :func:`lowrank_gcrf.refine`'s mean-field passes
     (:mod:`lowrank_gcrf.refine_passes`) in tensor operations, differentiable in ``b``."""
     n, labels, pixels = b.shape
     q = torch.softmax(b, dim=1)
-    x = b
     for _ in range(params.passes):
         grid = q.reshape(n, labels, *spatial)
         filtered = gaussian_filter(array_namespace(q), grid, params.sxy_smooth, len(spatial))
         x = b + appearance(q) + smooth_weight * (filtered.reshape(n, labels, pixels) - q)
         q = torch.softmax(x, dim=1)
-    return x
+    return q
 
 
 def _resolvent_message(
