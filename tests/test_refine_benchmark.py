@@ -17,7 +17,7 @@ import benchmarks.refine.contenders as contenders
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
 from benchmarks.refine.lattice_weights import chosen_weights, lattice_weights
-from benchmarks.refine.photograph import PHOTOGRAPHS, photograph
+from benchmarks.refine.photograph import LONGEST_SIDE, PHOTOGRAPHS, photograph
 from benchmarks.refine.scenes import (
     FILLS,
     NOISY_CONFIDENCE,
@@ -42,7 +42,7 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     for heading in (
         "### Target",
         "### Test split (held out)",
-        "### Real photographs, per seed",
+        "### Real photographs",
         "### Validation: the lattice's weights",
         "### Validation: choosing the defaults",
         "### Time per image",
@@ -124,6 +124,8 @@ def test_wins_count_images_where_ours_reaches_mean_field():
 
 def test_the_photographs_and_their_labels():
     assert not set(PHOTOGRAPHS["val"]) & set(PHOTOGRAPHS["test"])
+    # No validation photograph is a source of the test composites.
+    assert not set(PHOTOGRAPHS["val"]) & {*PHOTOS["test"], *FILLS["test"]}
     image, labels = photograph("coins", 1.0)
     assert image.shape == (3, 303, 384) and image.dtype == np.uint8
     np.testing.assert_array_equal(image[0], image[2])
@@ -134,6 +136,10 @@ def test_the_photographs_and_their_labels():
     colour, colour_labels = photograph("immunohistochemistry", 0.25)
     assert colour.shape == (3, 128, 128) and not np.array_equal(colour[0], colour[2])
     assert 0.2 < colour_labels.mean() < 0.8
+    # Larger photographs are held at LONGEST_SIDE pixels on the longer side.
+    retina, retina_labels = photograph("retina", 1.0)
+    assert retina.shape == (3, LONGEST_SIDE, LONGEST_SIDE)
+    assert retina_labels.shape == (LONGEST_SIDE, LONGEST_SIDE)
     probs = noisy_unary(labels, np.random.default_rng(0), 2)
     assert probs.shape == (2, 303, 384)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, rtol=1e-6)

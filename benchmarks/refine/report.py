@@ -224,7 +224,7 @@ def markdown(results: dict[str, Any], figure: Path, results_md: Path) -> str:
         f"![image, unary, pydensecrf2 MF-5, ours, ground truth]"
         f"({relative_link(figure, results_md)})",
         "",
-        "### Real photographs, per seed",
+        "### Real photographs",
         *photograph_lines(results["photograph"]),
         "",
         "### Validation: choosing the defaults",
