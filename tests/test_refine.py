@@ -377,7 +377,7 @@ def test_torch_refine_matches_core_and_is_differentiable(kw, atol):
     # Probabilities: ∂L/∂p along a direction that keeps them summing to 1, against a
     # central difference of L = Σ w·refine(p). Its error is ~ε·|L|/t + c·t², c up to ~1e7
     # in the lattice's case (measured with w_a = 40: 7e-4 at t = 1e-5, 7e-6 at 1e-6, on
-    # probabilities near 0; the default w_a = 20 halves it): at t = 1e-7, ~1e-7 each.
+    # probabilities near 0; the smaller default w_a shrinks it): at t = 1e-7, ~1e-7 each.
     v = torch.from_numpy(sum_preserving_direction(probs.shape, 1, 14))
     w = torch.from_numpy(np.random.default_rng(17).normal(size=probs.shape))
     p = torch.from_numpy(probs).requires_grad_(True)
