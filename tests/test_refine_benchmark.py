@@ -27,7 +27,7 @@ from benchmarks.refine.scenes import (
     make_scene,
     noisy_unary,
 )
-from benchmarks.refine.summary import photograph_targets, wins
+from benchmarks.refine.summary import photograph_targets, versus, wins
 from benchmarks.results_writer import published_fingerprint
 from lowrank_gcrf import refine_passes
 from lowrank_gcrf.refine_passes import LATTICE_APPEARANCE_WEIGHT, LATTICE_SMOOTH_WEIGHT
@@ -181,3 +181,10 @@ def test_the_weights_rule_prefers_safe_settings_then_wins_then_the_mean():
     assert chosen_weights([unsafe_best, *tied])["w_a"] == 30
     # Where every setting leaves a case below its unary, the rule ranks them all.
     assert chosen_weights([unsafe_best, row(50, 39, 0.9, -0.1)])["w_a"] == 10
+
+
+def test_versus_shows_differences_under_a_tenth_of_a_point():
+    # 0.008 points apart: one decimal alone shows neither the size nor the sign.
+    assert versus(0.05008, 0.05) == "+5.0 vs +5.0 points (difference +0.0080)"
+    assert "difference -0.0500" in versus(0.0490, 0.0495)
+    assert versus(0.30, 0.25) == "+30.0 vs +25.0 points"

@@ -54,8 +54,9 @@ def wins(test: dict[str, Any], unary: str, method: str = OURS) -> tuple[int, int
 
 
 def versus(ours_gain: float, mf_gain: float) -> str:
-    """Two gains in points, with their difference where they round alike."""
-    close = points(ours_gain) == points(mf_gain)
+    """Two gains in points, with their difference where it is under a tenth of a point (one
+    decimal does not show its size, or its sign where they round alike)."""
+    close = abs(ours_gain - mf_gain) < 0.001
     difference = f" (difference {100 * (ours_gain - mf_gain):+.4f})" if close else ""
     return f"{points(ours_gain)} vs {points(mf_gain)} points{difference}"
 
