@@ -70,8 +70,8 @@ PASSES_STRENGTH = 0.8
 #: 0.05–0.8 in the band 25 ≤ w_a/w_s ≤ 150, 2 passes): 10 and 0.1 reached MF-5's mIoU on
 #: 104 of 112 cases, 10 and 0.15 and 7.5 and 0.1 on 102, 15 and 0.2 (the previous choice,
 #: on two photographs) on 99. Every setting left ``hubble_deep_field``'s small stars about 9
-#: points below the coarse unary (MF-5 10), and the first choices ``coffee`` 0.1–0.2 below it
-#: (MF-5 0.7).
+#: points below the coarse unary (MF-5 10); 10 and 0.1 leave ``coffee`` 0.1–0.2 points
+#: below it (MF-5 0.7).
 LATTICE_APPEARANCE_WEIGHT = 10.0
 #: w_s with the lattice (units of :data:`SMOOTH_WEIGHT`), chosen with
 #: :data:`LATTICE_APPEARANCE_WEIGHT`: the two messages' ratio matters most (the settings
