@@ -228,6 +228,28 @@ def test_gaussian_filter_by_banded_products_equals_ndimage():
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("spatial", [(9,), (7, 5), (6, 5, 4)], ids=["1d", "2d", "3d"])
+def test_tensorflow_gaussian_filter_equals_ndimage_with_unknown_lengths(spatial):
+    """The TensorFlow adapter's smoothness filter (1-D convolutions) against the core's
+    ndimage filter, eagerly and in a graph whose spatial lengths are unknown (the filter is
+    then as long as the bandwidth asks, zero-padded)."""
+    tf = pytest.importorskip("tensorflow")
+    from lowrank_gcrf.adapters.tensorflow.image_refine import _gaussian_filter
+
+    x = np.random.default_rng(5).normal(size=(2, 3, *spatial))
+    unknown = (None,) * len(spatial)
+    for sigma in (0.3, 1.5, 40.0):
+        expected = gaussian_filter(np, x, sigma, len(spatial))
+        eager = _gaussian_filter(tf.constant(x), sigma, spatial)
+        traced = tf.function(
+            lambda v, sigma=sigma: _gaussian_filter(v, sigma, unknown),
+            input_signature=[tf.TensorSpec((None, None, *unknown), tf.float64)],
+        )
+        # The same float64 products summed in another order: ~1e-15 relative.
+        for got in (eager, traced(tf.constant(x))):
+            np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_lattice_names_a_bandwidth_too_small_for_its_coordinates():
     """Features beyond the lattice's float32 integers: a GCRFError naming the bandwidth and
     a value that works, which does."""
