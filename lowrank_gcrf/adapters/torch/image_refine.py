@@ -58,8 +58,9 @@ def refine(
     CSR products, its transpose in the backward, or the resolvent by Woodbury with a D × D
     capacitance computed once; the smoothness kernel by the core's
     :func:`~lowrank_gcrf.smooth_refine.gaussian_filter` on the tensors' NumPy or CuPy view,
-    ndimage's 1-D filters, in the backward too; the softmaxes), or with ``passes=0`` through the exact Potts solve,
-    :func:`~lowrank_gcrf.adapters.torch.solve_potts`, and the softmax. With
+    ndimage's 1-D filters, in the backward too; the softmaxes), or with ``passes=0``
+    through the exact Potts solve, :func:`~lowrank_gcrf.adapters.torch.solve_potts`, and
+    the softmax. With
     ``strength="auto"`` and ``passes=0`` the strength read from the probabilities'
     confidence scales Â, also without gradient (it chooses the model, as a hyperparameter
     would).
