@@ -57,10 +57,9 @@ def refine(
     passes (the default ``passes=2``, in tensor operations: the lattice's filter by sparse
     CSR products, its transpose in the backward, or the resolvent by Woodbury with a D × D
     capacitance computed once; the smoothness kernel by the core's
-    :func:`~lowrank_gcrf.smooth_refine.gaussian_filter` on the tensors' NumPy or CuPy view,
-    ndimage's 1-D filters, in the backward too; the softmaxes), or with ``passes=0``
-    through the exact Potts solve, :func:`~lowrank_gcrf.adapters.torch.solve_potts`, and
-    the softmax. With
+    :func:`~lowrank_gcrf.smooth_refine.gaussian_filter`, a product with each axis's banded
+    matrix; the softmaxes), or with ``passes=0`` through the exact Potts solve,
+    :func:`~lowrank_gcrf.adapters.torch.solve_potts`, and the softmax. With
     ``strength="auto"`` and ``passes=0`` the strength read from the probabilities'
     confidence scales Â, also without gradient (it chooses the model, as a hyperparameter
     would).
@@ -160,38 +159,10 @@ def _passes(
     q = torch.softmax(b, dim=1)
     for _ in range(params.passes):
         grid = q.reshape(n, labels, *spatial)
-        filtered = _SmoothnessFilter.apply(grid, params.sxy_smooth, len(spatial))
+        filtered = gaussian_filter(array_namespace(q), grid, params.sxy_smooth, len(spatial))
         x = b + appearance(q) + smooth_weight * (filtered.reshape(n, labels, pixels) - q)
         q = torch.softmax(x, dim=1)
     return q
-
-
-class _SmoothnessFilter(torch.autograd.Function):
-    """``G x`` over the trailing ``spatial_dims`` axes by the core's
-    :func:`~lowrank_gcrf.smooth_refine.gaussian_filter` on the tensor's NumPy or CuPy view
-    (ndimage's 1-D filters, O(radius) per pixel, where torch has only banded products or
-    slow one-channel convolutions), differentiable in x: the backward is the same filter,
-    G being symmetric (symmetric weights, zero outside the image)."""
-
-    @staticmethod
-    def forward(x: Tensor, sigma: float, spatial_dims: int) -> Tensor:
-        return _core_gaussian_filter(x, sigma, spatial_dims)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
-        ctx.sigma, ctx.spatial_dims = inputs[1], inputs[2]
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        return _core_gaussian_filter(grad, ctx.sigma, ctx.spatial_dims), None, None
-
-
-def _core_gaussian_filter(x: Tensor, sigma: float, spatial_dims: int) -> Tensor:
-    """The core's Gaussian filter of ``x`` on its device, through DLPack."""
-    with core_stream(x.device):
-        core = tensor_to_core(x)
-        filtered = gaussian_filter(array_namespace(core), core, sigma, spatial_dims)
-        return torch.from_dlpack(filtered)
 
 
 def _resolvent_message(
