@@ -16,7 +16,7 @@ import sklearn  # noqa: F401
 import benchmarks.refine.contenders as contenders
 from benchmarks.refine.contenders import MF5, OURS
 from benchmarks.refine.job import QUICK, run, timing_probs
-from benchmarks.refine.lattice_weights import chosen_weights, lattice_weights
+from benchmarks.refine.lattice_weights import chosen_weights, lattice_weights, reaches_mf5
 from benchmarks.refine.photograph import LONGEST_SIDE, PHOTOGRAPHS, photograph
 from benchmarks.refine.scenes import (
     FILLS,
@@ -181,6 +181,12 @@ def test_the_weights_rule_prefers_safe_settings_then_wins_then_the_mean():
     assert chosen_weights([unsafe_best, *tied])["w_a"] == 30
     # Where every setting leaves a case below its unary, the rule ranks them all.
     assert chosen_weights([unsafe_best, row(50, 39, 0.9, -0.1)])["w_a"] == 10
+
+
+def test_a_case_reaches_mf5_only_with_its_miou_and_no_more_wrong_pixels():
+    # mIoU: 0.9 ≥ 0.8 but 120 wrong pixels > 100; the others by one measure or both.
+    got = reaches_mf5([0.9, 0.8, 0.79, 0.95], [120, 100, 90, 50], 0.8, 100)
+    np.testing.assert_array_equal(got, [False, True, False, True])
 
 
 def test_versus_shows_differences_under_a_tenth_of_a_point():
