@@ -186,7 +186,7 @@ def refine(
         How the passes hold the appearance kernel. ``"lattice"``: the dense CRF's bilateral
         kernel (``sxy``, ``srgb``) filtered by the permutohedral lattice
         (:mod:`lowrank_gcrf.permutohedral`, pydensecrf's filter), symmetrically normalised,
-        without each pixel's own term: ``a(q) = w_a (N − diag N) q``, w_a = 10, w_s = 0.1;
+        without each pixel's own term: ``a(q) = w_a (N − diag N) q``, w_a = 7.5, w_s = 0.1;
         NumPy and CuPy arrays (the adapters' tensors too; built on the host from the image,
         applied by SciPy's or cuSPARSE's products), filtered in float32 (float64 probabilities
         get float32's precision in that message; the adapters filter float64 tensors in
