@@ -56,7 +56,8 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     for block in results["test"].values():
         for r in block.values():
             assert 0.0 <= r["miou"] <= 1.0 and 0.0 <= r["boundary_f"] <= 1.0
-            assert len(r["per_image"]) == QUICK.test
+            assert len(r["per_image"]) == len(r["wrong_per_image"]) == QUICK.test
+            assert r["wrong"] == sum(r["wrong_per_image"])
     assert results["validation"]["chosen"] in results["validation"]["ours"]
     assert [r["labels"] for r in results["timing"]] == list(QUICK.timing_labels)
     rows = results["photograph"]["rows"]
@@ -68,6 +69,9 @@ def test_quick_run_writes_only_its_own_folder(tmp_path):
     assert len(weights["rows"]) == len(QUICK.weight_grid)
     assert weights["chosen"] in [list(w) for w in QUICK.weight_grid]
     assert weights["default"] == [LATTICE_APPEARANCE_WEIGHT, LATTICE_SMOOTH_WEIGHT]
+    for r in weights["rows"]:
+        assert r["wins"] == r["composite_wins"] + r["photograph_wins"] <= r["miou_wins"]
+        assert r["wrong_vs_mf5"] >= 0
     assert (tmp_path / "results" / "refine_qualitative.png").stat().st_size > 0
 
 
@@ -184,9 +188,12 @@ def test_the_weights_rule_prefers_safe_settings_then_wins_then_the_mean():
 
 
 def test_a_case_reaches_mf5_only_with_its_miou_and_no_more_wrong_pixels():
-    # mIoU: 0.9 ≥ 0.8 but 120 wrong pixels > 100; the others by one measure or both.
+    # Fails on pixels (120 > 100), ties pass, fails on mIoU (0.79 < 0.8), passes.
     got = reaches_mf5([0.9, 0.8, 0.79, 0.95], [120, 100, 90, 50], 0.8, 100)
     np.testing.assert_array_equal(got, [False, True, False, True])
+    # Case by case against MF-5's own figures.
+    got = reaches_mf5([0.5, 0.5], [10, 10], [0.4, 0.6], [10, 9])
+    np.testing.assert_array_equal(got, [True, False])
 
 
 def test_versus_shows_differences_under_a_tenth_of_a_point():

@@ -181,7 +181,7 @@ def photograph_lines(photo: dict[str, Any]) -> list[str]:
         "drawn with seeds "
         + ", ".join(str(s) for s in dict.fromkeys(r["seed"] for r in rows))
         + ". mIoU on the photograph (validation: the mean over the seeds); bold where ours "
-        "reaches MF-5's. Seeds where ours reaches MF-5's: "
+        "reaches MF-5's. Seeds where ours reaches MF-5's mIoU: "
         + "; ".join(won(split) for split in PHOTOGRAPHS)
         + ".",
         "",

@@ -38,10 +38,10 @@ if TYPE_CHECKING:
 
 
 def evaluate(method: Any, scenes: list, unary: str) -> dict[str, Any]:
-    """mIoU over the scenes (pooled, and per image), mean boundary F-score and mean seconds
-    per image."""
+    """mIoU over the scenes (pooled, and per image), wrong pixels (in all, and per image),
+    mean boundary F-score and mean seconds per image."""
     counts = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    bf, per_image, seconds = [], [], 0.0
+    bf, per_image, wrong, seconds = [], [], [], 0.0
     for s in scenes:
         start = time.perf_counter()
         refined = method(s.unaries[unary], s.image)
@@ -50,10 +50,13 @@ def evaluate(method: Any, scenes: list, unary: str) -> dict[str, Any]:
         c = confusion(pred, s.labels, NUM_CLASSES)
         counts += c
         per_image.append(mean_iou(c))
+        wrong.append(int(np.sum(pred != s.labels)))
         bf.append(boundary_f(pred, s.labels))
     return {
         "miou": mean_iou(counts),
         "per_image": per_image,
+        "wrong": sum(wrong),
+        "wrong_per_image": wrong,
         "boundary_f": float(np.mean(bf)),
         "seconds": seconds / len(scenes),
     }
