@@ -120,8 +120,8 @@ def weights_section(cfg: Any, val: list, bar: tqdm) -> dict[str, Any]:
 def chosen_weights(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The row the rule chooses: the most cases at least MF-5's (mIoU at least MF-5's, wrong
     pixels at most MF-5's) among the settings that leave no case below its unary (among all
-    settings when none does), then the larger mean difference to MF-5 (MF-5's part is the same for
-    every setting: the larger mean mIoU)."""
+    settings where every one leaves some), then the larger mean difference to MF-5 (MF-5's
+    part is the same for every setting: the larger mean mIoU)."""
     safe = [r for r in rows if r["worst_gain"] >= 0] or rows
     return max(safe, key=lambda r: (r["wins"], r["vs_mf5"]))
 
