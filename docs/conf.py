@@ -64,7 +64,7 @@ nitpick_ignore_regex = [
         r"lowrank_gcrf\.(method|image_kernels|adapters\.bridge|adapters\.layer_plan|errors|operators|capacitance"
         r"|adapters\.layer_shapes|adapters\.head_plan|adapters\.traceable_plan"
         r"|refine_inputs|refine_strength|refine_passes|smooth_refine|kernel_approximation|operator_inputs"
-        r"|permutohedral|lattice_appearance"
+        r"|permutohedral|lattice_vertices|lattice_appearance"
         r"|embedding_gradients|signed_inverse|threads"
         r"|adapters\.torch\.(autograd|functional|modules|heads|image_refine|traceable_solve|custom_op)"
         r"|adapters\.tensorflow\.(op|functional|layers|layout_ops|heads|image_refine|traceable_solve))"

@@ -31,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from lowrank_gcrf import lattice_vertices as lv
 from lowrank_gcrf import permutohedral as pl
 from lowrank_gcrf.errors import GCRFError
 
@@ -511,11 +512,11 @@ def assert_same_lattice(a: pl.PermutohedralLattice, b: pl.PermutohedralLattice) 
 def assert_the_three_paths_agree(features, values, patch):
     """The distinct vertices by the dense table, by a sort of the codes, and by the keys
     (forced by codes that 'overflow') give one lattice."""
-    patch.setattr(pl, "TABLE_RATIO", 10**6)
+    patch.setattr(lv, "TABLE_RATIO", 10**6)
     table = pl.permutohedral_lattice(features)
-    patch.setattr(pl, "TABLE_RATIO", 0)
+    patch.setattr(lv, "TABLE_RATIO", 0)
     sort = pl.permutohedral_lattice(features)
-    patch.setattr(pl, "_vertex_codes", lambda rem0, rank: None)
+    patch.setattr(lv, "_vertex_codes", lambda rem0, rank: None)
     keys = pl.permutohedral_lattice(features)
     assert_same_lattice(table, sort)
     np.testing.assert_array_equal(table.filter(values), sort.filter(values))
