@@ -230,7 +230,7 @@ def test_gaussian_filter_by_banded_products_equals_ndimage():
 
 @pytest.mark.parametrize("spatial", [(9,), (7, 5), (6, 5, 4)], ids=["1d", "2d", "3d"])
 def test_tensorflow_gaussian_filter_equals_ndimage_with_unknown_lengths(spatial):
-    """The TensorFlow adapter's smoothness filter (1-D convolutions) against the core's
+    """The TensorFlow adapter's smoothness filter (depthwise convolutions) against the core's
     ndimage filter, eagerly and in a graph whose spatial lengths are unknown (the filter is
     then as long as the bandwidth asks, zero-padded)."""
     tf = pytest.importorskip("tensorflow")
